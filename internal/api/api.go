@@ -1,0 +1,206 @@
+// Package api defines the typed params and results of every bangerd method. The wire envelope
+// lives in internal/rpc; docs/protocol.md documents both for clients in other languages.
+package api
+
+import (
+	"time"
+
+	"banger/internal/model"
+)
+
+// Method names.
+const (
+	MethodPing           = "daemon.ping"
+	MethodVMCreate       = "vm.create"
+	MethodVMCreateBegin  = "vm.create.begin"
+	MethodVMCreateStatus = "vm.create.status"
+	MethodVMList         = "vm.list"
+	MethodVMShow         = "vm.show"
+	MethodVMStart        = "vm.start"
+	MethodVMStop         = "vm.stop"
+	MethodVMRestart      = "vm.restart"
+	MethodVMDelete       = "vm.delete"
+	MethodVMWaitReady    = "vm.wait_ready"
+	MethodVMAgent        = "vm.agent" // streaming: raw bytes to a new guest agent session
+	MethodVMLogs         = "vm.logs"  // streaming: the console log, optionally followed
+	MethodImageImport    = "image.import"
+	MethodImageList      = "image.list"
+	MethodImageShow      = "image.show"
+	MethodImageDelete    = "image.delete"
+	MethodImagePull      = "image.pull"
+	MethodImagePullBegin = "image.pull.begin"
+	MethodImageBuild     = "image.build"
+	MethodImageCatalog   = "image.catalog"
+	MethodOpStatus       = "op.status"
+	MethodDoctor         = "daemon.doctor"
+)
+
+// PingResult answers daemon.ping.
+type PingResult struct {
+	Version       string  `json:"version"`
+	Protocol      int     `json:"protocol"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	PID           int     `json:"pid"`
+}
+
+// VMCreateParams are vm.create's and vm.create.begin's params. Sizes are strings as a user
+// types them ("512M", "8G"); empty means the daemon's default.
+type VMCreateParams struct {
+	Name              string `json:"name,omitempty"`
+	Image             string `json:"image,omitempty"`
+	VCPU              int    `json:"vcpu,omitempty"`
+	Memory            string `json:"memory,omitempty"`
+	SystemOverlaySize string `json:"system_overlay_size,omitempty"`
+	WorkDiskSize      string `json:"work_disk_size,omitempty"`
+	NAT               bool   `json:"nat,omitempty"`
+	NoStart           bool   `json:"no_start,omitempty"`
+}
+
+// VMResult carries one VM.
+type VMResult struct {
+	VM model.VM `json:"vm"`
+}
+
+// VMListResult answers vm.list.
+type VMListResult struct {
+	VMs []model.VM `json:"vms"`
+}
+
+// VMRef names a VM by id, unique id prefix, or exact name.
+type VMRef struct {
+	VM string `json:"vm"`
+}
+
+// VMStopParams are vm.stop's and vm.restart's params.
+type VMStopParams struct {
+	VM             string  `json:"vm"`
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"` // graceful deadline; default 20
+}
+
+// VMDeleteParams are vm.delete's params.
+type VMDeleteParams struct {
+	VM    string `json:"vm"`
+	Force bool   `json:"force,omitempty"` // stop a running VM first
+}
+
+// VMWaitReadyParams are vm.wait_ready's params.
+type VMWaitReadyParams struct {
+	VM             string  `json:"vm"`
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
+}
+
+// VMLogsParams are vm.logs's params.
+type VMLogsParams struct {
+	VM     string `json:"vm"`
+	Follow bool   `json:"follow,omitempty"`
+}
+
+// BeginResult answers an async *.begin method: the id to poll with op.status / vm.create.status.
+// It is the dispatch op id of the begin call itself.
+type BeginResult struct {
+	OpID string `json:"op_id"`
+}
+
+// OpStatusParams polls an operation.
+type OpStatusParams struct {
+	OpID string `json:"op_id"`
+	// WaitSeconds makes the call block until a new stage appears, the operation ends, or
+	// the time passes, so clients need not spin.
+	WaitSeconds float64 `json:"wait_seconds,omitempty"`
+	// After is the number of stages the client has already seen.
+	After int `json:"after,omitempty"`
+}
+
+// Stage is one step of an operation.
+type Stage struct {
+	Name    string    `json:"name"`
+	Message string    `json:"message,omitempty"`
+	At      time.Time `json:"at"`
+	// Progress, for download stages: bytes done and total (0 if unknown).
+	Done  int64 `json:"done,omitempty"`
+	Total int64 `json:"total,omitempty"`
+}
+
+// OpError is a failed operation's typed error (the same shape as an rpc error).
+type OpError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	OpID    string `json:"op_id"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+// OpStatusResult answers vm.create.status and op.status.
+type OpStatusResult struct {
+	OpID   string       `json:"op_id"`
+	Kind   string       `json:"kind"`
+	Stages []Stage      `json:"stages"`
+	Done   bool         `json:"done"`
+	VM     *model.VM    `json:"vm,omitempty"`
+	Image  *model.Image `json:"image,omitempty"`
+	Error  *OpError     `json:"error,omitempty"`
+}
+
+// ImageImportParams imports an image from files on the daemon's host. Either Bundle (a
+// bundle directory or tarball) or Kernel+Rootfs are given.
+type ImageImportParams struct {
+	Name   string `json:"name,omitempty"`
+	Bundle string `json:"bundle,omitempty"`
+	Kernel string `json:"kernel,omitempty"`
+	Initrd string `json:"initrd,omitempty"`
+	Rootfs string `json:"rootfs,omitempty"`
+}
+
+// ImageRef names an image by id, unique id prefix, or exact name.
+type ImageRef struct {
+	Image string `json:"image"`
+}
+
+// ImageResult carries one image.
+type ImageResult struct {
+	Image model.Image `json:"image"`
+}
+
+// ImageListResult answers image.list.
+type ImageListResult struct {
+	Images []model.Image `json:"images"`
+}
+
+// ImagePullParams pulls a catalog image by name or a bundle by URL.
+type ImagePullParams struct {
+	Ref string `json:"ref"`
+}
+
+// ImageBuildParams builds an image with a builder.
+type ImageBuildParams struct {
+	Name    string `json:"name,omitempty"`
+	Builder string `json:"builder"`       // tiny, oci, debian
+	Ref     string `json:"ref,omitempty"` // OCI reference or Debian suite
+}
+
+// CatalogEntry is one image the catalog knows.
+type CatalogEntry struct {
+	Name        string `json:"name"`
+	Version     string `json:"version"`
+	Arch        string `json:"arch"`
+	Description string `json:"description"`
+	Source      string `json:"source"`
+	Installed   bool   `json:"installed"`
+}
+
+// CatalogResult answers image.catalog.
+type CatalogResult struct {
+	Entries []CatalogEntry `json:"entries"`
+}
+
+// DoctorCheck is one check of daemon.doctor.
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// DoctorResult answers daemon.doctor.
+type DoctorResult struct {
+	Checks []DoctorCheck `json:"checks"`
+}

@@ -1,0 +1,200 @@
+// Package config loads bangerd's configuration: a YAML file whose every field has a default,
+// so an empty or missing file yields a working daemon.
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"banger/internal/errdefs"
+	"banger/internal/model"
+)
+
+// Config is bangerd's configuration.
+type Config struct {
+	StateDir   string `yaml:"state_dir"`   // database, images, vms
+	RuntimeDir string `yaml:"runtime_dir"` // sockets
+	Socket     string `yaml:"socket"`      // the daemon's RPC socket
+
+	Network  Network  `yaml:"network"`
+	DNS      DNS      `yaml:"dns"`
+	Defaults Defaults `yaml:"defaults"`
+
+	// VMM is auto, qemu or firecracker.
+	VMM         string      `yaml:"vmm"`
+	Qemu        Qemu        `yaml:"qemu"`
+	Firecracker Firecracker `yaml:"firecracker"`
+
+	// AgentPath is the static guest agent binary put into images built here. Empty: next
+	// to the bangerd executable.
+	AgentPath string `yaml:"agent_path"`
+
+	// Catalogs are extra image catalogs (file paths or http(s) URLs) layered over the
+	// embedded one; later entries override earlier ones by image name.
+	Catalogs []string `yaml:"catalogs"`
+	// DebianMirror is used by the debian image builder.
+	DebianMirror string `yaml:"debian_mirror"`
+}
+
+// Network configures the bridge the root helper manages.
+type Network struct {
+	// Enabled attaches VMs to the bridge through the root helper; without it VMs have no NIC.
+	Enabled      bool   `yaml:"enabled"`
+	HelperSocket string `yaml:"helper_socket"`
+	Bridge       string `yaml:"bridge"`
+	CIDR         string `yaml:"cidr"` // bridge IP with prefix, e.g. 172.30.0.1/24
+	// Uplink is the interface NAT masquerades out of; empty means any non-bridge interface.
+	Uplink string `yaml:"uplink"`
+}
+
+// DNS configures the VM name server.
+type DNS struct {
+	Domain string `yaml:"domain"`
+	// Listen are extra addresses for the host (the bridge IP:53 is added when networking is on).
+	Listen    []string `yaml:"listen"`
+	Upstreams []string `yaml:"upstreams"` // empty: the host's /etc/resolv.conf
+}
+
+// Defaults are used when vm create leaves a value out.
+type Defaults struct {
+	Image             string `yaml:"image"`
+	VCPU              int    `yaml:"vcpu"`
+	Memory            string `yaml:"memory"`
+	SystemOverlaySize string `yaml:"system_overlay_size"`
+	WorkDiskSize      string `yaml:"work_disk_size"`
+}
+
+// Qemu configures the qemu driver.
+type Qemu struct {
+	Binary  string `yaml:"binary"`
+	Accel   string `yaml:"accel"`   // auto, kvm, tcg
+	Machine string `yaml:"machine"` // microvm, q35
+}
+
+// Firecracker configures the firecracker driver.
+type Firecracker struct {
+	Binary string `yaml:"binary"`
+}
+
+// Default returns the built-in configuration.
+func Default() Config {
+	state := "/var/lib/banger"
+	runtime := "/run/banger"
+	if os.Geteuid() != 0 {
+		home, _ := os.UserHomeDir()
+		state = filepath.Join(home, ".local", "share", "banger")
+		if xdg := os.Getenv("XDG_RUNTIME_DIR"); xdg != "" {
+			runtime = filepath.Join(xdg, "banger")
+		} else {
+			runtime = filepath.Join(state, "run")
+		}
+	}
+	return Config{
+		StateDir:   state,
+		RuntimeDir: runtime,
+		Network: Network{
+			Bridge:       "banger0",
+			CIDR:         "172.30.0.1/24",
+			HelperSocket: "/run/banger-helper.sock",
+		},
+		DNS: DNS{Domain: "banger.internal", Listen: []string{"127.0.0.1:10053"}},
+		Defaults: Defaults{
+			Image: "tiny", VCPU: 1, Memory: "512M",
+			SystemOverlaySize: "4G", WorkDiskSize: "8G",
+		},
+		VMM:          "auto",
+		Qemu:         Qemu{Binary: "qemu-system-x86_64", Accel: "auto", Machine: "microvm"},
+		Firecracker:  Firecracker{Binary: "firecracker"},
+		DebianMirror: "http://deb.debian.org/debian",
+	}
+}
+
+// Load reads path (if non-empty) over the defaults and validates the result.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("reading config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil && err.Error() != "EOF" {
+			return c, fmt.Errorf("parsing config %s: %w", path, err)
+		}
+	}
+	return c, nil
+}
+
+// Finish fills derived values (socket from runtime dir) and validates. Call it after flags
+// have overridden fields.
+func (c *Config) Finish() error {
+	if c.Socket == "" {
+		c.Socket = filepath.Join(c.RuntimeDir, "bangerd.sock")
+	}
+	for _, p := range []struct{ field, v string }{{"state_dir", c.StateDir}, {"runtime_dir", c.RuntimeDir}} {
+		if !filepath.IsAbs(p.v) {
+			return errdefs.InvalidArgument(p.field, p.v, "must be an absolute path")
+		}
+	}
+	if _, err := c.BridgePrefix(); err != nil {
+		return err
+	}
+	if err := model.ValidateName("dns.domain label", firstLabel(c.DNS.Domain)); err != nil {
+		return errdefs.InvalidArgument("dns.domain", c.DNS.Domain, "must be a DNS name")
+	}
+	switch c.VMM {
+	case "auto", "qemu", "firecracker":
+	default:
+		return errdefs.InvalidArgument("vmm", c.VMM, "must be auto, qemu or firecracker")
+	}
+	if c.Defaults.VCPU == 0 {
+		c.Defaults.VCPU = 1
+	}
+	if err := model.ValidateVCPU(c.Defaults.VCPU); err != nil {
+		return fmt.Errorf("defaults: %w", err)
+	}
+	if _, err := model.MemoryMiB("defaults.memory", c.Defaults.Memory); err != nil {
+		return err
+	}
+	if _, err := model.DiskBytes("defaults.system_overlay_size", c.Defaults.SystemOverlaySize); err != nil {
+		return err
+	}
+	if _, err := model.DiskBytes("defaults.work_disk_size", c.Defaults.WorkDiskSize); err != nil {
+		return err
+	}
+	return nil
+}
+
+func firstLabel(d string) string {
+	if i := strings.IndexByte(d, '.'); i >= 0 {
+		return d[:i]
+	}
+	return d
+}
+
+// BridgePrefix parses network.cidr: the bridge's address and the subnet it sits in.
+func (c *Config) BridgePrefix() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(c.Network.CIDR)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, errdefs.InvalidArgument("network.cidr", c.Network.CIDR, "must be an IPv4 address with prefix, e.g. 172.30.0.1/24")
+	}
+	if p.Bits() < 8 || p.Bits() > 30 {
+		return netip.Prefix{}, errdefs.InvalidArgument("network.cidr", c.Network.CIDR, "prefix must be between /8 and /30")
+	}
+	if p.Addr() == p.Masked().Addr() {
+		return netip.Prefix{}, errdefs.InvalidArgument("network.cidr", c.Network.CIDR, "must be the bridge's host address, not the network address")
+	}
+	return p, nil
+}
+
+// Paths derived from the state dir.
+func (c *Config) DBPath() string    { return filepath.Join(c.StateDir, "banger.db") }
+func (c *Config) ImagesDir() string { return filepath.Join(c.StateDir, "images") }
+func (c *Config) VMsDir() string    { return filepath.Join(c.StateDir, "vms") }
+func (c *Config) CacheDir() string  { return filepath.Join(c.StateDir, "cache") }

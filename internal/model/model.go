@@ -1,0 +1,81 @@
+// Package model holds banger's records (VMs, images) and the pure rules about them: name
+// syntax, size parsing, and the identifiers derived from a VM's guest IP. It has no I/O.
+package model
+
+import "time"
+
+// VMState is the lifecycle state recorded for a VM.
+type VMState string
+
+const (
+	VMCreated  VMState = "created"  // reserved, disks being prepared
+	VMStarting VMState = "starting" // VMM launched, agent not yet answering
+	VMRunning  VMState = "running"
+	VMStopping VMState = "stopping"
+	VMStopped  VMState = "stopped"
+	VMError    VMState = "error"
+)
+
+// VM is the stored record of one microVM. JSON names are the wire's (snake_case).
+type VM struct {
+	ID                 string    `json:"id"`
+	Name               string    `json:"name"`
+	ImageID            string    `json:"image_id"`
+	ImageName          string    `json:"image_name"`
+	State              VMState   `json:"state"`
+	VCPU               int       `json:"vcpu"`
+	MemoryMiB          int       `json:"memory_mib"`
+	SystemOverlayBytes int64     `json:"system_overlay_bytes"`
+	WorkDiskBytes      int64     `json:"work_disk_bytes"`
+	NAT                bool      `json:"nat"`
+	GuestIP            string    `json:"guest_ip"`
+	MAC                string    `json:"mac"`
+	CID                uint32    `json:"cid"`
+	Tap                string    `json:"tap"`
+	Dir                string    `json:"dir"`
+	VMM                string    `json:"vmm"`   // driver the VM runs on: qemu, firecracker
+	Accel              string    `json:"accel"` // kvm or tcg
+	PID                int       `json:"pid"`
+	LastError          string    `json:"last_error,omitempty"`
+	CreatedAt          time.Time `json:"created_at"`
+	UpdatedAt          time.Time `json:"updated_at"`
+	StartedAt          time.Time `json:"started_at,omitzero"`
+}
+
+// Image is a stored, verified image bundle.
+type Image struct {
+	ID         string    `json:"id"` // sha256 of the manifest
+	Name       string    `json:"name"`
+	Version    string    `json:"version"`
+	Arch       string    `json:"arch"`
+	Dir        string    `json:"dir"`
+	KernelArgs string    `json:"kernel_args"`
+	Files      []File    `json:"files"`
+	Source     string    `json:"source"` // import path, URL or builder
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// File is one file of an image bundle with its digest.
+type File struct {
+	Role   string `json:"role"` // kernel, initrd, rootfs
+	Name   string `json:"name"` // file name inside the image dir
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// File roles.
+const (
+	RoleKernel = "kernel"
+	RoleInitrd = "initrd"
+	RoleRootfs = "rootfs"
+)
+
+// FileByRole returns the image's file with the given role.
+func (im *Image) FileByRole(role string) (File, bool) {
+	for _, f := range im.Files {
+		if f.Role == role {
+			return f, true
+		}
+	}
+	return File{}, false
+}

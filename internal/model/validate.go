@@ -1,0 +1,127 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"banger/internal/errdefs"
+)
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateName checks that name is usable as a DNS label, since VM names become
+// NAME.DOMAIN records. field names the argument in the error ("name", "image").
+func ValidateName(field, name string) error {
+	if name == "" {
+		return errdefs.InvalidArgument(field, name, "must not be empty")
+	}
+	if len(name) > 63 {
+		return errdefs.InvalidArgument(field, name, "must be at most 63 characters")
+	}
+	if !dnsLabel.MatchString(name) {
+		return errdefs.InvalidArgument(field, name,
+			"must be a DNS label: lowercase letters, digits and '-', not starting or ending with '-'")
+	}
+	return nil
+}
+
+var sizeRe = regexp.MustCompile(`^([0-9]+)(\.[0-9]+)?\s*([a-zA-Z]*)$`)
+
+var sizeUnits = map[string]float64{
+	"": 1, "b": 1,
+	"k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+	"t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
+}
+
+// ParseSize parses "512M", "8G", "10GiB", "1.5G" or plain bytes. Units are binary: disk tools
+// and users of VM tooling mean GiB when they type G. Zero, negatives and overflow are errors.
+func ParseSize(field, s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	m := sizeRe.FindStringSubmatch(t)
+	if m == nil {
+		return 0, errdefs.InvalidArgument(field, s, "not a size; use bytes or a number with K, M, G or T (e.g. 512M, 8G)")
+	}
+	unit, ok := sizeUnits[strings.ToLower(m[3])]
+	if !ok {
+		return 0, errdefs.InvalidArgument(field, s, fmt.Sprintf("unknown unit %q; use K, M, G or T", m[3]))
+	}
+	n, err := strconv.ParseFloat(m[1]+m[2], 64)
+	if err != nil {
+		return 0, errdefs.InvalidArgument(field, s, "not a number")
+	}
+	v := n * unit
+	if v >= math.MaxInt64/2 {
+		return 0, errdefs.InvalidArgument(field, s, "too large")
+	}
+	b := int64(v)
+	if b <= 0 {
+		return 0, errdefs.InvalidArgument(field, s, "must be greater than zero")
+	}
+	return b, nil
+}
+
+// FormatSize renders bytes the way ParseSize reads them back.
+func FormatSize(b int64) string {
+	switch {
+	case b >= 1<<40 && b%(1<<40) == 0:
+		return fmt.Sprintf("%dT", b>>40)
+	case b >= 1<<30 && b%(1<<30) == 0:
+		return fmt.Sprintf("%dG", b>>30)
+	case b >= 1<<20 && b%(1<<20) == 0:
+		return fmt.Sprintf("%dM", b>>20)
+	case b >= 1<<10 && b%(1<<10) == 0:
+		return fmt.Sprintf("%dK", b>>10)
+	}
+	return strconv.FormatInt(b, 10)
+}
+
+// Limits on VM resources. The upper bounds catch typos (64 vs 64000) before a VMM does.
+const (
+	MinVCPU      = 1
+	MaxVCPU      = 64
+	MinMemoryMiB = 64
+	MaxMemoryMiB = 1 << 20 // 1 TiB
+	MinDiskBytes = 16 << 20
+	MaxDiskBytes = 16 << 40
+)
+
+// ValidateVCPU checks a vcpu count.
+func ValidateVCPU(n int) error {
+	if n < MinVCPU || n > MaxVCPU {
+		return errdefs.InvalidArgument("vcpu", n, fmt.Sprintf("must be between %d and %d", MinVCPU, MaxVCPU))
+	}
+	return nil
+}
+
+// MemoryMiB converts a parsed memory size to MiB and checks bounds.
+func MemoryMiB(field, s string) (int, error) {
+	b, err := ParseSize(field, s)
+	if err != nil {
+		return 0, err
+	}
+	if b%(1<<20) != 0 {
+		return 0, errdefs.InvalidArgument(field, s, "must be a whole number of MiB")
+	}
+	mib := b >> 20
+	if mib < MinMemoryMiB || mib > MaxMemoryMiB {
+		return 0, errdefs.InvalidArgument(field, s, fmt.Sprintf("must be between %dM and %dG", MinMemoryMiB, MaxMemoryMiB>>10))
+	}
+	return int(mib), nil
+}
+
+// DiskBytes parses and bounds a disk size.
+func DiskBytes(field, s string) (int64, error) {
+	b, err := ParseSize(field, s)
+	if err != nil {
+		return 0, err
+	}
+	if b < MinDiskBytes || b > MaxDiskBytes {
+		return 0, errdefs.InvalidArgument(field, s, fmt.Sprintf("must be between %s and %s", FormatSize(MinDiskBytes), FormatSize(MaxDiskBytes)))
+	}
+	return b, nil
+}
