@@ -1,0 +1,311 @@
+package vmm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// PIDFileName is the file in a VM's directory that holds its VMM's pid.
+const PIDFileName = "vmm.pid"
+
+// Process is a running VMM process: a child started by Launch, or a process found again
+// by Adopt after the daemon restarted. Its Done channel closes when the process exits.
+type Process struct {
+	pid     int
+	cmdline []string
+	done    chan struct{}
+
+	// mu guards pidfd and cmd against the exit watcher closing the fd while Kill uses it.
+	mu    sync.Mutex
+	pidfd int // -1 when not open
+	cmd   *exec.Cmd
+}
+
+// Launch starts cmd as a VMM in its own session, so that it survives the daemon being
+// killed, with stdout and stderr appended to logPath, and records its pid in
+// dir/vmm.pid. cmd must not have been started.
+func Launch(cmd *exec.Cmd, logPath, dir string) (*Process, error) {
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("opening VMM log %s: %w", logPath, err)
+	}
+	// The child keeps its own copy of the descriptor; ours is only needed until Start.
+	defer logFile.Close()
+
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.Stdin = nil
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setsid = true
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	}
+	p := &Process{
+		pid:     cmd.Process.Pid,
+		cmdline: append([]string(nil), cmd.Args...),
+		done:    make(chan struct{}),
+		pidfd:   -1,
+		cmd:     cmd,
+	}
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	if err := WritePIDFile(dir, p.pid); err != nil {
+		_ = p.Kill()
+		<-p.done
+		return nil, err
+	}
+	return p, nil
+}
+
+// Adopt finds a VMM process started earlier, possibly by another daemon. match decides
+// from the process's command line whether it is the expected VMM; a process that is gone,
+// a zombie, or does not match gives ErrNotRunning.
+func Adopt(pid int, match func(argv []string) bool) (*Process, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrNotRunning)
+	}
+	// Opening the pidfd before checking the command line pins the process: if the pid is
+	// recycled after the check, the fd still refers to the process that was checked.
+	fd, err := unix.PidfdOpen(pid, 0)
+	switch {
+	case errors.Is(err, unix.ESRCH):
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrNotRunning)
+	case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM):
+		fd = -1 // old kernel or restricted: fall back to polling /proc
+	case err != nil:
+		return nil, fmt.Errorf("opening pidfd for %d: %w", pid, err)
+	}
+	argv, err := readCmdline(pid)
+	if err != nil || isZombie(pid) || !match(argv) {
+		if fd >= 0 {
+			_ = unix.Close(fd)
+		}
+		return nil, fmt.Errorf("pid %d is not this VM's VMM: %w", pid, ErrNotRunning)
+	}
+	p := &Process{pid: pid, cmdline: argv, done: make(chan struct{}), pidfd: fd}
+	go p.watch()
+	return p, nil
+}
+
+// watch waits for an adopted (non-child) process to exit.
+func (p *Process) watch() {
+	if p.pidfd >= 0 {
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(fds, -1)
+			if err == nil && n > 0 {
+				break
+			}
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				p.pollUntilGone()
+				break
+			}
+		}
+	} else {
+		p.pollUntilGone()
+	}
+	p.mu.Lock()
+	if p.pidfd >= 0 {
+		_ = unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
+	close(p.done)
+	p.mu.Unlock()
+}
+
+func (p *Process) pollUntilGone() {
+	t := time.NewTicker(PollInterval)
+	defer t.Stop()
+	for range t.C {
+		if err := unix.Kill(p.pid, 0); errors.Is(err, unix.ESRCH) || isZombie(p.pid) {
+			return
+		}
+	}
+}
+
+// PID returns the process id.
+func (p *Process) PID() int { return p.pid }
+
+// Cmdline returns the process's argument vector.
+func (p *Process) Cmdline() []string { return p.cmdline }
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Exited reports whether the process has exited.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Kill sends SIGKILL to this process only. Killing an exited process is not an error.
+func (p *Process) Kill() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.Exited() {
+		return nil
+	}
+	var err error
+	switch {
+	case p.cmd != nil:
+		err = p.cmd.Process.Kill()
+		if errors.Is(err, os.ErrProcessDone) {
+			err = nil
+		}
+	case p.pidfd >= 0:
+		err = unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0)
+		if errors.Is(err, unix.ESRCH) {
+			err = nil
+		}
+	default:
+		err = unix.Kill(p.pid, unix.SIGKILL)
+		if errors.Is(err, unix.ESRCH) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("killing VMM pid %d: %w", p.pid, err)
+	}
+	return nil
+}
+
+// WritePIDFile records pid in dir/vmm.pid, replacing the file atomically so that a reader
+// never sees a partial pid.
+func WritePIDFile(dir string, pid int) error {
+	path := filepath.Join(dir, PIDFileName)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("writing pidfile %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing pidfile %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadPIDFile returns the pid recorded in dir/vmm.pid.
+func ReadPIDFile(dir string) (int, error) {
+	path := filepath.Join(dir, PIDFileName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("reading pidfile: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pidfile %s: bad pid %q", path, strings.TrimSpace(string(b)))
+	}
+	return pid, nil
+}
+
+// MatchCmdline returns a matcher for Adopt: the command line must run binary (compared by
+// base name, since a daemon may have resolved it through PATH differently) and mention
+// every one of needles in some argument.
+func MatchCmdline(binary string, needles ...string) func(argv []string) bool {
+	base := filepath.Base(binary)
+	return func(argv []string) bool {
+		if len(argv) == 0 {
+			return false
+		}
+		found := false
+		// Scripts run as "interpreter script args": accept the binary in the first two.
+		for _, a := range argv[:min(2, len(argv))] {
+			if filepath.Base(a) == base {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+		for _, n := range needles {
+			hit := false
+			for _, a := range argv {
+				if strings.Contains(a, n) {
+					hit = true
+					break
+				}
+			}
+			if !hit {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func readCmdline(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return nil, errors.New("empty command line")
+	}
+	return strings.Split(string(b), "\x00"), nil
+}
+
+// isZombie reports whether pid has exited but not been reaped (its /proc entry remains).
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may contain spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	return b[i+2] == 'Z' || b[i+2] == 'X'
+}
+
+// LogTail returns up to max bytes written to path after offset, for error messages that
+// quote what a VMM printed before it failed.
+func LogTail(path string, offset int64, max int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	start := offset
+	if st.Size()-start > int64(max) {
+		start = st.Size() - int64(max)
+	}
+	if start < 0 {
+		start = 0
+	}
+	buf := make([]byte, st.Size()-start)
+	n, _ := f.ReadAt(buf, start)
+	return strings.TrimSpace(string(buf[:n]))
+}
+
+// FileSize returns the size of path, or 0 if it does not exist.
+func FileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}

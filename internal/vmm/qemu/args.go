@@ -1,0 +1,123 @@
+package qemu
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"banger/internal/vmm"
+)
+
+// plan is what Start decided about a launch beyond the Spec itself.
+type plan struct {
+	Accel   string // kvm or tcg
+	Machine string // microvm or q35
+	TSCkHz  int    // passed to the guest under TCG; 0 leaves it out
+	QMPPath string
+}
+
+// baseBootArgs go before the Spec's own arguments. reboot=t makes a guest reboot a triple
+// fault, which -no-reboot turns into QEMU exiting: the guest agent powers off that way.
+// panic=-1 reboots (so exits) at once on a kernel panic instead of hanging.
+const baseBootArgs = "console=ttyS0 reboot=t panic=-1 loglevel=4"
+
+// driveSerial is what virtio-blk accepts as a serial (at most 20 bytes) and what needs no
+// escaping in an option list; the guest finds drives by it in /sys/block/*/serial.
+var driveSerial = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
+
+// buildArgs returns QEMU's arguments (without argv[0]) for spec. The Spec must have passed
+// validateSpec: paths contain no commas, so they need no option-list escaping.
+func buildArgs(spec vmm.Spec, p plan) []string {
+	dev := func(kind string) string {
+		if p.Machine == "q35" {
+			return kind + "-pci"
+		}
+		return kind + "-device"
+	}
+
+	name := spec.Name
+	if name == "" {
+		name = spec.ID
+	}
+	args := []string{
+		"-name", name,
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+	}
+	switch p.Machine {
+	case "q35":
+		args = append(args, "-machine", "q35")
+	default:
+		// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
+		// microvm's virtio-mmio devices only through ACPI.
+		args = append(args, "-machine", "microvm,acpi=on,isa-serial=on,rtc=on")
+	}
+	if p.Accel == "kvm" {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg", "-cpu", "max")
+	}
+	args = append(args,
+		"-m", strconv.Itoa(spec.MemoryMiB)+"M",
+		"-smp", strconv.Itoa(spec.VCPU),
+		"-kernel", spec.Kernel,
+	)
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
+	}
+	args = append(args, "-append", bootArgs(spec, p))
+
+	// The serial console goes to the VM log; append=on keeps earlier boots' output.
+	args = append(args,
+		"-chardev", "file,id=console,path="+spec.LogPath+",append=on",
+		"-serial", "chardev:console",
+	)
+
+	for i, d := range spec.Drives {
+		id := fmt.Sprintf("disk%d", i)
+		drive := []string{"if=none", "id=" + id, "file=" + d.Path, "format=raw", "cache=writeback", "aio=threads"}
+		if d.ReadOnly {
+			// A read-only base is shared by every VM of an image; image locking would only
+			// get in the way of that, and nothing writes it while VMs use it.
+			drive = append(drive, "readonly=on", "file.locking=off")
+		} else {
+			drive = append(drive, "discard=unmap", "detect-zeroes=unmap")
+		}
+		device := dev("virtio-blk") + ",drive=" + id
+		if driveSerial.MatchString(d.ID) {
+			device += ",serial=" + d.ID
+		}
+		args = append(args, "-drive", strings.Join(drive, ","), "-device", device)
+	}
+
+	if spec.Net != nil {
+		nic := dev("virtio-net") + ",netdev=n0,mac=" + spec.Net.MAC
+		if p.Machine == "q35" {
+			nic += ",romfile=" // no iPXE option ROM: the kernel is loaded directly
+		}
+		args = append(args,
+			"-netdev", "tap,id=n0,ifname="+spec.Net.Tap+",script=no,downscript=no",
+			"-device", nic,
+		)
+	}
+
+	args = append(args,
+		"-device", dev("virtio-serial"),
+		"-chardev", "socket,id=agent,path="+spec.ChannelPath+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name="+vmm.AgentSerialName,
+		"-qmp", "unix:"+p.QMPPath+",server=on,wait=off",
+	)
+	return args
+}
+
+func bootArgs(spec vmm.Spec, p plan) string {
+	parts := []string{baseBootArgs}
+	if p.Accel == "tcg" && p.TSCkHz > 0 {
+		// Without the TSC rate a microvm guest under TCG can hang calibrating it.
+		parts = append(parts, "tsc_early_khz="+strconv.Itoa(p.TSCkHz))
+	}
+	if s := strings.TrimSpace(spec.BootArgs); s != "" {
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, " ")
+}
