@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"banger/internal/opid"
@@ -36,6 +38,14 @@ func (c *Client) Close() error { return c.conn.Close() }
 // error comes back as *ErrorResponse.
 func (c *Client) Call(ctx context.Context, method string, params, out any) error {
 	if err := c.send(ctx, method, params); err != nil {
+		// A server that refuses the connection (failed authorization) answers and closes
+		// before reading the request; that answer, already buffered, says why.
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+			var er *ErrorResponse
+			if rerr := c.receive(ctx, method, out); errors.As(rerr, &er) {
+				return er
+			}
+		}
 		return err
 	}
 	return c.receive(ctx, method, out)

@@ -137,6 +137,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+	// Unblock a read waiting for the next request when the server shuts down, so Serve's
+	// wait for connections ends; a handler in flight still writes its response.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
 	br := bufio.NewReaderSize(c, 64<<10)
 	for {
 		line, err := readLine(br, MaxLineBytes)
@@ -195,7 +199,9 @@ func DecodeRequest(line []byte) (*Request, string, *ErrorResponse) {
 	if !opid.Valid(id) {
 		id = opid.New()
 	}
-	if dec.More() {
+	// Decoder.More misses a stray '}' or ']', so look at the rest of the line itself; only
+	// JSON whitespace may follow, exactly what json.Unmarshal would accept.
+	if len(bytes.TrimLeft(line[dec.InputOffset():], " \t\r\n")) > 0 {
 		return nil, id, newError(CodeBadRequest, id, "malformed request: trailing data after the JSON object")
 	}
 	if req.Version != Version {
@@ -280,7 +286,9 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 		return false
 	}
 
-	// A request's context ends if the client hangs up, so long operations stop early.
+	// The request's context ends when the server shuts down. A client hanging up is not
+	// noticed until the response write fails (EOF on a request connection may be a mere
+	// half-close, as `socat` sends), so callers that may give up use the *.begin methods.
 	rctx, cancel := context.WithCancel(octx)
 	defer cancel()
 	result, err := h(rctx, req.Params)

@@ -252,3 +252,21 @@ func TestUnpackRefusesDotDot(t *testing.T) {
 		t.Fatalf("want invalid argument for a climbing path, got %v", err)
 	}
 }
+
+func TestImageName(t *testing.T) {
+	cases := map[string]string{
+		"docker.io/library/alpine:3.20": "alpine-3-20",
+		"alpine":                        "alpine",
+		"ghcr.io/org/my_tool:V1.2":      "my-tool-v1-2",
+		"localhost:5000/x/y@sha256:" + strings.Repeat("a", 64): "y",
+	}
+	for ref, want := range cases {
+		r, err := ParseRef(ref, false)
+		if err != nil {
+			t.Fatalf("ParseRef(%q): %v", ref, err)
+		}
+		if got := ImageName(r); got != want {
+			t.Errorf("ImageName(%q) = %q, want %q", ref, got, want)
+		}
+	}
+}

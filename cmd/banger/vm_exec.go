@@ -1,0 +1,28 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"banger/internal/ctl"
+)
+
+func newVMExecCmd() *cobra.Command {
+	var o ctl.ExecOptions
+	var tty bool
+	cmd := &cobra.Command{
+		Use:   "exec VM -- CMD...",
+		Short: "Run a command in a running VM, streaming stdin/stdout/stderr",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.VM, o.Argv = args[0], args[1:]
+			if cmd.Flags().Changed("tty") {
+				o.TTY = &tty
+			}
+			return ctl.Exec(cmd.Context(), globals, o)
+		},
+	}
+	cmd.Flags().StringArrayVarP(&o.Env, "env", "e", nil, "environment variable KEY=VALUE")
+	cmd.Flags().StringVarP(&o.Cwd, "workdir", "w", "", "working directory in the guest (default /root)")
+	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "allocate a pseudo-terminal")
+	return cmd
+}

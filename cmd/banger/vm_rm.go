@@ -1,0 +1,29 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/ctl"
+)
+
+func newVMRmCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "rm VM...",
+		Aliases: []string{"delete"},
+		Short:   "Delete VMs and their disks",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, ref := range args {
+				if err := ctl.VMAction(cmd.Context(), globals, api.MethodVMDelete, api.VMDeleteParams{VM: ref, Force: force}); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop a running VM first")
+	addJSON(cmd)
+	return cmd
+}

@@ -1,0 +1,27 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"banger/internal/ctl"
+)
+
+func newVMRunCmd() *cobra.Command {
+	var o ctl.RunOptions
+	cmd := &cobra.Command{
+		Use:   "run [flags] [-- CMD...]",
+		Short: "Create a VM, run a command (or a shell) in it, and exit with its exit code",
+		Example: `  banger vm run -- uname -a
+  banger vm run --rm --memory 2G -- make test
+  banger vm run --name dev          # interactive shell`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Exec.Argv = args
+			return ctl.Run(cmd.Context(), globals, o)
+		},
+	}
+	addCreateFlags(cmd.Flags(), &o.Create)
+	cmd.Flags().BoolVar(&o.Remove, "rm", false, "delete the VM when the command ends (also on Ctrl-C)")
+	cmd.Flags().StringArrayVarP(&o.Exec.Env, "env", "e", nil, "environment variable KEY=VALUE for the command")
+	cmd.Flags().StringVarP(&o.Exec.Cwd, "workdir", "w", "", "working directory in the guest (default /root)")
+	return cmd
+}

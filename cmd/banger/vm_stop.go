@@ -1,0 +1,23 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/ctl"
+)
+
+func newVMStopCmd() *cobra.Command {
+	var timeout float64
+	cmd := &cobra.Command{
+		Use:   "stop VM",
+		Short: "Shut a VM down cleanly (killed if it doesn't stop within --timeout)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return ctl.VMAction(cmd.Context(), globals, api.MethodVMStop, api.VMStopParams{VM: args[0], TimeoutSeconds: timeout})
+		},
+	}
+	cmd.Flags().Float64Var(&timeout, "timeout", 20, "seconds to wait for a clean shutdown")
+	addJSON(cmd)
+	return cmd
+}

@@ -1,0 +1,55 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/guest"
+	"banger/internal/opid"
+)
+
+// splitRemote parses "NAME:/path"; a plain local path has no VM part. A path like
+// "./a:b" is local: the VM part must be a plausible name (no '/').
+func splitRemote(s string) (vm, path string) {
+	i := strings.IndexByte(s, ':')
+	if i <= 0 || strings.ContainsRune(s[:i], '/') {
+		return "", s
+	}
+	return s[:i], s[i+1:]
+}
+
+// Copy copies files between the host and a VM: exactly one of src and dst is NAME:/path.
+func Copy(ctx context.Context, g *Globals, src, dst string) error {
+	ctx, id := opid.Ensure(ctx)
+	svm, spath := splitRemote(src)
+	dvm, dpath := splitRemote(dst)
+	switch {
+	case svm != "" && dvm != "":
+		return errdefs.InvalidArgument("dst", dst, "copying between two VMs is not supported; copy through the host")
+	case svm == "" && dvm == "":
+		return errdefs.InvalidArgument("src", src, "one of src and dst must be NAME:/path")
+	}
+	vm := svm + dvm
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stream, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: vm}, nil)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	if dvm != "" {
+		err = guest.Put(ctx, stream, id, spath, dpath)
+	} else {
+		err = guest.Get(ctx, stream, id, spath, dpath)
+	}
+	if err != nil {
+		return fmt.Errorf("copying %s to %s: %w (%s)", src, dst, err, id)
+	}
+	return nil
+}

@@ -1,0 +1,184 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/term"
+
+	"banger/internal/api"
+	"banger/internal/guest"
+	"banger/internal/opid"
+)
+
+// ExecOptions are vm exec's (and vm run's) command options.
+type ExecOptions struct {
+	VM   string
+	Argv []string // empty: interactive shell
+	Env  []string
+	Cwd  string
+	TTY  *bool // nil: a TTY when argv is empty and stdin is a terminal
+}
+
+// Exec runs a command (or a shell) in a running VM, streaming stdio, and returns an
+// *ExitError carrying the guest command's exit code when it is not zero.
+func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
+	ctx, id := opid.Ensure(ctx)
+	stdinFile, stdinIsFile := g.Stdin.(*os.File)
+	isTerm := stdinIsFile && term.IsTerminal(int(stdinFile.Fd()))
+	tty := len(o.Argv) == 0 && isTerm
+	if o.TTY != nil {
+		tty = *o.TTY
+	}
+	argv := o.Argv
+	if len(argv) == 0 {
+		argv = []string{"/bin/sh", "-l"}
+	}
+	req := guest.ExecRequest{Argv: argv, Env: o.Env, Cwd: o.Cwd, TTY: tty, OpID: id}
+
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stream, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: o.VM}, nil)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+
+	sigs := make(chan syscall.Signal, 4)
+	resize := make(chan [2]uint16, 4)
+	stdio := guest.ExecIO{Stdin: g.Stdin, Stdout: g.Stdout, Stderr: g.Stderr, Signals: sigs, Resize: resize}
+
+	if tty && isTerm {
+		fd := int(stdinFile.Fd())
+		if cols, rows, err := term.GetSize(fd); err == nil {
+			req.Rows, req.Cols = uint16(rows), uint16(cols)
+		}
+		req.Term = os.Getenv("TERM")
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return fmt.Errorf("setting terminal to raw mode: %w", err)
+		}
+		defer term.Restore(fd, old)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				if cols, rows, err := term.GetSize(fd); err == nil {
+					select {
+					case resize <- [2]uint16{uint16(rows), uint16(cols)}:
+					default:
+					}
+				}
+			}
+		}()
+	} else {
+		// Without a TTY, Ctrl-C and friends go to the guest process, as with ssh.
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+		defer signal.Stop(ch)
+		go func() {
+			for s := range ch {
+				if ss, ok := s.(syscall.Signal); ok {
+					select {
+					case sigs <- ss:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	code, err := guest.Exec(ctx, stream, req, stdio)
+	if err != nil {
+		if errors.Is(err, guest.ErrCommandNotFound) {
+			fmt.Fprintf(g.Stderr, "banger: %v\n", err)
+			return &ExitError{Code: 127}
+		}
+		return fmt.Errorf("exec in vm %s: %w (%s)", o.VM, err, id)
+	}
+	if code != 0 {
+		return &ExitError{Code: code}
+	}
+	return nil
+}
+
+// RunOptions are vm run's options.
+type RunOptions struct {
+	Create CreateOptions
+	Exec   ExecOptions
+	Remove bool // --rm
+}
+
+// Run creates and boots a VM, runs the command (or a shell) in it and, with Remove,
+// deletes the VM afterwards — also when interrupted.
+func Run(ctx context.Context, g *Globals, o RunOptions) error {
+	ctx, _ = opid.Ensure(ctx)
+	// The first Ctrl-C during create cancels it; cleanup still runs.
+	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	var begin api.BeginResult
+	err := g.call(createCtx, api.MethodVMCreateBegin, o.Create.VMCreateParams, &begin)
+	if err != nil {
+		stop()
+		return err
+	}
+	st, err := Follow(createCtx, g, api.MethodVMCreateStatus, begin.OpID, stagePrinter(g, o.Create.Quiet))
+	interrupted := createCtx.Err() != nil
+	stop()
+	if interrupted && o.Remove {
+		// The daemon keeps creating; wait for it to settle, then delete what it made.
+		fmt.Fprintln(g.Stderr, "banger: interrupted; removing the VM being created")
+		cleanupCtx := context.WithoutCancel(ctx)
+		if st2, err2 := Follow(cleanupCtx, g, api.MethodVMCreateStatus, begin.OpID, func(api.Stage, bool) {}); err2 == nil && st2.VM != nil {
+			removeVM(cleanupCtx, g, st2.VM.ID)
+		}
+		return &ExitError{Code: 130}
+	}
+	if err != nil {
+		return err
+	}
+	vm := st.VM
+	o.Exec.VM = vm.ID
+	execErr := Exec(ctx, g, o.Exec)
+	if o.Remove {
+		removeVM(context.WithoutCancel(ctx), g, vm.ID)
+	}
+	return execErr
+}
+
+func removeVM(ctx context.Context, g *Globals, id string) {
+	if err := g.call(ctx, api.MethodVMDelete, api.VMDeleteParams{VM: id, Force: true}, nil); err != nil {
+		fmt.Fprintf(g.Stderr, "banger: removing vm %s: %v\n", shortID(id), err)
+	}
+}
+
+// Logs prints a VM's console log, following it with follow until interrupted.
+func Logs(ctx context.Context, g *Globals, ref string, follow bool) error {
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, _ = opid.Ensure(ctx)
+	stream, err := c.Stream(ctx, api.MethodVMLogs, api.VMLogsParams{VM: ref, Follow: follow}, nil)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	go func() {
+		<-ctx.Done()
+		stream.Close()
+	}()
+	_, err = io.Copy(g.Stdout, stream)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,223 @@
+// Package daemon is bangerd: it owns the store, images, VMs and their VMM processes, the DNS
+// server for VM names, and the async operations the CLI follows. It serves the protocol in
+// internal/rpc; privileged network work goes through the root helper (internal/helper).
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"banger/internal/config"
+	"banger/internal/helper"
+	"banger/internal/imagecat"
+	"banger/internal/imagestore"
+	"banger/internal/opid"
+	"banger/internal/rpc"
+	"banger/internal/store"
+	"banger/internal/vmdns"
+	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
+	"banger/internal/vmm/qemu"
+)
+
+// Version is the daemon's build version, set by main.
+var Version = "dev"
+
+// Daemon is one running bangerd.
+type Daemon struct {
+	cfg     config.Config
+	log     *slog.Logger
+	store   *store.Store
+	prefix  netip.Prefix
+	drivers map[string]vmm.Driver
+	helper  *helper.Client // nil when networking is off
+	dns     *vmdns.Server
+	catalog *imagecat.Catalog
+	fetch   *imagecat.Group
+	started time.Time
+
+	// reserveMu is the one narrow lock of vm create: name, IP and row are reserved under it.
+	reserveMu sync.Mutex
+
+	vmsMu sync.Mutex
+	vms   map[string]*vmRuntime // by VM id
+
+	ops opRegistry
+
+	// bg tracks async operations so shutdown can wait for them.
+	bg sync.WaitGroup
+}
+
+// Options are start-up options that are not configuration.
+type Options struct {
+	// Cleanup makes Run stop every VM and remove all network objects on exit.
+	Cleanup bool
+}
+
+// New opens the store and prepares drivers; it does not listen yet.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, error) {
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	prefix, _ := cfg.BridgePrefix()
+	for _, dir := range []string{cfg.StateDir, cfg.RuntimeDir, cfg.ImagesDir(), cfg.VMsDir(), cfg.CacheDir()} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
+		}
+	}
+	// An interrupted publish leaves a temp dir; it never looks like an image, but takes space.
+	if err := imagestore.Sweep(cfg.ImagesDir()); err != nil {
+		log.Warn("sweeping unfinished image publications failed", "error", err.Error())
+	}
+	st, err := store.Open(ctx, cfg.DBPath())
+	if err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	cat, err := imagecat.Load(ctx, cfg.Catalogs)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("loading image catalogs: %w", err)
+	}
+	d := &Daemon{
+		cfg:     cfg,
+		log:     log,
+		store:   st,
+		prefix:  prefix,
+		catalog: cat,
+		fetch:   &imagecat.Group{},
+		started: time.Now(),
+		vms:     map[string]*vmRuntime{},
+		drivers: map[string]vmm.Driver{
+			"qemu": qemu.New(qemu.Config{Binary: cfg.Qemu.Binary, Accel: cfg.Qemu.Accel,
+				Machine: cfg.Qemu.Machine, Logger: log}),
+			"firecracker": firecracker.New(firecracker.Config{Binary: cfg.Firecracker.Binary, Logger: log}),
+		},
+	}
+	if cfg.Network.Enabled {
+		d.helper = &helper.Client{Socket: cfg.Network.HelperSocket}
+	}
+	upstreams := cfg.DNS.Upstreams
+	if len(upstreams) == 0 {
+		upstreams = vmdns.UpstreamsFromResolvConf("/etc/resolv.conf")
+	}
+	d.dns = vmdns.New(cfg.DNS.Domain, upstreams, log)
+	return d, nil
+}
+
+// Run serves until ctx ends. VMs keep running after Run returns unless opts.Cleanup.
+func (d *Daemon) Run(ctx context.Context, opts Options) error {
+	defer d.store.Close()
+	startCtx := opid.With(ctx, opid.New())
+	if d.helper != nil {
+		if err := d.helper.EnsureBridge(startCtx); err != nil {
+			return fmt.Errorf("ensuring bridge %s through the root helper: %w", d.cfg.Network.Bridge, err)
+		}
+	}
+	if err := d.reconcile(startCtx); err != nil {
+		return fmt.Errorf("reconciling VMs with the store: %w", err)
+	}
+	if err := d.startDNS(ctx); err != nil {
+		return err
+	}
+	defer d.dns.Close()
+
+	l, err := listenUnix(d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	srv := rpc.NewServer(d.log)
+	d.register(srv)
+	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", Version, "pid", os.Getpid())
+	serveErr := srv.Serve(ctx, l)
+	d.bg.Wait()
+	os.Remove(d.cfg.Socket)
+	if opts.Cleanup {
+		d.cleanup(opid.With(context.Background(), opid.New()))
+	}
+	d.closeSessions()
+	return serveErr
+}
+
+func (d *Daemon) startDNS(ctx context.Context) error {
+	addrs := append([]string(nil), d.cfg.DNS.Listen...)
+	if d.cfg.Network.Enabled {
+		addrs = append(addrs, net.JoinHostPort(d.prefix.Addr().String(), "53"))
+	}
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, vm := range vms {
+		if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
+			d.dns.Set(vm.Name, ip)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	if err := d.dns.ListenAndServe(ctx, addrs); err != nil {
+		return fmt.Errorf("starting DNS on %v: %w", addrs, err)
+	}
+	return nil
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating socket dir: %w", err)
+	}
+	// A stale socket from a crashed daemon is removed; a live one means another daemon runs.
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another bangerd is already serving %s", path)
+	}
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// cleanup stops every running VM and removes every network object banger created.
+func (d *Daemon) cleanup(ctx context.Context) {
+	log := opid.Logger(ctx, d.log)
+	vms, err := d.store.ListVMs(ctx)
+	if err == nil {
+		for _, vm := range vms {
+			if vm.State == "running" || vm.State == "starting" {
+				if _, err := d.stopVM(ctx, vm.ID, 10*time.Second); err != nil {
+					log.Warn("cleanup: stopping vm failed", "vm", vm.Name, "error", err.Error())
+				}
+			}
+		}
+	}
+	if d.helper != nil {
+		if err := d.helper.Cleanup(ctx); err != nil {
+			log.Warn("cleanup: root helper cleanup failed", "error", err.Error())
+		} else {
+			log.Info("cleanup: network objects removed")
+		}
+	}
+}
+
+func (d *Daemon) driver(name string) (vmm.Driver, error) {
+	drv, ok := d.drivers[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown vmm driver %q", name)
+	}
+	return drv, nil
+}
+
+var errNoDriver = errors.New("no usable VMM")

@@ -1,0 +1,53 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"banger/internal/api"
+	"banger/internal/imagebuild"
+)
+
+// doctor reports what this host has and lacks for running VMs, each with its fix.
+func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
+	var out api.DoctorResult
+	add := func(name string, ok bool, detail, fix string) {
+		c := api.DoctorCheck{Name: name, OK: ok, Detail: detail}
+		if !ok {
+			c.Fix = fix
+		}
+		out.Checks = append(out.Checks, c)
+	}
+	for _, name := range []string{"firecracker", "qemu"} {
+		info := d.drivers[name].Probe(ctx)
+		detail := info.Detail
+		if info.Available {
+			detail = fmt.Sprintf("usable (%s) %s", info.Accel, info.Detail)
+		}
+		add("vmm:"+name, info.Available, detail, info.Fix)
+	}
+	_, info, err := d.pickDriver(ctx)
+	if err == nil {
+		add("vmm:selected", true, fmt.Sprintf("vmm=%s picks %s", d.cfg.VMM, info.Name), "")
+	} else {
+		add("vmm:selected", false, err.Error(), "install qemu-system-x86 (apt-get install qemu-system-x86) or firecracker with a usable /dev/kvm")
+	}
+	agent := d.agentPath()
+	_, err = os.Stat(agent)
+	add("guest-agent", err == nil, agent, "build it: CGO_ENABLED=0 go build -o "+agent+" ./cmd/banger-agent")
+	for _, m := range imagebuild.CheckTinyPrereqs() {
+		add("builder:"+m.What, false, m.What+" is missing: "+m.Why, "apt-get install "+m.Package)
+	}
+	if d.cfg.Network.Enabled {
+		err := d.helper.Ping(ctx)
+		add("root-helper", err == nil, d.cfg.Network.HelperSocket, "start the root helper as root: bangerd helper --config …")
+		add("dns", true, fmt.Sprintf("VM names resolve as NAME.%s at %s:53 and %v", d.cfg.DNS.Domain, d.prefix.Addr(), d.cfg.DNS.Listen),
+			"")
+		add("host-resolver", true, fmt.Sprintf("to resolve VM names on this host: resolvectl dns %s %s && resolvectl domain %s ~%s",
+			d.cfg.Network.Bridge, d.prefix.Addr(), d.cfg.Network.Bridge, d.cfg.DNS.Domain), "")
+	} else {
+		add("network", true, "networking is off: VMs get no NIC (exec/shell/cp still work over the agent channel)", "")
+	}
+	return out
+}

@@ -1,0 +1,177 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/model"
+	"banger/internal/opid"
+	"banger/internal/rpc"
+)
+
+// register wires every method to its handler. Handlers decode params, call one daemon
+// operation, and shape the result; the logic lives in the vm_*.go and images.go files.
+func (d *Daemon) register(s *rpc.Server) {
+	s.Handle(api.MethodPing, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		return api.PingResult{Version: Version, Protocol: rpc.Version,
+			UptimeSeconds: time.Since(d.started).Seconds(), PID: os.Getpid()}, nil
+	})
+	s.Handle(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams) (any, error) {
+		vm, err := d.createVM(ctx, p, noProgress{})
+		if err != nil {
+			return nil, err
+		}
+		return api.VMResult{VM: *vm}, nil
+	}))
+	s.Handle(api.MethodVMCreateBegin, withParams(func(ctx context.Context, p api.VMCreateParams) (any, error) {
+		return d.beginCreate(ctx, p)
+	}))
+	status := withParams(func(ctx context.Context, p api.OpStatusParams) (any, error) {
+		if p.OpID == "" {
+			return nil, errdefs.InvalidArgument("op_id", "", "is required")
+		}
+		op, err := d.ops.get(p.OpID)
+		if err != nil {
+			return nil, err
+		}
+		wait := time.Duration(p.WaitSeconds * float64(time.Second))
+		if wait > 30*time.Second {
+			wait = 30 * time.Second
+		}
+		return op.status(ctx, p.After, wait), nil
+	})
+	s.Handle(api.MethodVMCreateStatus, status)
+	s.Handle(api.MethodOpStatus, status)
+	s.Handle(api.MethodVMList, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		vms, err := d.store.ListVMs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if vms == nil {
+			vms = []model.VM{}
+		}
+		return api.VMListResult{VMs: vms}, nil
+	})
+	s.Handle(api.MethodVMShow, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
+		vm, err := d.store.ResolveVM(ctx, p.VM)
+		if err != nil {
+			return nil, err
+		}
+		return api.VMResult{VM: *vm}, nil
+	}))
+	s.Handle(api.MethodVMStart, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
+		return vmResult(d.startVM(ctx, p.VM))
+	}))
+	s.Handle(api.MethodVMStop, withParams(func(ctx context.Context, p api.VMStopParams) (any, error) {
+		return vmResult(d.stopVM(ctx, p.VM, seconds(p.TimeoutSeconds)))
+	}))
+	s.Handle(api.MethodVMRestart, withParams(func(ctx context.Context, p api.VMStopParams) (any, error) {
+		return vmResult(d.restartVM(ctx, p.VM, seconds(p.TimeoutSeconds)))
+	}))
+	s.Handle(api.MethodVMDelete, withParams(func(ctx context.Context, p api.VMDeleteParams) (any, error) {
+		return vmResult(d.deleteVM(ctx, p.VM, p.Force))
+	}))
+	s.Handle(api.MethodVMWaitReady, withParams(func(ctx context.Context, p api.VMWaitReadyParams) (any, error) {
+		return d.waitReadyByRef(ctx, p)
+	}))
+	s.HandleStream(api.MethodVMAgent, d.agentStream)
+	s.HandleStream(api.MethodVMLogs, d.logsStream)
+
+	s.Handle(api.MethodImageImport, withParams(func(ctx context.Context, p api.ImageImportParams) (any, error) {
+		return imageResult(d.importImage(ctx, p))
+	}))
+	s.Handle(api.MethodImageList, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		ims, err := d.store.ListImages(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ims == nil {
+			ims = []model.Image{}
+		}
+		return api.ImageListResult{Images: ims}, nil
+	})
+	s.Handle(api.MethodImageShow, withParams(func(ctx context.Context, p api.ImageRef) (any, error) {
+		return imageResult(d.store.ResolveImage(ctx, p.Image))
+	}))
+	s.Handle(api.MethodImageDelete, withParams(func(ctx context.Context, p api.ImageRef) (any, error) {
+		return imageResult(d.deleteImage(ctx, p.Image))
+	}))
+	s.Handle(api.MethodImagePull, withParams(func(ctx context.Context, p api.ImagePullParams) (any, error) {
+		return imageResult(d.pullImage(ctx, p.Ref, noProgress{}))
+	}))
+	s.Handle(api.MethodImagePullBegin, withParams(func(ctx context.Context, p api.ImagePullParams) (any, error) {
+		if p.Ref == "" {
+			return nil, errdefs.InvalidArgument("ref", "", "is required")
+		}
+		return d.beginImageOp(ctx, "image.pull", func(ctx context.Context, prog progress) (*model.Image, error) {
+			return d.pullImage(ctx, p.Ref, prog)
+		}), nil
+	}))
+	s.Handle(api.MethodImageBuild, withParams(func(ctx context.Context, p api.ImageBuildParams) (any, error) {
+		return d.beginImageOp(ctx, "image.build", func(ctx context.Context, prog progress) (*model.Image, error) {
+			return d.buildImage(ctx, p, prog)
+		}), nil
+	}))
+	s.Handle(api.MethodImageCatalog, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		return d.catalogEntries(ctx)
+	})
+	s.Handle(api.MethodDoctor, func(ctx context.Context, _ json.RawMessage) (any, error) {
+		return d.doctor(ctx), nil
+	})
+}
+
+// withParams decodes params into P (unknown fields are an error, so typos are caught).
+func withParams[P any](fn func(ctx context.Context, p P) (any, error)) rpc.HandlerFunc {
+	return func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var p P
+		if len(raw) > 0 && string(raw) != "null" {
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&p); err != nil {
+				return nil, errdefs.New(errdefs.ErrInvalidArgument, "params: %v", err)
+			}
+		}
+		return fn(ctx, p)
+	}
+}
+
+func vmResult(vm *model.VM, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return api.VMResult{VM: *vm}, nil
+}
+
+func imageResult(im *model.Image, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return api.ImageResult{Image: *im}, nil
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func (d *Daemon) waitReadyByRef(ctx context.Context, p api.VMWaitReadyParams) (any, error) {
+	vm, err := d.store.ResolveVM(ctx, p.VM)
+	if err != nil {
+		return nil, err
+	}
+	if vm.State != model.VMRunning && vm.State != model.VMStarting {
+		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.State)
+	}
+	timeout := seconds(p.TimeoutSeconds)
+	if timeout <= 0 {
+		timeout = bootTimeout
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := d.waitReady(wctx, d.runtime(vm.ID), opid.From(ctx)); err != nil {
+		return nil, errdefs.New(errdefs.ErrUnavailable, "vm %s agent not ready: %w", vm.Name, err)
+	}
+	return api.VMResult{VM: *vm}, nil
+}

@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/model"
+	"banger/internal/rpc"
+)
+
+// operation is an async operation whose stages clients poll (vm.create.begin, image pulls).
+// Its id is the op id of the call that began it, so logs and status share one id.
+type operation struct {
+	id   string
+	kind string
+
+	mu      sync.Mutex
+	stages  []api.Stage
+	done    bool
+	vm      *model.VM
+	image   *model.Image
+	err     *api.OpError
+	changed chan struct{} // closed and replaced on every change, to wake waiters
+	ended   time.Time
+}
+
+func newOperation(id, kind string) *operation {
+	return &operation{id: id, kind: kind, changed: make(chan struct{})}
+}
+
+func (o *operation) notifyLocked() {
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// stage records one step. Download progress updates the last stage in place when it is
+// the same stage, so polling clients see a moving counter rather than thousands of stages.
+func (o *operation) stage(name, msg string, done, total int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if n := len(o.stages); n > 0 && o.stages[n-1].Name == name && (done > 0 || total > 0) {
+		o.stages[n-1].Done, o.stages[n-1].Total, o.stages[n-1].Message = done, total, msg
+		o.stages[n-1].At = time.Now().UTC()
+	} else {
+		o.stages = append(o.stages, api.Stage{Name: name, Message: msg, At: time.Now().UTC(), Done: done, Total: total})
+	}
+	o.notifyLocked()
+}
+
+func (o *operation) finish(vm *model.VM, im *model.Image, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.done = true
+	o.ended = time.Now()
+	o.vm, o.image = vm, im
+	if err != nil {
+		w := rpc.ToWire(err, o.id)
+		o.err = &api.OpError{Code: w.Code, Message: w.Message, OpID: o.id, Hint: w.Hint}
+	}
+	o.notifyLocked()
+}
+
+// status returns the operation's state. With wait, it blocks until the operation has more
+// than after stages, changes in any way (download progress), ends, or wait passes.
+func (o *operation) status(ctx context.Context, after int, wait time.Duration) api.OpStatusResult {
+	o.mu.Lock()
+	if !o.done && len(o.stages) <= after && wait > 0 {
+		ch := o.changed
+		o.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		o.mu.Lock()
+	}
+	defer o.mu.Unlock()
+	return api.OpStatusResult{OpID: o.id, Kind: o.kind, Stages: append([]api.Stage(nil), o.stages...),
+		Done: o.done, VM: o.vm, Image: o.image, Error: o.err}
+}
+
+// opRegistry keeps operations for a while after they end so late pollers see the result.
+type opRegistry struct {
+	mu  sync.Mutex
+	ops map[string]*operation
+}
+
+const opRetention = 30 * time.Minute
+
+func (r *opRegistry) add(o *operation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ops == nil {
+		r.ops = map[string]*operation{}
+	}
+	for id, old := range r.ops {
+		old.mu.Lock()
+		expired := old.done && time.Since(old.ended) > opRetention
+		old.mu.Unlock()
+		if expired {
+			delete(r.ops, id)
+		}
+	}
+	r.ops[o.id] = o
+}
+
+func (r *opRegistry) get(id string) (*operation, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o, ok := r.ops[id]
+	if !ok {
+		return nil, errdefs.NotFound("operation", id)
+	}
+	return o, nil
+}
+
+// progress is how long-running daemon work reports stages: to the async operation if
+// there is one, and always to the operation log.
+type progress interface {
+	stage(name, msg string, done, total int64)
+}
+
+type noProgress struct{}
+
+func (noProgress) stage(string, string, int64, int64) {}

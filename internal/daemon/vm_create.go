@@ -1,0 +1,251 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/imagebuild"
+	"banger/internal/model"
+	"banger/internal/opid"
+	"banger/internal/rpc"
+)
+
+// createPlan is a validated vm.create request: everything checked before any lock is taken.
+type createPlan struct {
+	name    string // empty: generate
+	image   *model.Image
+	vcpu    int
+	memMiB  int
+	overlay int64
+	work    int64
+	nat     bool
+	noStart bool
+}
+
+// validateCreate checks params without holding any lock. Resolving the image may pull it.
+func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog progress) (*createPlan, error) {
+	plan := &createPlan{name: p.Name, nat: p.NAT, noStart: p.NoStart}
+	if p.Name != "" {
+		if err := model.ValidateName("name", p.Name); err != nil {
+			return nil, err
+		}
+	}
+	plan.vcpu = p.VCPU
+	if plan.vcpu == 0 {
+		plan.vcpu = d.cfg.Defaults.VCPU
+	}
+	if err := model.ValidateVCPU(plan.vcpu); err != nil {
+		return nil, err
+	}
+	var err error
+	if plan.memMiB, err = model.MemoryMiB("memory", orDefault(p.Memory, d.cfg.Defaults.Memory)); err != nil {
+		return nil, err
+	}
+	if plan.overlay, err = model.DiskBytes("system_overlay_size", orDefault(p.SystemOverlaySize, d.cfg.Defaults.SystemOverlaySize)); err != nil {
+		return nil, err
+	}
+	if plan.work, err = model.DiskBytes("work_disk_size", orDefault(p.WorkDiskSize, d.cfg.Defaults.WorkDiskSize)); err != nil {
+		return nil, err
+	}
+	if p.NAT && !d.cfg.Network.Enabled {
+		return nil, errdefs.WithHint(errdefs.InvalidArgument("nat", true, "needs networking, which is off in this daemon's config"),
+			"set network.enabled: true in the bangerd config and run the root helper")
+	}
+	ref := orDefault(p.Image, d.cfg.Defaults.Image)
+	if plan.image, err = d.findOrAutoPullImage(ctx, ref, prog); err != nil {
+		return nil, err
+	}
+	prog.stage("image_resolved", plan.image.Name+" "+shortID(plan.image.ID), 0, 0)
+	return plan, nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// reserve takes the narrow create lock to pick the name, id and guest IP and persist the
+// row that holds them. Everything slow happens outside it.
+func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, error) {
+	d.reserveMu.Lock()
+	defer d.reserveMu.Unlock()
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[string]bool, len(vms))
+	used := make([]netip.Addr, 0, len(vms))
+	for _, vm := range vms {
+		names[vm.Name] = true
+		if a, err := netip.ParseAddr(vm.GuestIP); err == nil {
+			used = append(used, a)
+		}
+	}
+	name := plan.name
+	if name == "" {
+		for i := 0; ; i++ {
+			name = model.RandomName()
+			if i > 20 {
+				name = fmt.Sprintf("%s-%d", name, i)
+			}
+			if !names[name] {
+				break
+			}
+		}
+	} else if names[name] {
+		return nil, errdefs.New(errdefs.ErrAlreadyExists, "vm name %q already exists", name)
+	}
+	ip, err := lowestFreeIP(d.prefix, used)
+	if err != nil {
+		return nil, err
+	}
+	id := model.NewID()
+	now := time.Now().UTC()
+	vm := &model.VM{
+		ID: id, Name: name, ImageID: plan.image.ID, ImageName: plan.image.Name,
+		State: model.VMCreated, VCPU: plan.vcpu, MemoryMiB: plan.memMiB,
+		SystemOverlayBytes: plan.overlay, WorkDiskBytes: plan.work, NAT: plan.nat,
+		GuestIP: ip.String(), MAC: model.MACForIP(ip), CID: model.CIDForIP(ip),
+		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := d.store.InsertVM(ctx, vm); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// Paths inside a VM's directory.
+const (
+	systemDiskName = "system.cow"
+	workDiskName   = "root.ext4"
+	consoleLogName = "console.log"
+	metricsName    = "metrics.json"
+	channelName    = "agent.sock"
+)
+
+// createVM runs the whole create. On any failure nothing is left behind: no row (so no IP
+// or name), no directory, no tap.
+func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progress) (*model.VM, error) {
+	plan, err := d.validateCreate(ctx, p, prog)
+	if err != nil {
+		return nil, err
+	}
+	prog.stage("validated", "", 0, 0)
+	vm, err := d.reserve(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	rpc.Stage(ctx, d.log, "persisted", "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
+	prog.stage("persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), 0, 0)
+	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
+		d.dns.Set(vm.Name, ip)
+	}
+
+	rt := d.runtime(vm.ID)
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	fail := func(cause error) (*model.VM, error) {
+		// A cancelled request still cleans up: use a fresh context for the undo.
+		undo := opid.With(context.WithoutCancel(ctx), opid.From(ctx))
+		d.teardownNetwork(undo, vm)
+		if m := rt.getMachine(); m != nil {
+			m.Kill()
+			waitCtx, cancel := context.WithTimeout(undo, 5*time.Second)
+			<-orDone(waitCtx, m.Done())
+			cancel()
+		}
+		rt.resetSession()
+		os.RemoveAll(vm.Dir)
+		d.dns.Remove(vm.Name)
+		if err := d.store.DeleteVM(undo, vm.ID); err != nil {
+			rpc.Logger(ctx, d.log).Error("undo create: deleting row failed", "vm_id", vm.ID, "error", err.Error())
+		}
+		d.dropRuntime(vm.ID)
+		return nil, cause
+	}
+	if err := d.prepareDisks(ctx, vm); err != nil {
+		return fail(err)
+	}
+	prog.stage("disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)), 0, 0)
+	rpc.Stage(ctx, d.log, "disks_ready")
+	if plan.noStart {
+		vm.State = model.VMStopped
+		if err := d.store.UpdateVM(ctx, vm); err != nil {
+			return fail(err)
+		}
+		prog.stage("created", "not started (--no-start)", 0, 0)
+		return vm, nil
+	}
+	if err := d.startLocked(ctx, rt, vm, prog); err != nil {
+		return fail(err)
+	}
+	return vm, nil
+}
+
+func orDone(ctx context.Context, ch <-chan struct{}) <-chan struct{} {
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}()
+	return out
+}
+
+// prepareDisks creates the VM directory, the sparse system overlay and the work disk.
+func (d *Daemon) prepareDisks(ctx context.Context, vm *model.VM) error {
+	if err := os.MkdirAll(vm.Dir, 0o750); err != nil {
+		return fmt.Errorf("creating vm directory: %w", err)
+	}
+	if err := imagebuild.MakeEmptyExt4(ctx, filepath.Join(vm.Dir, systemDiskName), vm.SystemOverlayBytes, "system"); err != nil {
+		return fmt.Errorf("creating system overlay disk: %w", err)
+	}
+	if err := imagebuild.MakeEmptyExt4(ctx, filepath.Join(vm.Dir, workDiskName), vm.WorkDiskBytes, "work"); err != nil {
+		return fmt.Errorf("creating work disk: %w", err)
+	}
+	return nil
+}
+
+// beginCreate is vm.create.begin: the work continues after the call returns, under the
+// call's op id, detached from the call's connection.
+func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.BeginResult, error) {
+	id := opid.From(ctx)
+	op := newOperation(id, "vm.create")
+	d.ops.add(op)
+	bctx := context.WithoutCancel(ctx)
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		start := time.Now()
+		log := rpc.Logger(bctx, d.log).With("async", true)
+		vm, err := d.createVM(bctx, p, op)
+		if err != nil {
+			log.Error("async operation failed", "duration_ms", time.Since(start).Milliseconds(), "error", err.Error())
+		} else {
+			log.Info("async operation done", "duration_ms", time.Since(start).Milliseconds(), "vm", vm.Name)
+		}
+		op.finish(vm, nil, err)
+	}()
+	return api.BeginResult{OpID: id}, nil
+}
+
+var _ = errors.New

@@ -1,0 +1,42 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"banger/internal/errdefs"
+	"banger/internal/model"
+)
+
+// deleteVM removes a VM, its disks and its DNS name. A running VM needs force.
+func (d *Daemon) deleteVM(ctx context.Context, ref string, force bool) (*model.VM, error) {
+	vm, err := d.store.ResolveVM(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	rt := d.runtime(vm.ID)
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return nil, err
+	}
+	if vm.State == model.VMRunning || vm.State == model.VMStarting || vm.State == model.VMStopping {
+		if !force {
+			return nil, errdefs.WithHint(errdefs.New(errdefs.ErrConflict, "vm %s is %s", vm.Name, vm.State),
+				"stop it first (banger vm stop "+vm.Name+") or delete with --force")
+		}
+		if err := d.stopLocked(ctx, rt, vm, 0); err != nil {
+			return nil, fmt.Errorf("stopping vm %s before delete: %w", vm.Name, err)
+		}
+	}
+	if err := os.RemoveAll(vm.Dir); err != nil {
+		return nil, fmt.Errorf("removing vm directory: %w", err)
+	}
+	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+		return nil, err
+	}
+	d.dns.Remove(vm.Name)
+	d.dropRuntime(vm.ID)
+	return vm, nil
+}

@@ -1,0 +1,258 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"banger/internal/errdefs"
+	"banger/internal/guest"
+	"banger/internal/model"
+	"banger/internal/opid"
+	"banger/internal/rpc"
+	"banger/internal/vmm"
+)
+
+// bootTimeout bounds boot-to-ready. Software-emulated guests on a busy two-core host take
+// tens of seconds; a KVM guest takes well under one.
+const bootTimeout = 3 * time.Minute
+
+// pickDriver resolves the configured VMM ("auto" prefers firecracker when it can run).
+func (d *Daemon) pickDriver(ctx context.Context) (vmm.Driver, vmm.Info, error) {
+	order := []string{d.cfg.VMM}
+	if d.cfg.VMM == "auto" {
+		order = []string{"firecracker", "qemu"}
+	}
+	var reasons []string
+	for _, name := range order {
+		drv, err := d.driver(name)
+		if err != nil {
+			return nil, vmm.Info{}, err
+		}
+		info := drv.Probe(ctx)
+		if info.Available {
+			return drv, info, nil
+		}
+		r := fmt.Sprintf("%s: %s", name, info.Detail)
+		if info.Fix != "" {
+			r += " (fix: " + info.Fix + ")"
+		}
+		reasons = append(reasons, r)
+	}
+	return nil, vmm.Info{}, errdefs.WithHint(
+		errdefs.New(errdefs.ErrUnavailable, "%v: %s", errNoDriver, strings.Join(reasons, "; ")),
+		"run `banger doctor` to see what is missing")
+}
+
+// spec builds the driver's view of vm.
+func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
+	kernel, ok := im.FileByRole(model.RoleKernel)
+	if !ok {
+		return vmm.Spec{}, fmt.Errorf("image %s has no kernel", im.Name)
+	}
+	rootfs, ok := im.FileByRole(model.RoleRootfs)
+	if !ok {
+		return vmm.Spec{}, fmt.Errorf("image %s has no rootfs", im.Name)
+	}
+	s := vmm.Spec{
+		ID: vm.ID, Name: vm.Name, Dir: vm.Dir,
+		Kernel: filepath.Join(im.Dir, kernel.Name),
+		Drives: []vmm.Drive{
+			{ID: "rootfs", Path: filepath.Join(im.Dir, rootfs.Name), ReadOnly: true, Root: true},
+			{ID: "system", Path: filepath.Join(vm.Dir, systemDiskName)},
+			{ID: "work", Path: filepath.Join(vm.Dir, workDiskName)},
+		},
+		VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
+		LogPath:     filepath.Join(vm.Dir, consoleLogName),
+		MetricsPath: filepath.Join(vm.Dir, metricsName),
+		CID:         vm.CID,
+		ChannelPath: filepath.Join(vm.Dir, channelName),
+	}
+	if initrd, ok := im.FileByRole(model.RoleInitrd); ok {
+		s.Initrd = filepath.Join(im.Dir, initrd.Name)
+	}
+	args := []string{im.KernelArgs,
+		guest.ParamName + "=" + vm.Name,
+		guest.ParamRoot + "=/dev/vda", guest.ParamSystem + "=/dev/vdb", guest.ParamWork + "=/dev/vdc"}
+	if d.cfg.Network.Enabled {
+		s.Net = &vmm.NetIface{Tap: vm.Tap, MAC: vm.MAC}
+		args = append(args,
+			fmt.Sprintf("%s=%s/%d", guest.ParamIP, vm.GuestIP, d.prefix.Bits()),
+			guest.ParamGateway+"="+d.prefix.Addr().String(),
+			guest.ParamDNS+"="+d.prefix.Addr().String())
+	}
+	s.BootArgs = strings.TrimSpace(strings.Join(args, " "))
+	return s, nil
+}
+
+// setupNetwork creates the VM's tap and NAT through the root helper.
+func (d *Daemon) setupNetwork(ctx context.Context, vm *model.VM) error {
+	if d.helper == nil {
+		return nil
+	}
+	if err := d.helper.CreateTap(ctx, vm.Tap); err != nil {
+		return fmt.Errorf("creating tap %s: %w", vm.Tap, err)
+	}
+	if vm.NAT {
+		ip, _ := netip.ParseAddr(vm.GuestIP)
+		if err := d.helper.EnableNAT(ctx, ip); err != nil {
+			return fmt.Errorf("enabling NAT for %s: %w", vm.GuestIP, err)
+		}
+	}
+	return nil
+}
+
+// teardownNetwork removes what setupNetwork made; it is best effort and logs failures,
+// since reconcile removes leftovers on the next start.
+func (d *Daemon) teardownNetwork(ctx context.Context, vm *model.VM) {
+	if d.helper == nil {
+		return
+	}
+	log := rpc.Logger(ctx, d.log)
+	if vm.NAT {
+		ip, _ := netip.ParseAddr(vm.GuestIP)
+		if err := d.helper.DisableNAT(ctx, ip); err != nil {
+			log.Warn("disabling NAT failed", "vm", vm.Name, "error", err.Error())
+		}
+	}
+	if err := d.helper.DeleteTap(ctx, vm.Tap); err != nil {
+		log.Warn("deleting tap failed", "vm", vm.Name, "tap", vm.Tap, "error", err.Error())
+	}
+}
+
+// startLocked boots vm and waits for its agent. The caller holds rt.mu.
+func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, prog progress) error {
+	im, err := d.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return fmt.Errorf("loading image of vm %s: %w", vm.Name, err)
+	}
+	drv, info, err := d.pickDriver(ctx)
+	if err != nil {
+		return err
+	}
+	spec, err := d.spec(vm, im)
+	if err != nil {
+		return err
+	}
+	// Stale sockets from a previous run would make the VMM fail to bind.
+	os.Remove(spec.ChannelPath)
+	vm.State = model.VMStarting
+	vm.VMM, vm.Accel, vm.LastError = drv.Name(), info.Accel, ""
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		return err
+	}
+	if err := d.setupNetwork(ctx, vm); err != nil {
+		return err
+	}
+	if d.helper != nil {
+		prog.stage("network_ready", fmt.Sprintf("tap %s, %s", vm.Tap, vm.GuestIP), 0, 0)
+		rpc.Stage(ctx, d.log, "network_ready", "tap", vm.Tap)
+	}
+	started := time.Now()
+	m, err := drv.Start(ctx, spec)
+	if err != nil {
+		d.teardownNetwork(ctx, vm)
+		return fmt.Errorf("starting %s: %w", drv.Name(), err)
+	}
+	rt.setMachine(m)
+	vm.PID, vm.Accel = m.PID(), m.Accel()
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		return err
+	}
+	prog.stage("vmm_started", fmt.Sprintf("%s/%s pid %d", drv.Name(), m.Accel(), m.PID()), 0, 0)
+	rpc.Stage(ctx, d.log, "vmm_started", "vmm", drv.Name(), "accel", m.Accel(), "pid", m.PID())
+
+	readyCtx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	pinfo, err := d.waitReady(readyCtx, rt, opid.From(ctx))
+	if err != nil {
+		tail := tailFile(spec.LogPath, 15)
+		m.Kill()
+		d.teardownNetwork(ctx, vm)
+		msg := fmt.Sprintf("vm %s did not become ready: %v", vm.Name, err)
+		if tail != "" {
+			msg += "\nlast console lines:\n" + tail
+		}
+		return errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "%s", msg),
+			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
+	}
+	boot := time.Since(started)
+	vm.State = model.VMRunning
+	vm.StartedAt = time.Now().UTC()
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		return err
+	}
+	prog.stage("agent_ready", fmt.Sprintf("%s answered after %.1fs (kernel %s)", pinfo.Hostname, boot.Seconds(), pinfo.Kernel), 0, 0)
+	rpc.Stage(ctx, d.log, "agent_ready", "boot_ms", boot.Milliseconds())
+	d.watchExit(vm.ID, m)
+	return nil
+}
+
+// watchExit records a VM as stopped when its VMM exits on its own (guest poweroff, crash).
+func (d *Daemon) watchExit(id string, m vmm.Machine) {
+	go func() {
+		<-m.Done()
+		rt := d.runtime(id)
+		// A stop in progress holds rt.mu and records the state itself.
+		if !rt.mu.TryLock() {
+			return
+		}
+		defer rt.mu.Unlock()
+		if rt.getMachine() != m {
+			return
+		}
+		ctx := opid.With(context.Background(), opid.New())
+		vm, err := d.store.GetVM(ctx, id)
+		if err != nil || vm.State != model.VMRunning {
+			return
+		}
+		d.log.Info("vm exited on its own", "op_id", opid.From(ctx), "vm", vm.Name, "pid", vm.PID)
+		rt.resetSession()
+		rt.setMachine(nil)
+		d.teardownNetwork(ctx, vm)
+		vm.State, vm.PID = model.VMStopped, 0
+		d.store.UpdateVM(ctx, vm)
+	}()
+}
+
+// startVM is vm.start.
+func (d *Daemon) startVM(ctx context.Context, ref string) (*model.VM, error) {
+	vm, err := d.store.ResolveVM(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	rt := d.runtime(vm.ID)
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return nil, err
+	}
+	switch vm.State {
+	case model.VMRunning, model.VMStarting:
+		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is already %s", vm.Name, vm.State)
+	}
+	if err := d.startLocked(ctx, rt, vm, noProgress{}); err != nil {
+		vm.State, vm.PID, vm.LastError = model.VMStopped, 0, err.Error()
+		rt.setMachine(nil)
+		rt.resetSession()
+		d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+		return nil, err
+	}
+	return vm, nil
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,341 @@
+package guest
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"syscall"
+	"time"
+
+	"banger/internal/errdefs"
+)
+
+// The host-side calls below each consume one stream (conn): they close it before returning,
+// and closing it is also how they honour ctx, so a cancelled call unblocks at once and the
+// agent sees the stream end.
+
+// PingInfo is what the agent reports about the guest.
+type PingInfo struct {
+	Hostname      string
+	Kernel        string
+	AgentVersion  string
+	UptimeSeconds float64
+}
+
+// ExecRequest describes a process to run in the guest.
+type ExecRequest struct {
+	Argv, Env  []string
+	Cwd        string
+	TTY        bool
+	Rows, Cols uint16
+	Term       string
+	OpID       string
+}
+
+// ExecIO connects a guest process to the caller. A nil Stdin sends EOF at once; nil Stdout
+// or Stderr discard. Resize (rows, cols) and Signals may be nil.
+type ExecIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Resize         <-chan [2]uint16
+	Signals        <-chan syscall.Signal
+}
+
+// bindContext closes conn when ctx ends; the returned function detaches it.
+// A yamux stream's Close is only a half-close, so reads are cut short with a deadline too.
+func bindContext(ctx context.Context, conn io.Closer) func() bool {
+	return context.AfterFunc(ctx, func() {
+		if d, ok := conn.(interface{ SetDeadline(time.Time) error }); ok {
+			_ = d.SetDeadline(time.Now())
+		}
+		_ = conn.Close()
+	})
+}
+
+// failure prefers the context's error: once ctx closed the stream, the I/O error it caused
+// says nothing useful.
+func failure(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", what, ctx.Err())
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// roundTrip sends a header and reads the reply line.
+func roundTrip(ctx context.Context, conn io.ReadWriter, br *bufio.Reader, req Request) (Reply, error) {
+	if err := writeJSONLine(conn, req); err != nil {
+		return Reply{}, failure(ctx, "sending "+req.Type+" request to the guest agent", err)
+	}
+	var r Reply
+	if err := readJSONLine(br, &r); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errdefs.New(errdefs.ErrUnavailable, "guest agent closed the stream without replying")
+		}
+		return Reply{}, failure(ctx, "reading the guest agent's "+req.Type+" reply", err)
+	}
+	return r, nil
+}
+
+// Ping asks the agent who it is; it is also the readiness check after boot.
+func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, error) {
+	defer conn.Close()
+	defer bindContext(ctx, conn)()
+	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), Request{Type: TypePing, OpID: opID})
+	if err != nil {
+		return PingInfo{}, err
+	}
+	if err := r.err(); err != nil {
+		return PingInfo{}, fmt.Errorf("ping: %w", err)
+	}
+	return PingInfo{
+		Hostname:      r.Hostname,
+		Kernel:        r.Kernel,
+		AgentVersion:  r.AgentVersion,
+		UptimeSeconds: r.UptimeSeconds,
+	}, nil
+}
+
+// Shutdown asks the agent to power the VM off. It returns once the agent accepted; the VMM
+// process exits shortly after (wait for it with vmm.Wait).
+func Shutdown(ctx context.Context, conn io.ReadWriteCloser, opID string) error {
+	defer conn.Close()
+	defer bindContext(ctx, conn)()
+	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), Request{Type: TypeShutdown, OpID: opID})
+	if err != nil {
+		return err
+	}
+	if err := r.err(); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// Exec runs req in the guest with stdio attached and returns its exit status (128+signo
+// when a signal killed it). An error means the process could not be started or the stream
+// broke; errors.Is(err, ErrCommandNotFound) when argv[0] does not exist in the guest.
+func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio ExecIO) (int, error) {
+	defer conn.Close()
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		return -1, errdefs.InvalidArgument("argv", req.Argv, "a command is required")
+	}
+	defer bindContext(ctx, conn)()
+	br := bufio.NewReader(conn)
+	r, err := roundTrip(ctx, conn, br, Request{
+		Type: TypeExec, OpID: req.OpID,
+		Argv: req.Argv, Env: req.Env, Cwd: req.Cwd,
+		TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, Term: req.Term,
+	})
+	if err != nil {
+		return -1, err
+	}
+	if err := r.err(); err != nil {
+		return -1, fmt.Errorf("exec %s: %w", req.Argv[0], err)
+	}
+
+	fw := &frameWriter{w: conn}
+	done := make(chan struct{})
+	defer close(done)
+	// The stdin pump may stay blocked in Read after Exec returns (a terminal cannot be
+	// interrupted); its next write then fails on the closed stream and it ends.
+	go pumpStdin(fw, stdio.Stdin)
+	go pumpControl(fw, stdio.Resize, stdio.Signals, done)
+
+	stdout, stderr := stdio.Stdout, stdio.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	for {
+		kind, payload, err := readFrame(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errdefs.New(errdefs.ErrUnavailable, "guest agent closed the stream before the exit status")
+			}
+			return -1, failure(ctx, "exec "+req.Argv[0], err)
+		}
+		switch kind {
+		case FrameStdout:
+			if _, err := stdout.Write(payload); err != nil {
+				return -1, fmt.Errorf("writing the output of %s: %w", req.Argv[0], err)
+			}
+		case FrameStderr:
+			if _, err := stderr.Write(payload); err != nil {
+				return -1, fmt.Errorf("writing the error output of %s: %w", req.Argv[0], err)
+			}
+		case FrameExit:
+			code, err := payloadInt32(kind, payload)
+			if err != nil {
+				return -1, fmt.Errorf("exec %s: %w", req.Argv[0], err)
+			}
+			return int(code), nil
+		case FrameError:
+			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], payload)
+		default:
+			return -1, fmt.Errorf("exec %s: unexpected frame kind %d from the guest agent", req.Argv[0], kind)
+		}
+	}
+}
+
+func pumpStdin(fw *frameWriter, in io.Reader) {
+	if in == nil {
+		_ = fw.write(FrameStdinEOF, nil)
+		return
+	}
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 {
+			if werr := fw.write(FrameStdin, buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			// A read error other than EOF still ends the input: the process must not wait
+			// for bytes that will never come.
+			_ = fw.write(FrameStdinEOF, nil)
+			return
+		}
+	}
+}
+
+func pumpControl(fw *frameWriter, resize <-chan [2]uint16, signals <-chan syscall.Signal, done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case sz, ok := <-resize:
+			if !ok {
+				resize = nil
+				continue
+			}
+			var b [4]byte
+			binary.BigEndian.PutUint16(b[0:2], sz[0])
+			binary.BigEndian.PutUint16(b[2:4], sz[1])
+			if fw.write(FrameResize, b[:]) != nil {
+				return
+			}
+		case sig, ok := <-signals:
+			if !ok {
+				signals = nil
+				continue
+			}
+			if fw.writeInt32(FrameSignal, int32(sig)) != nil {
+				return
+			}
+		}
+	}
+}
+
+// Put copies a host file or directory into the guest; see the package documentation for
+// where it lands.
+func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGuestPath string) error {
+	defer conn.Close()
+	if dstGuestPath == "" {
+		return errdefs.InvalidArgument("destination", dstGuestPath, "a guest path is required")
+	}
+	fi, err := os.Stat(srcHostPath)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return errdefs.NotFound("host path", srcHostPath)
+		}
+		return fmt.Errorf("copying %s to the guest: %w", srcHostPath, err)
+	}
+	if !fi.IsDir() && !fi.Mode().IsRegular() {
+		return errdefs.InvalidArgument("source", srcHostPath, "only regular files and directories can be copied")
+	}
+	defer bindContext(ctx, conn)()
+	if err := writeJSONLine(conn, Request{Type: TypePut, OpID: opID, Path: dstGuestPath, Mode: unixMode(fi.Mode())}); err != nil {
+		return failure(ctx, "sending put request to the guest agent", err)
+	}
+
+	// The agent may refuse before reading the whole archive; reading its reply concurrently
+	// lets us stop sending instead of blocking on a flow-control window nobody drains.
+	type result struct {
+		r   Reply
+		err error
+	}
+	replies := make(chan result, 1)
+	go func() {
+		var r Reply
+		err := readJSONLine(bufio.NewReader(conn), &r)
+		replies <- result{r, err}
+	}()
+	sent := make(chan error, 1)
+	go func() {
+		fw := &frameWriter{w: conn}
+		dw := dataWriter{fw: fw}
+		if err := writeTar(dw, srcHostPath); err != nil {
+			_ = fw.write(FrameError, []byte(err.Error()))
+			sent <- err
+			return
+		}
+		sent <- dw.Close()
+	}()
+
+	what := fmt.Sprintf("copying %s to guest %s", srcHostPath, dstGuestPath)
+	var res result
+	select {
+	case res = <-replies:
+		if res.err == nil && res.r.OK {
+			// Only a complete archive earns an ok; collect the sender's result.
+			if err := <-sent; err != nil {
+				return failure(ctx, what, err)
+			}
+		}
+	case err := <-sent:
+		if err != nil {
+			_ = conn.Close()
+			return failure(ctx, what, err)
+		}
+		res = <-replies
+	}
+	if res.err != nil {
+		if errors.Is(res.err, io.EOF) {
+			res.err = errdefs.New(errdefs.ErrUnavailable, "guest agent closed the stream without replying")
+		}
+		return failure(ctx, what, res.err)
+	}
+	if err := res.r.err(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// Get copies a guest file or directory to the host. The guest is not trusted: entries that
+// would land outside dstHostPath are refused just as the agent refuses them on Put.
+func Get(ctx context.Context, conn io.ReadWriteCloser, opID, srcGuestPath, dstHostPath string) error {
+	defer conn.Close()
+	if srcGuestPath == "" {
+		return errdefs.InvalidArgument("source", srcGuestPath, "a guest path is required")
+	}
+	if dstHostPath == "" {
+		return errdefs.InvalidArgument("destination", dstHostPath, "a host path is required")
+	}
+	defer bindContext(ctx, conn)()
+	what := fmt.Sprintf("copying guest %s to %s", srcGuestPath, dstHostPath)
+	br := bufio.NewReader(conn)
+	r, err := roundTrip(ctx, conn, br, Request{Type: TypeGet, OpID: opID, Path: srcGuestPath})
+	if err != nil {
+		return err
+	}
+	if err := r.err(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	dr := &dataReader{r: br}
+	if err := extractTar(dr, dstHostPath); err != nil {
+		return failure(ctx, what, err)
+	}
+	// tar.Reader stops at the end-of-archive marker; the data_eof after it must still
+	// arrive, or the archive was cut short by an agent error.
+	if _, err := io.Copy(io.Discard, dr); err != nil {
+		return failure(ctx, what, err)
+	}
+	return nil
+}

@@ -1,0 +1,390 @@
+// Package guest is both ends of the host↔guest agent channel and the guest's PID 1.
+//
+// The host side (Ping, Exec, Put, Get, Shutdown, NewClientSession) is called by bangerd and
+// the banger CLI; the guest side (Serve, the channel loops and RunInit) runs inside every VM
+// as the static banger-agent binary that is the initrd's /init.
+//
+// # Transport
+//
+// The host reaches the agent over one byte stream: a virtio-serial port named
+// vmm.AgentSerialName under qemu, or AF_VSOCK port vmm.AgentPort under firecracker. The
+// stream is multiplexed with yamux: the guest is the yamux server, the host the yamux
+// client, and every request below is one yamux stream. The virtio-serial port outlives
+// host connections, so the agent reopens it and starts a fresh yamux server whenever a
+// session ends (EOF, garbage, host gone); a host that finds its session dead redials.
+//
+// # One request on one stream
+//
+// The client first sends a header: one JSON object on one line ("\n"-terminated):
+//
+//	{"type":"ping"|"exec"|"put"|"get"|"shutdown", "op_id":"op-…", …fields of the type}
+//
+// op_id is optional; the agent tags every log line of the request with it. A reply is one
+// JSON line {"ok":true, …} or {"ok":false,"error":"message","code":"kind"}, where code is
+// one of "invalid_argument", "not_found", "command_not_found", "permission_denied",
+// "unavailable", "conflict" or "" (anything else). After a header or reply the stream carries binary
+// frames:
+//
+//	kind    uint8
+//	length  uint32, big endian, at most MaxFramePayload
+//	payload length bytes
+//
+// Frame kinds (value, direction, payload):
+//
+//	1 stdin     host→guest  bytes for the process's stdin
+//	2 stdin_eof host→guest  empty; closes the process's stdin
+//	3 stdout    guest→host  bytes (with tty=true all terminal output comes here)
+//	4 stderr    guest→host  bytes (only with tty=false)
+//	5 exit      guest→host  int32 big endian: exit status, 128+signo if killed by a signal
+//	6 signal    host→guest  int32 big endian: signal number, sent to the process group
+//	7 resize    host→guest  uint16 rows, uint16 cols, big endian (tty=true only)
+//	8 data      both        bytes of a tar archive (put, get)
+//	9 data_eof  both        empty; the archive is complete
+//	10 error    both        UTF-8 message; the sender aborts the transfer
+//
+// ping: header {"type":"ping"}. Reply {"ok":true,"hostname":"…","kernel":"6.1.0-…",
+// "uptime_seconds":12.5,"agent_version":"…","protocol":1}. The agent then closes the stream.
+//
+// exec: header fields "argv" (required, non-empty), "env" (["KEY=VAL"], added to a default
+// of PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, HOME=/root,
+// USER=root, LOGNAME=root, SHELL=/bin/sh and, with tty, TERM), "cwd" (default /root, or /
+// when /root is missing; an explicit cwd must exist), "tty", "rows", "cols", "term".
+// The agent resolves argv[0] in the resulting PATH and replies {"ok":true} once the process
+// runs, or an error (code "command_not_found" naming the command; the CLI exits 127). Then
+// the client sends stdin, stdin_eof, signal and resize frames and the agent sends stdout,
+// stderr and finally exactly one exit frame, after all output; the agent closes the stream
+// after the exit frame. With tty=true the process runs on a pseudo-terminal as a session
+// leader with it as controlling terminal, and stdin_eof writes ^D to the terminal. If the
+// stream ends before the exit frame was sent (the client went away) the agent sends SIGHUP
+// to the process group, then SIGKILL after a grace period.
+//
+// put (host→guest copy): header fields "path" (guest destination) and "mode" (the st_mode
+// of the source, type and permission bits, so a directory-onto-file mistake is refused
+// before any data moves). The client sends a tar archive as data frames and data_eof. Every
+// entry name starts with one common first component, the source's base name. If path is an
+// existing directory (or ends in "/", which creates it) the archive is extracted into it;
+// otherwise that first component is renamed to path, so a single file becomes path and a
+// directory becomes path. Entries that would land outside the destination ("..", absolute
+// names, or through a symlink) are refused. Ownership is not preserved (the agent's user
+// owns the files); permission bits and modification times are. The agent replies one JSON
+// line {"ok":true} or an error after data_eof, or earlier on an error, and closes.
+//
+// get (guest→host copy): header field "path". The agent replies one JSON line, then sends a
+// tar archive of path (same naming as put: first component is path's base name) as data
+// frames and data_eof, or an error frame if reading fails midway, and closes.
+//
+// shutdown: header {"type":"shutdown"}. The agent replies {"ok":true} and then, in the
+// background, powers the VM off: as PID 1 it prints "guest shutdown" on the console, stops
+// all processes (SIGTERM, a short wait, SIGKILL), unmounts or remounts read-only the work
+// disk, the overlay root and the system disk, syncs and reboots, which ends the VMM process
+// because VMMs run guests with no-reboot semantics. When a rootfs init is PID 1 the agent
+// asks it to power off (SIGRTMIN+4 for systemd, SIGUSR2 for busybox init).
+package guest
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"banger/internal/errdefs"
+)
+
+// ProtocolVersion is reported by ping; it changes when a change breaks older hosts or agents.
+const ProtocolVersion = 1
+
+// Version is the agent's version, set at build time with
+// -ldflags "-X banger/internal/guest.Version=…".
+var Version = "dev"
+
+// Request types.
+const (
+	TypePing     = "ping"
+	TypeExec     = "exec"
+	TypePut      = "put"
+	TypeGet      = "get"
+	TypeShutdown = "shutdown"
+)
+
+// Frame kinds; see the package documentation.
+const (
+	FrameStdin    byte = 1
+	FrameStdinEOF byte = 2
+	FrameStdout   byte = 3
+	FrameStderr   byte = 4
+	FrameExit     byte = 5
+	FrameSignal   byte = 6
+	FrameResize   byte = 7
+	FrameData     byte = 8
+	FrameDataEOF  byte = 9
+	FrameError    byte = 10
+)
+
+// MaxFramePayload bounds a frame so a corrupt length cannot make a peer allocate gigabytes.
+const MaxFramePayload = 1 << 20
+
+// chunkSize is how much output or file data goes into one frame.
+const chunkSize = 32 << 10
+
+// maxHeaderLine bounds the JSON header and reply lines for the same reason.
+const maxHeaderLine = 1 << 20
+
+// Error codes carried in replies, mapped to errdefs kinds on the host.
+const (
+	CodeInvalidArgument  = "invalid_argument"
+	CodeNotFound         = "not_found"
+	CodeCommandNotFound  = "command_not_found"
+	CodePermissionDenied = "permission_denied"
+	CodeUnavailable      = "unavailable"
+	CodeConflict         = "conflict"
+)
+
+// ErrCommandNotFound is matched (errors.Is) by an exec error whose command does not exist in
+// the guest; the CLI exits 127 for it, like a shell.
+var ErrCommandNotFound = errors.New("command not found")
+
+// Request is the header line of a stream.
+type Request struct {
+	Type string `json:"type"`
+	OpID string `json:"op_id,omitempty"`
+
+	// exec
+	Argv []string `json:"argv,omitempty"`
+	Env  []string `json:"env,omitempty"`
+	Cwd  string   `json:"cwd,omitempty"`
+	TTY  bool     `json:"tty,omitempty"`
+	Rows uint16   `json:"rows,omitempty"`
+	Cols uint16   `json:"cols,omitempty"`
+	Term string   `json:"term,omitempty"`
+
+	// put, get
+	Path string `json:"path,omitempty"`
+	Mode uint32 `json:"mode,omitempty"`
+}
+
+// Reply is the agent's JSON answer line.
+type Reply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	Code  string `json:"code,omitempty"`
+
+	// ping
+	Hostname      string  `json:"hostname,omitempty"`
+	Kernel        string  `json:"kernel,omitempty"`
+	UptimeSeconds float64 `json:"uptime_seconds,omitempty"`
+	AgentVersion  string  `json:"agent_version,omitempty"`
+	Protocol      int     `json:"protocol,omitempty"`
+}
+
+// RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,
+// for a missing command, ErrCommandNotFound.
+type RemoteError struct {
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Is maps the wire code back to the errdefs kinds, so callers never compare strings.
+func (e *RemoteError) Is(target error) bool {
+	switch e.Code {
+	case CodeInvalidArgument:
+		return target == errdefs.ErrInvalidArgument
+	case CodeNotFound:
+		return target == errdefs.ErrNotFound
+	case CodeCommandNotFound:
+		return target == errdefs.ErrNotFound || target == ErrCommandNotFound
+	case CodePermissionDenied:
+		return target == errdefs.ErrPermissionDenied
+	case CodeUnavailable:
+		return target == errdefs.ErrUnavailable
+	case CodeConflict:
+		return target == errdefs.ErrConflict
+	}
+	return false
+}
+
+// codeOf picks the wire code for an agent-side error.
+func codeOf(err error) string {
+	switch {
+	case errors.Is(err, ErrCommandNotFound):
+		return CodeCommandNotFound
+	case errors.Is(err, errdefs.ErrInvalidArgument):
+		return CodeInvalidArgument
+	case errors.Is(err, errdefs.ErrNotFound):
+		return CodeNotFound
+	case errors.Is(err, errdefs.ErrPermissionDenied):
+		return CodePermissionDenied
+	case errors.Is(err, errdefs.ErrUnavailable):
+		return CodeUnavailable
+	case errors.Is(err, errdefs.ErrConflict):
+		return CodeConflict
+	}
+	return ""
+}
+
+func errorReply(err error) Reply {
+	return Reply{OK: false, Error: err.Error(), Code: codeOf(err)}
+}
+
+// err turns a failed reply into a RemoteError.
+func (r Reply) err() error {
+	if r.OK {
+		return nil
+	}
+	msg := r.Error
+	if msg == "" {
+		msg = "agent reported failure without a message"
+	}
+	return &RemoteError{Code: r.Code, Message: msg}
+}
+
+// writeJSONLine writes v as one line.
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	_, err = w.Write(b)
+	return err
+}
+
+// readJSONLine reads one line from br into v. The line must not exceed maxHeaderLine.
+func readJSONLine(br *bufio.Reader, v any) error {
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > maxHeaderLine {
+			return fmt.Errorf("json line longer than %d bytes", maxHeaderLine)
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if errors.Is(err, io.EOF) && len(line) > 0 {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if err := json.Unmarshal(line, v); err != nil {
+		return fmt.Errorf("decoding json line: %w", err)
+	}
+	return nil
+}
+
+// frameWriter serialises frames from several goroutines onto one stream.
+type frameWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (fw *frameWriter) write(kind byte, payload []byte) error {
+	if len(payload) > MaxFramePayload {
+		return fmt.Errorf("frame payload of %d bytes exceeds %d", len(payload), MaxFramePayload)
+	}
+	buf := make([]byte, 5+len(payload))
+	buf[0] = kind
+	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
+	copy(buf[5:], payload)
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	_, err := fw.w.Write(buf)
+	return err
+}
+
+func (fw *frameWriter) writeInt32(kind byte, v int32) error {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], uint32(v))
+	return fw.write(kind, b[:])
+}
+
+// readFrame reads one frame. io.EOF means the stream ended cleanly between frames.
+func readFrame(r io.Reader) (kind byte, payload []byte, err error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, nil, fmt.Errorf("reading frame header: %w", err)
+		}
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:5])
+	if n > MaxFramePayload {
+		return 0, nil, fmt.Errorf("frame of kind %d claims %d bytes, more than %d", hdr[0], n, MaxFramePayload)
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, fmt.Errorf("reading frame payload: %w", err)
+	}
+	return hdr[0], payload, nil
+}
+
+func payloadInt32(kind byte, p []byte) (int32, error) {
+	if len(p) != 4 {
+		return 0, fmt.Errorf("frame kind %d: payload of %d bytes, want 4", kind, len(p))
+	}
+	return int32(binary.BigEndian.Uint32(p)), nil
+}
+
+// dataWriter turns an io.Writer into data frames; Close sends data_eof.
+type dataWriter struct{ fw *frameWriter }
+
+func (d dataWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), chunkSize)
+		if err := d.fw.write(FrameData, p[:n]); err != nil {
+			return written, err
+		}
+		written += n
+		p = p[n:]
+	}
+	return written, nil
+}
+
+func (d dataWriter) Close() error { return d.fw.write(FrameDataEOF, nil) }
+
+// dataReader reads data frames as a byte stream until data_eof (io.EOF). An error frame or
+// any other kind is an error.
+type dataReader struct {
+	r    io.Reader
+	buf  []byte
+	done bool
+}
+
+func (d *dataReader) Read(p []byte) (int, error) {
+	for len(d.buf) == 0 {
+		if d.done {
+			return 0, io.EOF
+		}
+		kind, payload, err := readFrame(d.r)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return 0, fmt.Errorf("stream ended before the end of the archive: %w", io.ErrUnexpectedEOF)
+			}
+			return 0, err
+		}
+		switch kind {
+		case FrameData:
+			d.buf = payload
+		case FrameDataEOF:
+			d.done = true
+		case FrameError:
+			return 0, fmt.Errorf("peer aborted the transfer: %s", payload)
+		default:
+			return 0, fmt.Errorf("unexpected frame kind %d in an archive stream", kind)
+		}
+	}
+	n := copy(p, d.buf)
+	d.buf = d.buf[n:]
+	return n, nil
+}

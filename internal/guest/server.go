@@ -1,0 +1,192 @@
+package guest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
+
+	"banger/internal/errdefs"
+)
+
+// Agent answers requests on yamux sessions. The zero value is not usable; use NewAgent.
+type Agent struct {
+	log *slog.Logger
+	// powerOff runs in the background after a shutdown request was answered; nil means
+	// this agent cannot power anything off (it runs on a host, for tests or debugging).
+	powerOff func(log *slog.Logger)
+	procs    *procTable
+
+	shutdownOnce sync.Once
+}
+
+// NewAgent returns an agent logging to log. powerOff is what a shutdown request does after
+// it was answered; nil refuses shutdown requests.
+func NewAgent(log *slog.Logger, powerOff func(*slog.Logger)) *Agent {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Agent{log: log, powerOff: powerOff, procs: newProcTable()}
+}
+
+// Serve answers streams on sess, one goroutine each, until sess ends or ctx is cancelled
+// (which closes sess). Shutdown requests power off the way this process's situation
+// allows: as PID 1 it is the init's power-off, inside a banger guest it signals PID 1, and
+// anywhere else (a host) they are refused.
+func Serve(ctx context.Context, sess *yamux.Session, log *slog.Logger) {
+	NewAgent(log, defaultPowerOff()).Serve(ctx, sess)
+}
+
+// Serve answers streams on sess until it ends or ctx is cancelled.
+func (a *Agent) Serve(ctx context.Context, sess *yamux.Session) {
+	a.serve(ctx, sess)
+}
+
+// serve returns how many streams it handled, so the channel loops can tell a session
+// that did work from one that ended at once (a port with no host attached).
+func (a *Agent) serve(ctx context.Context, sess *yamux.Session) int {
+	defer bindContext(ctx, sess)()
+	n := 0
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			if !sess.IsClosed() && !errors.Is(err, io.EOF) {
+				a.log.Warn("agent session failed", "err", err)
+			}
+			_ = sess.Close()
+			return n
+		}
+		n++
+		go a.handle(st)
+	}
+}
+
+// handle runs one request on one stream.
+func (a *Agent) handle(conn io.ReadWriteCloser) {
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	var req Request
+	if err := readJSONLine(br, &req); err != nil {
+		if !errors.Is(err, io.EOF) {
+			a.log.Warn("bad request header", "err", err)
+			_ = writeJSONLine(conn, errorReply(errdefs.New(errdefs.ErrInvalidArgument, "request header: %v", err)))
+		}
+		return
+	}
+	log := a.log.With("type", req.Type)
+	if req.OpID != "" {
+		log = log.With("op_id", req.OpID)
+	}
+	start := time.Now()
+	log.Info("request begin")
+	var err error
+	switch req.Type {
+	case TypePing:
+		err = a.handlePing(conn)
+	case TypeExec:
+		err = a.handleExec(conn, br, req, log)
+	case TypePut:
+		err = a.handlePut(conn, br, req)
+	case TypeGet:
+		err = a.handleGet(conn, req)
+	case TypeShutdown:
+		err = a.handleShutdown(conn, log)
+	default:
+		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, shutdown")
+		_ = writeJSONLine(conn, errorReply(err))
+	}
+	ms := time.Since(start).Milliseconds()
+	if err != nil {
+		log.Warn("request failed", "err", err, "duration_ms", ms)
+		return
+	}
+	log.Info("request done", "duration_ms", ms)
+}
+
+// reply sends r, or the error reply for err; it returns err so handlers can end with it.
+func reply(w io.Writer, r Reply, err error) error {
+	if err != nil {
+		if werr := writeJSONLine(w, errorReply(err)); werr != nil {
+			return errors.Join(err, fmt.Errorf("sending the error reply: %w", werr))
+		}
+		return err
+	}
+	r.OK = true
+	if werr := writeJSONLine(w, r); werr != nil {
+		return fmt.Errorf("sending the reply: %w", werr)
+	}
+	return nil
+}
+
+func (a *Agent) handlePing(conn io.Writer) error {
+	host, err := os.Hostname()
+	if err != nil {
+		return reply(conn, Reply{}, fmt.Errorf("reading the hostname: %w", err))
+	}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return reply(conn, Reply{}, fmt.Errorf("reading the kernel release: %w", err))
+	}
+	up, err := uptime()
+	if err != nil {
+		return reply(conn, Reply{}, err)
+	}
+	return reply(conn, Reply{
+		Hostname:      host,
+		Kernel:        unix.ByteSliceToString(uts.Release[:]),
+		UptimeSeconds: up,
+		AgentVersion:  Version,
+		Protocol:      ProtocolVersion,
+	}, nil)
+}
+
+// uptime reads the system uptime in seconds from /proc/uptime.
+func uptime() (float64, error) {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0, fmt.Errorf("reading uptime: %w", err)
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) == 0 {
+		return 0, fmt.Errorf("reading uptime: /proc/uptime is empty")
+	}
+	v, err := strconv.ParseFloat(fields[0], 64)
+	if err != nil {
+		return 0, fmt.Errorf("reading uptime: %w", err)
+	}
+	return v, nil
+}
+
+func (a *Agent) handleShutdown(conn io.Writer, log *slog.Logger) error {
+	if a.powerOff == nil {
+		return reply(conn, Reply{}, errdefs.New(errdefs.ErrUnavailable, "this agent does not run in a banger guest and cannot power it off"))
+	}
+	if err := reply(conn, Reply{}, nil); err != nil {
+		return err
+	}
+	a.shutdownOnce.Do(func() {
+		// Let the reply reach the host before processes start dying; the power-off
+		// itself takes longer than this anyway.
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			a.powerOff(log)
+		}()
+	})
+	return nil
+}
+
+// NewDefaultAgent is NewAgent with the power-off Serve uses: right for wherever this
+// process runs, and refusing shutdown on a host.
+func NewDefaultAgent(log *slog.Logger) *Agent {
+	return NewAgent(log, defaultPowerOff())
+}

@@ -1,0 +1,349 @@
+package helper
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/errdefs"
+	"banger/internal/hostnet"
+	"banger/internal/model"
+	"banger/internal/opid"
+	"banger/internal/rpc"
+)
+
+// Config configures the helper.
+type Config struct {
+	// Socket is the unix socket path to listen on.
+	Socket string
+	// SocketGroup owns the socket (mode 0660) so its members can connect; -1 leaves the
+	// group alone (root only).
+	SocketGroup int
+	// AllowUIDs and AllowGIDs are the callers admitted besides root. A GID matches the
+	// caller's primary or any supplementary group.
+	AllowUIDs []int
+	AllowGIDs []int
+	// Net is the network the helper manages; the bridge name never comes from a caller.
+	Net hostnet.Net
+	// TapOwnerUID and TapOwnerGID own every tap, so the daemon's VMMs can open them. The
+	// kernel requires a non-root opener to match both.
+	TapOwnerUID, TapOwnerGID int
+	Logger                   *slog.Logger
+}
+
+// Server is the root helper's RPC server.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	rpc *rpc.Server
+}
+
+// NewServer checks cfg and registers the helper's methods.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Socket == "" {
+		return nil, errdefs.InvalidArgument("socket", cfg.Socket, "must be a path")
+	}
+	if err := cfg.Net.Validate(); err != nil {
+		return nil, fmt.Errorf("helper network config: %w", err)
+	}
+	if cfg.TapOwnerUID < 0 {
+		return nil, errdefs.InvalidArgument("tap_owner_uid", cfg.TapOwnerUID, "must be the daemon user's uid")
+	}
+	if cfg.TapOwnerGID < 0 {
+		return nil, errdefs.InvalidArgument("tap_owner_gid", cfg.TapOwnerGID, "must be a group the daemon's VMMs run with")
+	}
+	if cfg.SocketGroup < -1 {
+		return nil, errdefs.InvalidArgument("socket_group", cfg.SocketGroup, "must be a group id or -1")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	// The helper writes exactly one record per call itself (see wrap); rpc's own operation
+	// records are dropped, but its records about refused connections and malformed
+	// requests, which never reach a handler, are kept.
+	rs := rpc.NewServer(slog.New(&dropOperationRecords{log.Handler()}))
+	s := &Server{cfg: cfg, log: log, rpc: rs}
+	rs.Authorize = s.authorize
+
+	s.wrap(MethodPing, func(context.Context, json.RawMessage) (any, error) {
+		return PingResult{PID: os.Getpid(), Bridge: cfg.Net.Bridge, Prefix: cfg.Net.Prefix.String()}, nil
+	})
+	s.wrap(MethodEnsureBridge, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		if err := noParams(raw); err != nil {
+			return nil, err
+		}
+		return struct{}{}, cfg.Net.EnsureBridge(ctx)
+	})
+	s.wrap(MethodCreateTap, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := s.tapParams(raw, true)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, cfg.Net.CreateTap(ctx, p.Tap, cfg.TapOwnerUID, cfg.TapOwnerGID, p.MAC)
+	})
+	s.wrap(MethodDeleteTap, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		p, err := s.tapParams(raw, false)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, cfg.Net.DeleteTap(ctx, p.Tap)
+	})
+	s.wrap(MethodEnableNAT, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		ip, err := s.natParams(raw)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, cfg.Net.EnableNAT(ctx, ip)
+	})
+	s.wrap(MethodDisableNAT, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		ip, err := s.natParams(raw)
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, cfg.Net.DisableNAT(ctx, ip)
+	})
+	s.wrap(MethodCleanup, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		if err := noParams(raw); err != nil {
+			return nil, err
+		}
+		return struct{}{}, cfg.Net.Cleanup(ctx)
+	})
+	s.wrap(MethodState, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		if err := noParams(raw); err != nil {
+			return nil, err
+		}
+		taps, ips, err := cfg.Net.State(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if taps == nil {
+			taps = []string{}
+		}
+		if ips == nil {
+			ips = []netip.Addr{}
+		}
+		return StateResult{Bridge: cfg.Net.Bridge, Taps: taps, NATIPs: ips}, nil
+	})
+	return s, nil
+}
+
+// Serve listens on the socket and serves until ctx ends. A stale socket from an earlier
+// run is replaced; any other file at that path is an error.
+func (s *Server) Serve(ctx context.Context) error {
+	path := s.cfg.Socket
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("creating socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return errdefs.New(errdefs.ErrConflict, "%s exists and is not a socket; not replacing it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("removing stale socket %s: %w", path, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", path, err)
+	}
+	defer os.Remove(path)
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return fmt.Errorf("setting mode of %s: %w", path, err)
+	}
+	if s.cfg.SocketGroup >= 0 {
+		if err := os.Chown(path, 0, s.cfg.SocketGroup); err != nil {
+			l.Close()
+			return fmt.Errorf("setting group of %s to %d: %w", path, s.cfg.SocketGroup, err)
+		}
+	}
+	s.log.Info("helper listening", "socket", path, "bridge", s.cfg.Net.Bridge, "prefix", s.cfg.Net.Prefix.String(),
+		"socket_group", s.cfg.SocketGroup, "allow_uids", s.cfg.AllowUIDs, "allow_gids", s.cfg.AllowGIDs)
+	return s.rpc.Serve(ctx, l)
+}
+
+// authorize admits root, the allowed uids and members of the allowed groups. The socket's
+// file mode is only a first filter: a caller must pass this check too.
+func (s *Server) authorize(cred *unix.Ucred) error {
+	if cred.Uid == 0 || slices.Contains(s.cfg.AllowUIDs, int(cred.Uid)) {
+		return nil
+	}
+	if len(s.cfg.AllowGIDs) > 0 {
+		if slices.Contains(s.cfg.AllowGIDs, int(cred.Gid)) {
+			return nil
+		}
+		// SO_PEERCRED carries the primary group only; the supplementary groups are read
+		// from the connecting process while its connection is still open.
+		groups, err := processGroups(int(cred.Pid))
+		if err == nil && slices.ContainsFunc(groups, func(g int) bool { return slices.Contains(s.cfg.AllowGIDs, g) }) {
+			return nil
+		}
+	}
+	return fmt.Errorf("uid %d (gid %d, pid %d) is not allowed to use the banger root helper", cred.Uid, cred.Gid, cred.Pid)
+}
+
+// processGroups reads the supplementary groups of pid from /proc.
+func processGroups(pid int) ([]int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
+		if !ok {
+			continue
+		}
+		var out []int
+		for _, f := range strings.Fields(rest) {
+			g, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, fmt.Errorf("parsing groups of pid %d: %w", pid, err)
+			}
+			out = append(out, g)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("no Groups line for pid %d", pid)
+}
+
+// wrap registers h under method and writes the call's one log record, which carries the
+// op id the daemon sent so the daemon's and the helper's logs join on it.
+func (s *Server) wrap(method string, h rpc.HandlerFunc) {
+	s.rpc.Handle(method, func(ctx context.Context, raw json.RawMessage) (result any, err error) {
+		start := time.Now()
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("helper rpc panic", "op_id", opid.From(ctx), "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				result, err = nil, fmt.Errorf("%s: internal error: %v", method, p)
+			}
+			attrs := []any{"op_id", opid.From(ctx), "method", method, "duration_ms", time.Since(start).Milliseconds()}
+			if len(raw) > 0 && string(raw) != "null" {
+				attrs = append(attrs, "params", truncate(string(raw), 256))
+			}
+			if err != nil {
+				s.log.Error("helper rpc failed", append(attrs, "error", err.Error())...)
+			} else {
+				s.log.Info("helper rpc completed", attrs...)
+			}
+		}()
+		return h(ctx, raw)
+	})
+}
+
+// decodeParams decodes a params object strictly: unknown fields are refused, so a caller
+// cannot believe it chose something (a bridge, an owner) that the helper ignores.
+func decodeParams(raw json.RawMessage, v any, shape string) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return errdefs.InvalidArgument("params", "", "must be an object "+shape)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errdefs.InvalidArgument("params", truncate(string(raw), 128), fmt.Sprintf("must be an object %s: %v", shape, err))
+	}
+	if dec.More() {
+		return errdefs.InvalidArgument("params", truncate(string(raw), 128), "trailing data after the object")
+	}
+	return nil
+}
+
+// noParams refuses parameters for methods that take none.
+func noParams(raw json.RawMessage) error {
+	t := strings.TrimSpace(string(raw))
+	if t == "" || t == "null" || t == "{}" {
+		return nil
+	}
+	return errdefs.InvalidArgument("params", truncate(t, 128), "this method takes no parameters")
+}
+
+func (s *Server) tapParams(raw json.RawMessage, allowMAC bool) (TapParams, error) {
+	var p TapParams
+	if err := decodeParams(raw, &p, `{"tap": "`+model.TapPrefix+`…"}`); err != nil {
+		return p, err
+	}
+	if err := ValidateTap(p.Tap); err != nil {
+		return p, err
+	}
+	if p.MAC != "" {
+		if !allowMAC {
+			return p, errdefs.InvalidArgument("mac", p.MAC, "is only accepted by "+MethodCreateTap)
+		}
+		hw, err := hostnet.ValidMAC("mac", p.MAC)
+		if err != nil {
+			return p, err
+		}
+		p.MAC = hw.String()
+	}
+	return p, nil
+}
+
+func (s *Server) natParams(raw json.RawMessage) (netip.Addr, error) {
+	var p NATParams
+	if err := decodeParams(raw, &p, `{"ip": "A.B.C.D"}`); err != nil {
+		return netip.Addr{}, err
+	}
+	return ValidateGuestIP(s.cfg.Net, p.IP)
+}
+
+// ValidateTap checks a tap name: model.TapPrefix and 1-12 lowercase hex digits.
+func ValidateTap(name string) error {
+	if !hostnet.ValidTapName(name) {
+		return errdefs.InvalidArgument("tap", name, "must be "+model.TapPrefix+" followed by 1-12 lowercase hex digits")
+	}
+	return nil
+}
+
+// ValidateGuestIP parses s and checks that it is a guest address on n.
+func ValidateGuestIP(n hostnet.Net, s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, errdefs.InvalidArgument("ip", s, "must be an IPv4 address")
+	}
+	if err := n.ValidGuestIP("ip", ip); err != nil {
+		return netip.Addr{}, err
+	}
+	return ip, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// dropOperationRecords passes rpc's records through except its per-call operation records,
+// which the helper replaces with its own single record per call.
+type dropOperationRecords struct{ slog.Handler }
+
+func (h *dropOperationRecords) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "operation ") {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *dropOperationRecords) WithAttrs(as []slog.Attr) slog.Handler {
+	return &dropOperationRecords{h.Handler.WithAttrs(as)}
+}
+
+func (h *dropOperationRecords) WithGroup(name string) slog.Handler {
+	return &dropOperationRecords{h.Handler.WithGroup(name)}
+}

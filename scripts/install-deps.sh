@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages banger needs on a host: qemu (the VMM that works
+# everywhere), busybox-static and e2fsprogs (image builders), nftables and iproute2 (the
+# root helper), dnsutils and socat (tests and debugging), debootstrap (debian builder).
+set -euo pipefail
+pkgs=(qemu-system-x86 busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

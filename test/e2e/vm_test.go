@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// The first test to run pulls the default image through the embedded catalog, which must
+// show the auto_pull_image stage.
+func TestRunAutoPullsDefaultImageAndPrintsGuestKernel(t *testing.T) {
+	x := need(t)
+	out, errOut, code := x.cli(nil, "vm", "run", "--rm", "--", "cat", "/proc/version")
+	if code != 0 {
+		t.Fatalf("vm run exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if !strings.HasPrefix(out, "Linux version ") || !strings.Contains(out, "cloud-amd64") {
+		t.Fatalf("expected the guest's /proc/version, got %q", out)
+	}
+	if !strings.Contains(errOut, "agent_ready") {
+		t.Errorf("expected create stages on stderr, got %q", errOut)
+	}
+	// Either this run fetched the image (auto_pull_image shown) or an earlier one did.
+	images := x.mustCLI(t, "image", "ls")
+	if !strings.Contains(images, "tiny") {
+		t.Fatalf("default image not installed after run: %s", images)
+	}
+	t.Logf("stages:\n%s", errOut)
+	// --rm removed the VM.
+	if ls := x.mustCLI(t, "vm", "ls", "--json"); strings.Contains(ls, `"state": "running"`) {
+		t.Fatalf("vm run --rm left a running VM: %s", ls)
+	}
+}
+
+func TestRunPropagatesExitCode(t *testing.T) {
+	x := need(t)
+	_, errOut, code := x.cli(nil, "vm", "run", "--rm", "-q", "--", "sh", "-c", "echo to-stderr >&2; exit 3")
+	if code != 3 {
+		t.Fatalf("expected exit 3, got %d (stderr %s)", code, errOut)
+	}
+	if !strings.Contains(errOut, "to-stderr") {
+		t.Fatalf("guest stderr not forwarded: %q", errOut)
+	}
+}
+
+func TestExecStreamsStdinAndDisksPersist(t *testing.T) {
+	x := need(t)
+	vm := x.createVM(t, "e2e-disks")
+	out, errOut, code := x.cli(strings.NewReader("hi from stdin\n"), "vm", "exec", "e2e-disks", "--", "cat")
+	if code != 0 || out != "hi from stdin\n" {
+		t.Fatalf("stdin streaming: exit %d out %q err %q", code, out, errOut)
+	}
+	x.mustCLI(t, "vm", "exec", "e2e-disks", "--", "sh", "-c", "echo work-data > /root/persist.txt && echo sys-data > /etc/banger-marker && sync")
+	x.mustCLI(t, "vm", "stop", "e2e-disks")
+	if st := x.show(t, "e2e-disks"); st.State != "stopped" {
+		t.Fatalf("state after stop = %s", st.State)
+	}
+	// A clean stop goes through the guest and leaves clean filesystems.
+	logs := x.mustCLI(t, "vm", "logs", "e2e-disks")
+	if !strings.Contains(logs, "guest shutdown") {
+		t.Errorf("console log lacks the guest shutdown line:\n%s", tail(logs, 20))
+	}
+	for _, disk := range []string{"system.cow", "root.ext4"} {
+		out, err := exec.Command("e2fsck", "-fn", filepath.Join(vm.Dir, disk)).CombinedOutput()
+		if err != nil {
+			t.Errorf("e2fsck -fn %s after stop: %v\n%s", disk, err, out)
+		}
+	}
+	x.mustCLI(t, "vm", "start", "e2e-disks")
+	if got := x.mustCLI(t, "vm", "exec", "e2e-disks", "--", "cat", "/root/persist.txt", "/etc/banger-marker"); got != "work-data\nsys-data\n" {
+		t.Fatalf("after restart: got %q", got)
+	}
+	// Another VM of the same image does not see this VM's system writes.
+	x.createVM(t, "e2e-other")
+	_, _, code = x.cli(nil, "vm", "exec", "e2e-other", "--", "test", "-e", "/etc/banger-marker")
+	if code == 0 {
+		t.Fatal("a write to /etc in one VM is visible in another VM of the same image")
+	}
+}
+
+func TestDaemonKill9KeepsVMRunning(t *testing.T) {
+	x := need(t)
+	x.createVM(t, "e2e-survivor")
+	before := x.show(t, "e2e-survivor")
+	x.stopDaemon(syscall.SIGKILL)
+	if err := syscall.Kill(before.PID, 0); err != nil {
+		t.Fatalf("VMM pid %d died with the daemon: %v", before.PID, err)
+	}
+	if err := x.startDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	after := x.show(t, "e2e-survivor")
+	if after.State != "running" || after.PID != before.PID {
+		t.Fatalf("after daemon restart: state %s pid %d (was %d)", after.State, after.PID, before.PID)
+	}
+	if out := x.mustCLI(t, "vm", "exec", "e2e-survivor", "--", "echo", "still-here"); out != "still-here\n" {
+		t.Fatalf("exec after daemon restart: %q", out)
+	}
+}
+
+func TestThreeConcurrentVMsBecomeReady(t *testing.T) {
+	x := need(t)
+	var wg sync.WaitGroup
+	errs := make([]string, 3)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			name := fmt.Sprintf("e2e-par-%d", i)
+			out, errOut, code := x.cli(nil, "vm", "create", "-q", "--name", name)
+			if code != 0 {
+				errs[i] = fmt.Sprintf("%s: exit %d %s %s", name, code, out, errOut)
+			}
+		}(i)
+	}
+	wg.Wait()
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("e2e-par-%d", i)
+		t.Cleanup(func() { x.cli(nil, "vm", "rm", "--force", name) })
+		if errs[i] != "" {
+			t.Error(errs[i])
+			continue
+		}
+		if out := x.mustCLI(t, "vm", "exec", name, "--", "hostname"); strings.TrimSpace(out) != name {
+			t.Errorf("hostname of %s = %q", name, out)
+		}
+	}
+}
+
+func TestFailedCreateLeavesNothing(t *testing.T) {
+	x := need(t)
+	before := x.mustCLI(t, "vm", "ls", "--json")
+	vmDirsBefore := vmDirs(x)
+	for _, args := range [][]string{
+		{"--name", "Bad_Name"},
+		{"--memory", "lots"},
+		{"--vcpu", "999"},
+		{"--work-disk-size", "-1G"},
+		{"--image", "no-such-image"},
+	} {
+		_, errOut, code := x.cli(nil, append([]string{"vm", "create", "-q"}, args...)...)
+		if code == 0 {
+			t.Errorf("vm create %v succeeded", args)
+			continue
+		}
+		if !strings.Contains(errOut, "op-") {
+			t.Errorf("error for %v lacks the op id: %s", args, errOut)
+		}
+		val := args[1]
+		if !strings.Contains(errOut, val) {
+			t.Errorf("error for %v does not name the bad value: %s", args, errOut)
+		}
+	}
+	if after := x.mustCLI(t, "vm", "ls", "--json"); after != before {
+		t.Fatalf("failed creates changed the VM list:\nbefore %s\nafter %s", before, after)
+	}
+	if got, want := vmDirs(x), vmDirsBefore; got != want {
+		t.Fatalf("failed creates left VM directories behind: before %q after %q", want, got)
+	}
+}
+
+func vmDirs(x *env) string {
+	entries, _ := os.ReadDir(filepath.Join(x.stateDir, "vms"))
+	var names []string
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	return strings.Join(names, ",")
+}
