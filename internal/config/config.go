@@ -20,6 +20,8 @@ type Config struct {
 	StateDir   string `yaml:"state_dir"`   // database, images, vms
 	RuntimeDir string `yaml:"runtime_dir"` // sockets
 	Socket     string `yaml:"socket"`      // the daemon's RPC socket
+	// Cache holds downloads (Debian kernel packages, partial pulls); default state_dir/cache.
+	Cache string `yaml:"cache_dir"`
 
 	Network  Network  `yaml:"network"`
 	DNS      DNS      `yaml:"dns"`
@@ -197,4 +199,9 @@ func (c *Config) BridgePrefix() (netip.Prefix, error) {
 func (c *Config) DBPath() string    { return filepath.Join(c.StateDir, "banger.db") }
 func (c *Config) ImagesDir() string { return filepath.Join(c.StateDir, "images") }
 func (c *Config) VMsDir() string    { return filepath.Join(c.StateDir, "vms") }
-func (c *Config) CacheDir() string  { return filepath.Join(c.StateDir, "cache") }
+func (c *Config) CacheDir() string {
+	if c.Cache != "" {
+		return c.Cache
+	}
+	return filepath.Join(c.StateDir, "cache")
+}

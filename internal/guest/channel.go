@@ -116,7 +116,10 @@ func waitSerialPort(ctx context.Context, name string, wait time.Duration) (strin
 	}
 }
 
-// ServeSerial serves the virtio-serial port named vmm.AgentSerialName, reopening it forever.
+var pollWarn sync.Once
+
+// ServeSerial serves the virtio-serial port at dev (see FindSerialPort), reopening it until
+// ctx ends.
 func (a *Agent) ServeSerial(ctx context.Context, dev string) error {
 	a.log.Info("serving the agent on virtio-serial", "device", dev)
 	return a.ServeReopening(ctx, func(context.Context) (io.ReadWriteCloser, error) {
@@ -125,6 +128,11 @@ func (a *Agent) ServeSerial(ctx context.Context, dev string) error {
 		f, err := os.OpenFile(dev, os.O_RDWR, 0)
 		if err != nil {
 			return nil, fmt.Errorf("opening %s: %w", dev, err)
+		}
+		if err := f.SetReadDeadline(time.Time{}); errors.Is(err, os.ErrNoDeadline) {
+			pollWarn.Do(func() {
+				a.log.Warn("the serial port is not pollable; a stuck session cannot be interrupted", "device", dev)
+			})
 		}
 		return f, nil
 	})

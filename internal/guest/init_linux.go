@@ -291,6 +291,17 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 	if err := unix.Mount("overlay", newRoot, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the overlay root (%s): %w", opts, err)
 	}
+	// The work disk is mounted before /dev moves under the new root: its device path is
+	// resolved in the initrd's /dev.
+	if p.Work != "" {
+		dst := filepath.Join(newRoot, WorkMount)
+		if err := mkdirs(dst); err != nil {
+			return err
+		}
+		if err := unix.Mount(p.Work, dst, "ext4", unix.MS_NOATIME, ""); err != nil {
+			return fmt.Errorf("mounting the work disk %s on %s: %w", p.Work, WorkMount, err)
+		}
+	}
 	moves := []struct{ from, to string }{
 		{"/proc", "proc"}, {"/sys", "sys"}, {"/dev", "dev"}, {"/run", "run"},
 		{initLower, strings.TrimPrefix(LowerMount, "/")},
@@ -303,15 +314,6 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 		}
 		if err := unix.Mount(m.from, dst, "", unix.MS_MOVE, ""); err != nil {
 			return fmt.Errorf("moving %s to %s: %w", m.from, dst, err)
-		}
-	}
-	if p.Work != "" {
-		dst := filepath.Join(newRoot, WorkMount)
-		if err := mkdirs(dst); err != nil {
-			return err
-		}
-		if err := unix.Mount(p.Work, dst, "ext4", unix.MS_NOATIME, ""); err != nil {
-			return fmt.Errorf("mounting the work disk %s on %s: %w", p.Work, WorkMount, err)
 		}
 	}
 	log.Info("root assembled", "lower", p.Root, "system", p.System, "work", p.Work)

@@ -22,8 +22,8 @@
 // op_id is optional; the agent tags every log line of the request with it. A reply is one
 // JSON line {"ok":true, …} or {"ok":false,"error":"message","code":"kind"}, where code is
 // one of "invalid_argument", "not_found", "command_not_found", "permission_denied",
-// "unavailable", "conflict" or "" (anything else). After a header or reply the stream carries binary
-// frames:
+// "unavailable", "conflict" or "" (anything else). After a header or reply the stream
+// carries binary frames:
 //
 //	kind    uint8
 //	length  uint32, big endian, at most MaxFramePayload

@@ -87,8 +87,13 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 	if req.OpID != "" {
 		log = log.With("op_id", req.OpID)
 	}
+	// Pings are readiness polls; at info level they would drown the console.
+	level := slog.LevelInfo
+	if req.Type == TypePing {
+		level = slog.LevelDebug
+	}
 	start := time.Now()
-	log.Info("request begin")
+	log.Log(context.Background(), level, "request begin")
 	var err error
 	switch req.Type {
 	case TypePing:
@@ -110,7 +115,7 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 		log.Warn("request failed", "err", err, "duration_ms", ms)
 		return
 	}
-	log.Info("request done", "duration_ms", ms)
+	log.Log(context.Background(), level, "request done", "duration_ms", ms)
 }
 
 // reply sends r, or the error reply for err; it returns err so handlers can end with it.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"banger/internal/imagebuild"
 )
 
 // env is the shared test environment, set up once in TestMain.
@@ -164,12 +167,19 @@ func setup() (*env, error) {
 		return x, err
 	}
 
+	// The daemon runs in a namespace with no route to Debian's mirror, so the kernel package
+	// the tiny builder needs is fetched here, in the host namespace, into a shared cache.
+	cacheDir := filepath.Join(os.TempDir(), "banger-test-cache")
+	if _, err := imagebuild.DebianKernel(context.Background(), cacheDir, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		return x, fmt.Errorf("fetching the Debian kernel for the tiny image: %w", err)
+	}
 	x.stateDir = filepath.Join(x.dir, "state")
 	x.socket = filepath.Join(x.dir, "run", "bangerd.sock")
 	x.helperSock = filepath.Join(x.dir, "helper.sock")
 	x.config = filepath.Join(x.dir, "bangerd.yaml")
 	cfg := fmt.Sprintf(`state_dir: %s
 runtime_dir: %s
+cache_dir: %s
 network:
   enabled: true
   helper_socket: %s
@@ -186,7 +196,7 @@ defaults:
   work_disk_size: 1G
 vmm: qemu
 agent_path: %s
-`, x.stateDir, filepath.Join(x.dir, "run"), x.helperSock, bridgeIP, dnsDomain, filepath.Join(x.bin, "banger-agent"))
+`, x.stateDir, filepath.Join(x.dir, "run"), cacheDir, x.helperSock, bridgeIP, dnsDomain, filepath.Join(x.bin, "banger-agent"))
 	if err := os.WriteFile(x.config, []byte(cfg), 0o644); err != nil {
 		return x, err
 	}
@@ -215,9 +225,8 @@ func (x *env) startDaemon() error {
 		return err
 	}
 	if err := waitFor(func() bool {
-		_, _, code := x.cli(nil, "version")
-		out, _, _ := x.cli(nil, "version")
-		return code == 0 && strings.Contains(out, "bangerd ")
+		out, _, code := x.cli(nil, "version")
+		return code == 0 && strings.Contains(out, "\nbangerd ") && strings.Contains(out, "(protocol 1, pid")
 	}, 30*time.Second); err != nil {
 		return fmt.Errorf("bangerd did not come up: %s", readFile(x.daemonLog.Name()))
 	}
