@@ -19,6 +19,7 @@ import (
 	"banger/internal/helper"
 	"banger/internal/imagecat"
 	"banger/internal/imagestore"
+	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -52,8 +53,18 @@ type Daemon struct {
 
 	ops opRegistry
 
-	// bg tracks async operations so shutdown can wait for them.
-	bg sync.WaitGroup
+	// bg tracks async operations so shutdown can wait for them; bgCtx ends them at shutdown.
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+}
+
+// detach returns a context for work that outlives the request that began it: it keeps the
+// request's values (op id, operation logger) but ends only when the daemon shuts down.
+func (d *Daemon) detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	out, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(d.bgCtx, cancel)
+	return out, func() { stop(); cancel() }
 }
 
 // Options are start-up options that are not configuration.
@@ -101,6 +112,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 			"firecracker": firecracker.New(firecracker.Config{Binary: cfg.Firecracker.Binary, Logger: log}),
 		},
 	}
+	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	if cfg.Network.Enabled {
 		d.helper = &helper.Client{Socket: cfg.Network.HelperSocket}
 	}
@@ -137,6 +149,8 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 	d.register(srv)
 	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", Version, "pid", os.Getpid())
 	serveErr := srv.Serve(ctx, l)
+	// In-flight async operations are cancelled; each undoes its own partial work.
+	d.bgCancel()
 	d.bg.Wait()
 	os.Remove(d.cfg.Socket)
 	if opts.Cleanup {
@@ -194,13 +208,17 @@ func listenUnix(path string) (net.Listener, error) {
 func (d *Daemon) cleanup(ctx context.Context) {
 	log := opid.Logger(ctx, d.log)
 	vms, err := d.store.ListVMs(ctx)
-	if err == nil {
-		for _, vm := range vms {
-			if vm.State == "running" || vm.State == "starting" {
-				if _, err := d.stopVM(ctx, vm.ID, 10*time.Second); err != nil {
-					log.Warn("cleanup: stopping vm failed", "vm", vm.Name, "error", err.Error())
-				}
-			}
+	if err != nil {
+		log.Error("cleanup: listing vms failed", "error", err.Error())
+	}
+	for _, vm := range vms {
+		if vm.State != model.VMRunning && vm.State != model.VMStarting {
+			continue
+		}
+		if _, err := d.stopVM(ctx, vm.ID, 10*time.Second); err != nil {
+			log.Warn("cleanup: stopping vm failed", "vm", vm.Name, "error", err.Error())
+		} else {
+			log.Info("cleanup: vm stopped", "vm", vm.Name)
 		}
 	}
 	if d.helper != nil {

@@ -227,10 +227,11 @@ func (d *Daemon) beginImageOp(ctx context.Context, kind string, fn func(ctx cont
 	id := opid.From(ctx)
 	op := newOperation(id, kind)
 	d.ops.add(op)
-	bctx := context.WithoutCancel(ctx)
+	bctx, cancel := d.detach(ctx)
 	d.bg.Add(1)
 	go func() {
 		defer d.bg.Done()
+		defer cancel()
 		im, err := fn(bctx, op)
 		op.finish(nil, im, err)
 	}()

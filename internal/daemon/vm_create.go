@@ -231,10 +231,11 @@ func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.Beg
 	id := opid.From(ctx)
 	op := newOperation(id, "vm.create")
 	d.ops.add(op)
-	bctx := context.WithoutCancel(ctx)
+	bctx, cancel := d.detach(ctx)
 	d.bg.Add(1)
 	go func() {
 		defer d.bg.Done()
+		defer cancel()
 		start := time.Now()
 		log := rpc.Logger(bctx, d.log).With("async", true)
 		vm, err := d.createVM(bctx, p, op)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/google/nftables"
 	"net"
 
 	"github.com/vishvananda/netlink"
@@ -13,7 +14,9 @@ import (
 )
 
 // EnsureBridge creates the bridge if it is missing, gives it the configured address and a
-// fixed MAC, and brings it up. Calling it again changes nothing.
+// fixed MAC, and brings it up; it also puts banger's firewall table in its wanted shape, so
+// guests without NAT are contained from their first packet and an upgraded helper replaces
+// rules an older one made. Calling it again changes nothing.
 func (n Net) EnsureBridge(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -23,7 +26,14 @@ func (n Net) EnsureBridge(ctx context.Context) error {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	_, err := n.ensureBridge()
+	if _, err := n.ensureBridge(); err != nil {
+		return err
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	_, err = n.ensureRuleset(c)
 	return err
 }
 

@@ -187,7 +187,8 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 		t.Fatalf("after EnableNAT twice: table present %v, elements %v", ok, elems)
 	}
 	wantComments := []string{
-		"postrouting/banger:masquerade-nat-guests oif!=bgtbr0",
+		"postrouting/banger:masquerade-nat-guests oif!=bgtbr0 daddr!=172.30.0.0/24",
+		"forward/banger:accept-guest-to-guest 172.30.0.0/24",
 		"forward/banger:accept-established",
 		"forward/banger:accept-nat-guests iif=bgtbr0 oif!=bgtbr0",
 		"forward/banger:drop-from-guests iif=bgtbr0",
@@ -209,8 +210,8 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 	up.Uplink = "uplink0"
 	mustOp(t, ns, up, opArgs{Op: "enable_nat", IP: "172.30.0.7"})
 	elems, comments, _ = listTable(t, ns)
-	if !slices.Equal(elems, []string{"172.30.0.5", "172.30.0.6", "172.30.0.7"}) || len(comments) != 5 ||
-		comments[0] != "postrouting/banger:masquerade-nat-guests oif=uplink0" {
+	if !slices.Equal(elems, []string{"172.30.0.5", "172.30.0.6", "172.30.0.7"}) || len(comments) != 6 ||
+		comments[0] != "postrouting/banger:masquerade-nat-guests oif=uplink0 daddr!=172.30.0.0/24" {
 		t.Errorf("after uplink change: elements %v rules %q", elems, comments)
 	}
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -22,10 +23,11 @@ import (
 //	table ip banger {
 //	  set nat_guests { type ipv4_addr }
 //	  chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-//	    ip saddr @nat_guests oifname != BRIDGE masquerade       # or oifname UPLINK
+//	    ip saddr @nat_guests oifname != BRIDGE ip daddr != SUBNET masquerade   # or oifname UPLINK
 //	  }
 //	  chain forward { type filter hook forward priority filter; policy accept;
 //	    ct state established,related accept
+//	    ip saddr SUBNET ip daddr SUBNET accept          # guest to guest, even via br_netfilter
 //	    iifname BRIDGE ip saddr @nat_guests oifname != BRIDGE accept   # or oifname UPLINK
 //	    iifname BRIDGE drop
 //	    oifname BRIDGE drop
@@ -306,9 +308,17 @@ func (n Net) rules() []rule {
 		leaving = func() []expr.Any { return ifCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Uplink) }
 		leavingDesc = "oif=" + n.Uplink
 	}
+	subnet := n.Prefix.Masked()
 	return []rule{
-		{postChain, commentBase + "masquerade-nat-guests " + leavingDesc, func(set *nftables.Set) []expr.Any {
-			return concat(saddrInSet(set), leaving(), []expr.Any{&expr.Masq{}})
+		{postChain, commentBase + "masquerade-nat-guests " + leavingDesc + " daddr!=" + subnet.String(), func(set *nftables.Set) []expr.Any {
+			return concat(saddrInSet(set), leaving(), addrInPrefix(daddrOffset, subnet, expr.CmpOpNeq), []expr.Any{&expr.Masq{}})
+		}},
+		// With br_netfilter loaded, traffic between guests on the bridge passes the IP hooks
+		// too, with the bridge ports or the bridge as interfaces depending on the kernel; it
+		// is recognised by its addresses instead, and always allowed.
+		{fwdChain, commentBase + "accept-guest-to-guest " + subnet.String(), func(*nftables.Set) []expr.Any {
+			return concat(addrInPrefix(saddrOffset, subnet, expr.CmpOpEq), addrInPrefix(daddrOffset, subnet, expr.CmpOpEq),
+				[]expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})
 		}},
 		{fwdChain, commentBase + "accept-established", func(*nftables.Set) []expr.Any {
 			return []expr.Any{
@@ -344,6 +354,23 @@ func ifCmp(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
 		&expr.Cmp{Op: op, Register: 1, Data: data},
+	}
+}
+
+// Offsets of the IPv4 source and destination addresses in the network header.
+const (
+	saddrOffset = 12
+	daddrOffset = 16
+)
+
+// addrInPrefix compares the IPv4 address at offset, masked to p's length, with p's network.
+func addrInPrefix(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	mask := net.CIDRMask(p.Bits(), 32)
+	network := p.Masked().Addr().As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: op, Register: 1, Data: network[:]},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 )
 
+// Timeouts use timeout(1): busybox wget -T crashes in Debian 12's busybox-static.
 func TestVMNetworkDNSAndNAT(t *testing.T) {
 	x := need(t)
 	a := x.createVM(t, "e2e-net-a", "--nat")
@@ -14,7 +15,7 @@ func TestVMNetworkDNSAndNAT(t *testing.T) {
 	// A TCP service in VM B, reached from the host side of the namespace by IP.
 	x.mustCLI(t, "vm", "exec", "e2e-net-b", "--", "sh", "-c",
 		"mkdir -p /root/www && echo hello-from-b > /root/www/index.html && busybox httpd -p 8000 -h /root/www")
-	out, err := x.inNetns("busybox", "wget", "-q", "-T", "5", "-O", "-", "http://"+b.GuestIP+":8000/")
+	out, err := x.inNetns("timeout", "10", "busybox", "wget", "-q", "-O", "-", "http://"+b.GuestIP+":8000/")
 	if err != nil || strings.TrimSpace(out) != "hello-from-b" {
 		t.Fatalf("host -> vm b tcp: %v %q", err, out)
 	}
@@ -29,16 +30,16 @@ func TestVMNetworkDNSAndNAT(t *testing.T) {
 	}
 	// VM A reaches VM B by name.
 	out = x.mustCLI(t, "vm", "exec", "e2e-net-a", "--", "sh", "-c",
-		"ip=$(busybox nslookup e2e-net-b."+dnsDomain+" | awk '/^Address/ && !/#/ {print $2}' | tail -n1); busybox wget -q -T 5 -O - http://$ip:8000/")
+		"ip=$(busybox nslookup e2e-net-b."+dnsDomain+" | awk '/^Address/ && !/#/ {print $2}' | tail -n1); timeout 10 wget -q -O - http://$ip:8000/")
 	if strings.TrimSpace(out) != "hello-from-b" {
 		t.Fatalf("vm a -> vm b by name: %q", out)
 	}
 	// NAT: A (--nat) reaches the fake internet, masqueraded; B does not.
-	out = x.mustCLI(t, "vm", "exec", "e2e-net-a", "--", "busybox", "wget", "-q", "-T", "5", "-O", "-", "http://"+inetIP+":8080/")
+	out = x.mustCLI(t, "vm", "exec", "e2e-net-a", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://"+inetIP+":8080/")
 	if !strings.Contains(out, "peer="+uplinkIP) {
 		t.Fatalf("NAT: expected the fake internet to see %s, got %q", uplinkIP, out)
 	}
-	_, _, code := x.cli(nil, "vm", "exec", "e2e-net-b", "--", "busybox", "wget", "-q", "-T", "3", "-O", "-", "http://"+inetIP+":8080/")
+	_, _, code := x.cli(nil, "vm", "exec", "e2e-net-b", "--", "timeout", "5", "wget", "-q", "-O", "-", "http://"+inetIP+":8080/")
 	if code == 0 {
 		t.Fatal("a VM without --nat reached the fake internet")
 	}
