@@ -159,10 +159,16 @@ func setup() (*env, error) {
 			return x, err
 		}
 	}
-	// The fake internet answers every TCP connection on :8080 with the peer address it saw,
-	// so tests can check the source was masqueraded.
-	x.inetSrv = exec.Command("ip", "netns", "exec", x.inetns, "socat",
-		"TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo peer=$SOCAT_PEERADDR")
+	// The fake internet answers every HTTP request on :8080 with the peer address it saw,
+	// so tests can check the source was masqueraded. It reads the request first: closing
+	// with unread data would reset the connection.
+	peer := filepath.Join(x.dir, "peer.sh")
+	script := "#!/bin/sh\nwhile IFS= read -r line; do case \"$line\" in ''|\"$(printf '\\r')\") break;; esac; done\n" +
+		"printf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\npeer=%s\\n' \"$SOCAT_PEERADDR\"\n"
+	if err := os.WriteFile(peer, []byte(script), 0o755); err != nil {
+		return x, err
+	}
+	x.inetSrv = exec.Command("ip", "netns", "exec", x.inetns, "socat", "TCP-LISTEN:8080,reuseaddr,fork", "EXEC:"+peer)
 	if err := x.inetSrv.Start(); err != nil {
 		return x, err
 	}
