@@ -59,10 +59,22 @@ func TestReaper(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Orphans: the shell exits at once, its background sleeps become our children.
+	// The shells are registered like any child the agent waits for itself; otherwise the
+	// reaper may collect one before os/exec does.
 	for range 3 {
-		if err := exec.Command("sh", "-c", "sleep 0.1 & sleep 0.2 & exit 0").Run(); err != nil {
+		sh := exec.Command("sh", "-c", "sleep 0.1 & sleep 0.2 & exit 0")
+		if err := procs.start(func() (int, error) {
+			if err := sh.Start(); err != nil {
+				return 0, err
+			}
+			return sh.Process.Pid, nil
+		}); err != nil {
 			t.Fatal(err)
 		}
+		if err := sh.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		procs.forget(sh.Process.Pid)
 	}
 	err := own.Wait()
 	procs.forget(own.Process.Pid)
