@@ -19,8 +19,12 @@ import (
 
 var version = "dev"
 
+// newLogger returns the JSON logger and makes it the default, so packages that log through
+// slog's default (the store's migrations) write JSON too.
 func newLogger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	l := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	slog.SetDefault(l)
+	return l
 }
 
 func main() {

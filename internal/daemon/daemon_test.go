@@ -41,7 +41,7 @@ func requireMkfs(t *testing.T) {
 	}
 }
 
-func startDaemon(t *testing.T, stateDir, cidr string) *testDaemon {
+func startDaemon(t *testing.T, stateDir, cidr string, tweaks ...func(*config.Config)) *testDaemon {
 	t.Helper()
 	requireMkfs(t)
 	cfg := config.Default()
@@ -52,6 +52,9 @@ func startDaemon(t *testing.T, stateDir, cidr string) *testDaemon {
 	cfg.DNS.Upstreams = []string{"127.0.0.1:9"}
 	cfg.Defaults.SystemOverlaySize = "16M"
 	cfg.Defaults.WorkDiskSize = "16M"
+	for _, tw := range tweaks {
+		tw(&cfg)
+	}
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := New(ctx, cfg, log)

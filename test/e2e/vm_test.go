@@ -172,3 +172,63 @@ func vmDirs(x *env) string {
 	}
 	return strings.Join(names, ",")
 }
+
+func TestCopyBothWaysAndTTY(t *testing.T) {
+	x := need(t)
+	x.createVM(t, "e2e-cp")
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "tree", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(src, "tree", "a.txt"), []byte("alpha\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "tree", "sub", "run.sh"), []byte("#!/bin/sh\necho ran\n"), 0o755)
+	x.mustCLI(t, "vm", "cp", filepath.Join(src, "tree"), "e2e-cp:/root/tree")
+	if out := x.mustCLI(t, "vm", "exec", "e2e-cp", "--", "sh", "-c", "cat /root/tree/a.txt && /root/tree/sub/run.sh"); out != "alpha\nran\n" {
+		t.Fatalf("copied tree in the guest: %q", out)
+	}
+	x.mustCLI(t, "vm", "exec", "e2e-cp", "--", "sh", "-c", "mkdir -p /root/out && echo from-guest > /root/out/r.txt")
+	dst := t.TempDir()
+	x.mustCLI(t, "vm", "cp", "e2e-cp:/root/out", dst)
+	if b, err := os.ReadFile(filepath.Join(dst, "out", "r.txt")); err != nil || string(b) != "from-guest\n" {
+		t.Fatalf("copied back: %q %v", b, err)
+	}
+	// Bad copies are refused with the field named.
+	if _, errOut, code := x.cli(nil, "vm", "cp", "a", "b"); code == 0 || !strings.Contains(errOut, "NAME:/path") {
+		t.Fatalf("cp without a VM side: %d %s", code, errOut)
+	}
+	// -t gives the command a terminal.
+	out := x.mustCLI(t, "vm", "exec", "-t", "e2e-cp", "--", "tty")
+	if !strings.HasPrefix(strings.TrimSpace(out), "/dev/pts/") {
+		t.Fatalf("exec -t: tty printed %q", out)
+	}
+	// A missing command exits 127, like a shell.
+	if _, errOut, code := x.cli(nil, "vm", "exec", "e2e-cp", "--", "no-such-cmd"); code != 127 || !strings.Contains(errOut, "no-such-cmd") {
+		t.Fatalf("missing command: exit %d %s", code, errOut)
+	}
+}
+
+func TestReconcileMarksVanishedVMStopped(t *testing.T) {
+	x := need(t)
+	vm := x.createVM(t, "e2e-vanish")
+	x.stopDaemon(syscall.SIGKILL)
+	if err := syscall.Kill(vm.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing the VMM: %v", err)
+	}
+	if err := x.startDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if st := x.show(t, "e2e-vanish"); st.State != "stopped" || st.PID != 0 {
+		t.Fatalf("after restart with the VMM gone: state %s pid %d", st.State, st.PID)
+	}
+	if _, err := x.inNetns("ip", "link", "show", vm.Tap); err == nil {
+		t.Fatalf("tap %s of the vanished VM was not reconciled away", vm.Tap)
+	}
+	if !strings.Contains(readFile(x.daemonLog.Name()), `"msg":"reconcile: vm's VMM process is gone; marking stopped"`) {
+		t.Fatal("reconcile did not log the vanished VM")
+	}
+	// It starts again normally.
+	x.mustCLI(t, "vm", "start", "e2e-vanish")
+	if out := x.mustCLI(t, "vm", "exec", "e2e-vanish", "--", "echo", "back"); out != "back\n" {
+		t.Fatalf("exec after restart: %q", out)
+	}
+}
