@@ -55,7 +55,7 @@ func TestCleanupLeavesNoNetworkObjects(t *testing.T) {
 	}
 	x.stopDaemon(syscall.SIGTERM)
 	links, _ := x.inNetns("ip", "-o", "link")
-	if strings.Contains(links, "bgr") || strings.Contains(links, "banger0") {
+	if regexp.MustCompile(`(?m)^\d+: (bgr[0-9a-f]+|banger0)[:@]`).MatchString(links) {
 		t.Fatalf("links left after --cleanup:\n%s", links)
 	}
 	if nft, _ := x.inNetns("nft", "list", "ruleset"); strings.Contains(nft, "banger") {
