@@ -132,6 +132,10 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 		if err := d.helper.EnsureBridge(startCtx); err != nil {
 			return fmt.Errorf("ensuring bridge %s through the root helper: %w", d.cfg.Network.Bridge, err)
 		}
+		// Not fatal (the host may fix the mode later), but every networked VM would fail.
+		if err := vmm.CheckTunAccess(); err != nil {
+			d.log.Warn("networked VMs cannot start", "error", err.Error(), "hint", vmm.TunHint)
+		}
 	}
 	if err := d.reconcile(startCtx); err != nil {
 		return fmt.Errorf("reconciling VMs with the store: %w", err)

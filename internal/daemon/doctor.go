@@ -7,6 +7,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/imagebuild"
+	"banger/internal/vmm"
 )
 
 // doctor reports what this host has and lacks for running VMs, each with its fix.
@@ -42,6 +43,14 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 	if d.cfg.Network.Enabled {
 		err := d.helper.Ping(ctx)
 		add("root-helper", err == nil, d.cfg.Network.HelperSocket, "start the root helper as root: bangerd helper --config …")
+		// The helper gives the daemon's user its taps, but the VMM must still open the
+		// clone device itself.
+		tunDetail := vmm.TunDevice + " is usable by this daemon's VMMs"
+		tunErr := vmm.CheckTunAccess()
+		if tunErr != nil {
+			tunDetail = tunErr.Error()
+		}
+		add("tun", tunErr == nil, tunDetail, vmm.TunHint)
 		add("dns", true, fmt.Sprintf("VM names resolve as NAME.%s at %s:53 and %v", d.cfg.DNS.Domain, d.prefix.Addr(), d.cfg.DNS.Listen),
 			"")
 		add("host-resolver", true, fmt.Sprintf("to resolve VM names on this host: resolvectl dns %s %s && resolvectl domain %s ~%s",

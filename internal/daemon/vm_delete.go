@@ -11,16 +11,11 @@ import (
 
 // deleteVM removes a VM, its disks and its DNS name. A running VM needs force.
 func (d *Daemon) deleteVM(ctx context.Context, ref string, force bool) (*model.VM, error) {
-	vm, err := d.store.ResolveVM(ctx, ref)
+	vm, rt, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	rt := d.runtime(vm.ID)
-	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return nil, err
-	}
 	if vm.State == model.VMRunning || vm.State == model.VMStarting || vm.State == model.VMStopping {
 		if !force {
 			return nil, errdefs.WithHint(errdefs.New(errdefs.ErrConflict, "vm %s is %s", vm.Name, vm.State),

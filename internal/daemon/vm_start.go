@@ -221,28 +221,48 @@ func (d *Daemon) watchExit(id string, m vmm.Machine) {
 
 // startVM is vm.start.
 func (d *Daemon) startVM(ctx context.Context, ref string) (*model.VM, error) {
-	vm, err := d.store.ResolveVM(ctx, ref)
+	vm, rt, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	rt := d.runtime(vm.ID)
-	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return nil, err
-	}
 	switch vm.State {
 	case model.VMRunning, model.VMStarting:
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is already %s", vm.Name, vm.State)
 	}
-	if err := d.startLocked(ctx, rt, vm, noProgress{}); err != nil {
+	if err := d.startRecorded(ctx, rt, vm); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// startRecorded starts an existing VM; a failed start leaves it stopped with the error
+// recorded for `vm show`. The caller holds rt.mu.
+func (d *Daemon) startRecorded(ctx context.Context, rt *vmRuntime, vm *model.VM) error {
+	err := d.startLocked(ctx, rt, vm, noProgress{})
+	if err != nil {
 		vm.State, vm.PID, vm.LastError = model.VMStopped, 0, err.Error()
 		rt.setMachine(nil)
 		rt.resetSession()
 		d.store.UpdateVM(context.WithoutCancel(ctx), vm)
-		return nil, err
 	}
-	return vm, nil
+	return err
+}
+
+// lockVM resolves ref, takes that VM's lifecycle lock and re-reads its record under the
+// lock, since an operation that held it may have changed the VM. The caller unlocks rt.mu.
+func (d *Daemon) lockVM(ctx context.Context, ref string) (*model.VM, *vmRuntime, error) {
+	vm, err := d.store.ResolveVM(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	rt := d.runtime(vm.ID)
+	rt.mu.Lock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		rt.mu.Unlock()
+		return nil, nil, err
+	}
+	return vm, rt, nil
 }
 
 func tailFile(path string, n int) string {

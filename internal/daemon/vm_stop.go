@@ -18,16 +18,11 @@ const defaultStopTimeout = 20 * time.Second
 // cleanly); if the guest does not exit by the deadline the VMM is asked (ACPI /
 // Ctrl-Alt-Del), and finally killed.
 func (d *Daemon) stopVM(ctx context.Context, ref string, timeout time.Duration) (*model.VM, error) {
-	vm, err := d.store.ResolveVM(ctx, ref)
+	vm, rt, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	rt := d.runtime(vm.ID)
-	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return nil, err
-	}
 	if vm.State != model.VMRunning && vm.State != model.VMStarting && vm.State != model.VMStopping {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.State)
 	}
@@ -87,25 +82,17 @@ func (d *Daemon) haltMachine(ctx context.Context, rt *vmRuntime, m vmm.Machine, 
 
 // restartVM stops (if running) and starts vm.
 func (d *Daemon) restartVM(ctx context.Context, ref string, timeout time.Duration) (*model.VM, error) {
-	vm, err := d.store.ResolveVM(ctx, ref)
+	vm, rt, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	rt := d.runtime(vm.ID)
-	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return nil, err
-	}
 	if vm.State == model.VMRunning || vm.State == model.VMStarting {
 		if err := d.stopLocked(ctx, rt, vm, timeout); err != nil {
 			return nil, err
 		}
 	}
-	if err := d.startLocked(ctx, rt, vm, noProgress{}); err != nil {
-		vm.State, vm.PID, vm.LastError = model.VMStopped, 0, err.Error()
-		rt.setMachine(nil)
-		d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+	if err := d.startRecorded(ctx, rt, vm); err != nil {
 		return nil, err
 	}
 	return vm, nil

@@ -17,6 +17,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/hostnet"
+	"banger/internal/netnstest"
 	"banger/internal/opid"
 	"banger/internal/rpc"
 )
@@ -81,9 +82,9 @@ func startHelper(t *testing.T, a serveArgs) *helperUnderTest {
 	if err := os.WriteFile(bin, src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	h := &helperUnderTest{ns: newNetns(t, "helper"), socket: filepath.Join(dir, "helper.sock"), log: filepath.Join(dir, "helper.log"), bin: bin}
+	h := &helperUnderTest{ns: netnstest.New(t, "helper"), socket: filepath.Join(dir, "helper.sock"), log: filepath.Join(dir, "helper.log"), bin: bin}
 	a.Socket, a.Log, a.Bridge, a.Prefix = h.socket, h.log, testNet.Bridge, testNet.Prefix.String()
-	cmd := childCmd(t, self, h.ns, "serve", a)
+	cmd := netnstest.Command(t, self, h.ns, "serve", a)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -124,7 +125,7 @@ func startHelper(t *testing.T, a serveArgs) *helperUnderTest {
 func (h *helperUnderTest) callAs(t *testing.T, cred *syscall.Credential, method string, params any, id string) callResult {
 	t.Helper()
 	raw, _ := json.Marshal(params)
-	cmd := childCmd(t, h.bin, "", "call", callArgs{Socket: h.socket, Method: method, Params: raw, OpID: id})
+	cmd := netnstest.Command(t, h.bin, "", "call", callArgs{Socket: h.socket, Method: method, Params: raw, OpID: id})
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
 	var stderr bytes.Buffer
@@ -173,7 +174,7 @@ func wantCode(t *testing.T, err error, code, mustMention string) {
 }
 
 func TestHelperEndToEnd(t *testing.T) {
-	requireNetns(t)
+	netnstest.Require(t, "nft")
 	h := startHelper(t, serveArgs{SocketGroup: 65534, AllowUIDs: []int{1000}, AllowGIDs: []int{4242}, TapUID: 1000, TapGID: 1000})
 	c := &Client{Socket: h.socket}
 
@@ -200,7 +201,7 @@ func TestHelperEndToEnd(t *testing.T) {
 		if err := c.CreateTap(ctx, "bgr1a2b"); err != nil {
 			t.Fatalf("CreateTap again: %v", err)
 		}
-		if owner := strings.TrimSpace(run(t, "ip", "netns", "exec", h.ns, "cat", "/sys/class/net/bgr1a2b/owner")); owner != "1000" {
+		if owner := strings.TrimSpace(netnstest.Run(t, "ip", "netns", "exec", h.ns, "cat", "/sys/class/net/bgr1a2b/owner")); owner != "1000" {
 			t.Errorf("tap owner %q, want the configured 1000", owner)
 		}
 		ip := netip.MustParseAddr("172.30.0.5")
@@ -223,7 +224,7 @@ func TestHelperEndToEnd(t *testing.T) {
 		if err := c.Cleanup(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if out := run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr") || strings.Contains(out, testNet.Bridge) {
+		if out := netnstest.Run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr") || strings.Contains(out, testNet.Bridge) {
 			t.Errorf("links left after cleanup:\n%s", out)
 		}
 	})
@@ -248,7 +249,7 @@ func TestHelperEndToEnd(t *testing.T) {
 		wantCode(t, raw(MethodCreateTap, map[string]string{"tap": "bgr1", "bridge": "eth0"}), rpc.CodeInvalidArgument, "bridge")
 		wantCode(t, raw(MethodEnsureBridge, map[string]string{"bridge": "eth0"}), rpc.CodeInvalidArgument, "eth0")
 		wantCode(t, raw(MethodCreateTap, nil), rpc.CodeInvalidArgument, "params")
-		if out := run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr1") {
+		if out := netnstest.Run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr1") {
 			t.Errorf("a refused call created a tap:\n%s", out)
 		}
 	})
@@ -263,7 +264,7 @@ func TestHelperEndToEnd(t *testing.T) {
 		if res.Code != rpc.CodePermissionDenied {
 			t.Errorf("uid 65534 create_tap: %+v, want permission_denied", res)
 		}
-		if out := run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr99") {
+		if out := netnstest.Run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr99") {
 			t.Errorf("an unauthorised call created a tap:\n%s", out)
 		}
 		// Allowed by uid.

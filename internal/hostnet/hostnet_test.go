@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"banger/internal/errdefs"
+	"banger/internal/netnstest"
 )
 
 var testNet = Net{Bridge: "bgtbr0", Prefix: netip.MustParsePrefix("172.30.0.1/24")}
@@ -118,7 +119,7 @@ type ipLink struct {
 func links(t *testing.T, ns string) map[string]ipLink {
 	t.Helper()
 	var ls []ipLink
-	if err := json.Unmarshal([]byte(run(t, "ip", "-n", ns, "-j", "addr", "show")), &ls); err != nil {
+	if err := json.Unmarshal([]byte(netnstest.Run(t, "ip", "-n", ns, "-j", "addr", "show")), &ls); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]ipLink{}
@@ -129,8 +130,8 @@ func links(t *testing.T, ns string) map[string]ipLink {
 }
 
 func TestBridgeTapNATLifecycle(t *testing.T) {
-	requireNetns(t)
-	ns := newNetns(t, "life")
+	netnstest.Require(t, "nft")
+	ns := netnstest.New(t, "life")
 	n := testNet
 
 	mustOp(t, ns, n, opArgs{Op: "ensure_bridge"})
@@ -151,10 +152,10 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 
 	mustOp(t, ns, n, opArgs{Op: "create_tap", Name: "bgr1a2b", UID: 1000, GID: 1000})
 	mustOp(t, ns, n, opArgs{Op: "create_tap", Name: "bgr1a2b", UID: 1000, GID: 1000})
-	if owner := strings.TrimSpace(run(t, "ip", "netns", "exec", ns, "cat", "/sys/class/net/bgr1a2b/owner")); owner != "1000" {
+	if owner := strings.TrimSpace(netnstest.Run(t, "ip", "netns", "exec", ns, "cat", "/sys/class/net/bgr1a2b/owner")); owner != "1000" {
 		t.Errorf("tap owner = %q, want 1000", owner)
 	}
-	if group := strings.TrimSpace(run(t, "ip", "netns", "exec", ns, "cat", "/sys/class/net/bgr1a2b/group")); group != "1000" {
+	if group := strings.TrimSpace(netnstest.Run(t, "ip", "netns", "exec", ns, "cat", "/sys/class/net/bgr1a2b/group")); group != "1000" {
 		t.Errorf("tap group = %q, want 1000", group)
 	}
 	tap := links(t, ns)["bgr1a2b"]
@@ -172,9 +173,9 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 	}
 	wantKind(t, ns, n, opArgs{Op: "create_tap", Name: "bgr3", UID: 1000, GID: 1000, MAC: "ff:ff:ff:ff:ff:ff"}, "invalid_argument")
 	// A non-tap interface that happens to carry a tap-shaped name is not touched.
-	run(t, "ip", "-n", ns, "link", "add", "bgrdead", "type", "veth", "peer", "name", "bgtpeer")
+	netnstest.Run(t, "ip", "-n", ns, "link", "add", "bgrdead", "type", "veth", "peer", "name", "bgtpeer")
 	wantKind(t, ns, n, opArgs{Op: "delete_tap", Name: "bgrdead"}, "conflict")
-	run(t, "ip", "-n", ns, "link", "del", "bgrdead")
+	netnstest.Run(t, "ip", "-n", ns, "link", "del", "bgrdead")
 
 	if st := mustOp(t, ns, n, opArgs{Op: "state"}); !slices.Equal(st.Taps, []string{"bgr1a2b", "bgr2"}) || len(st.NAT) != 0 {
 		t.Errorf("state = %+v", st)
@@ -197,7 +198,7 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 	if !slices.Equal(comments, wantComments) {
 		t.Errorf("rules = %q, want %q", comments, wantComments)
 	}
-	if fwd := strings.TrimSpace(run(t, "ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward")); fwd != "1" {
+	if fwd := strings.TrimSpace(netnstest.Run(t, "ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward")); fwd != "1" {
 		t.Errorf("ip_forward = %s after EnableNAT", fwd)
 	}
 	for _, bad := range []string{"172.30.1.5", "172.30.0.0", "172.30.0.1", "172.30.0.255", "8.8.8.8"} {

@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"banger/internal/netnstest"
 )
 
 // startListener runs a TCP listener inside ns that answers with the peer's address.
 func startListener(t *testing.T, ns, addr string) {
 	t.Helper()
-	cmd := childCmd(t, ns, "listen", addr)
+	cmd := netnstest.Command(t, "", ns, "listen", addr)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -33,7 +35,7 @@ func startListener(t *testing.T, ns, addr string) {
 // dial connects from ns to addr and returns the peer address the listener saw.
 func dial(t *testing.T, ns, addr string) (string, bool) {
 	t.Helper()
-	out, err := childCmd(t, ns, "dial", addr).Output()
+	out, err := netnstest.Command(t, "", ns, "dial", addr).Output()
 	return string(out), err == nil
 }
 
@@ -49,27 +51,27 @@ func dial(t *testing.T, ns, addr string) (string, bool) {
 // without masquerading would succeed and show the guest's own address: seeing 198.18.0.1
 // proves masquerade, and failing without NAT proves the forward drop.
 func TestNATEndToEnd(t *testing.T) {
-	requireNetns(t)
-	nsNet := newNetns(t, "net")
-	nsGuest := newNetns(t, "guest")
-	nsInet := newNetns(t, "inet")
+	netnstest.Require(t, "nft")
+	nsNet := netnstest.New(t, "net")
+	nsGuest := netnstest.New(t, "guest")
+	nsInet := netnstest.New(t, "inet")
 	n := testNet
 
 	mustOp(t, nsNet, n, opArgs{Op: "ensure_bridge"})
 	// Each veth is created inside a test namespace with its peer moved straight into
 	// another, so no interface ever exists in the host namespace.
-	run(t, "ip", "-n", nsNet, "link", "add", "vguest", "type", "veth", "peer", "name", "eth0", "netns", nsGuest)
-	run(t, "ip", "-n", nsNet, "link", "set", "vguest", "master", n.Bridge, "up")
-	run(t, "ip", "-n", nsGuest, "addr", "add", "172.30.0.5/24", "dev", "eth0")
-	run(t, "ip", "-n", nsGuest, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", nsGuest, "route", "add", "default", "via", "172.30.0.1")
+	netnstest.Run(t, "ip", "-n", nsNet, "link", "add", "vguest", "type", "veth", "peer", "name", "eth0", "netns", nsGuest)
+	netnstest.Run(t, "ip", "-n", nsNet, "link", "set", "vguest", "master", n.Bridge, "up")
+	netnstest.Run(t, "ip", "-n", nsGuest, "addr", "add", "172.30.0.5/24", "dev", "eth0")
+	netnstest.Run(t, "ip", "-n", nsGuest, "link", "set", "eth0", "up")
+	netnstest.Run(t, "ip", "-n", nsGuest, "route", "add", "default", "via", "172.30.0.1")
 
-	run(t, "ip", "-n", nsNet, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", nsInet)
-	run(t, "ip", "-n", nsNet, "addr", "add", "198.18.0.1/30", "dev", "up0")
-	run(t, "ip", "-n", nsNet, "link", "set", "up0", "up")
-	run(t, "ip", "-n", nsInet, "addr", "add", "198.18.0.2/30", "dev", "eth0")
-	run(t, "ip", "-n", nsInet, "link", "set", "eth0", "up")
-	run(t, "ip", "-n", nsInet, "route", "add", "172.30.0.0/24", "via", "198.18.0.1")
+	netnstest.Run(t, "ip", "-n", nsNet, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", nsInet)
+	netnstest.Run(t, "ip", "-n", nsNet, "addr", "add", "198.18.0.1/30", "dev", "up0")
+	netnstest.Run(t, "ip", "-n", nsNet, "link", "set", "up0", "up")
+	netnstest.Run(t, "ip", "-n", nsInet, "addr", "add", "198.18.0.2/30", "dev", "eth0")
+	netnstest.Run(t, "ip", "-n", nsInet, "link", "set", "eth0", "up")
+	netnstest.Run(t, "ip", "-n", nsInet, "route", "add", "172.30.0.0/24", "via", "198.18.0.1")
 
 	startListener(t, nsInet, "198.18.0.2:8080")
 	startListener(t, nsNet, "172.30.0.1:8081")

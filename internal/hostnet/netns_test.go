@@ -3,8 +3,6 @@ package hostnet
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,99 +10,23 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"banger/internal/errdefs"
+	"banger/internal/netnstest"
 )
 
 // Every test here changes links and firewall rules, so none of it may run in the host's
-// network namespace. The test binary re-executes itself under `ip netns exec` in a
-// namespace the test created; the child refuses to act if its namespace is the parent's.
-
-const (
-	childEnv  = "BANGER_HOSTNET_TEST_CHILD" // op, listen, dial
-	hostNSEnv = "BANGER_HOSTNET_TEST_HOST_NETNS"
-	argsEnv   = "BANGER_HOSTNET_TEST_ARGS"
-)
+// network namespace: each operation runs in a child copy of the test binary inside a
+// namespace the test created (netnstest), which refuses to act in the parent's namespace.
 
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(childEnv); mode != "" {
-		os.Exit(runChild(mode))
-	}
-	os.Exit(m.Run())
-}
-
-// requireNetns skips (or fails under CI=true) unless the test can create namespaces.
-func requireNetns(t *testing.T) {
-	t.Helper()
-	missing := func(why string) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prerequisite missing (CI=true makes this a failure): %s", why)
-		}
-		t.Skipf("skipping: %s", why)
-	}
-	if os.Geteuid() != 0 {
-		missing("needs root to create network namespaces, bridges, taps and nftables rules")
-	}
-	for _, bin := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			missing(bin + " not found in PATH")
-		}
-	}
-}
-
-func selfNetns() (string, error) { return os.Readlink("/proc/self/ns/net") }
-
-// newNetns creates a namespace with loopback up and deletes it when the test ends.
-func newNetns(t *testing.T, tag string) string {
-	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "bgt-" + tag + "-" + hex.EncodeToString(b)
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting netns %s: %v: %s", name, err, out)
-		}
+	netnstest.Main(m, map[string]netnstest.Mode{
+		"op":     {Run: childOp},
+		"listen": {Run: childListen},
+		"dial":   {Run: childDial},
 	})
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
-}
-
-// run runs a command (ip, nft) and fails the test if it fails.
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// childCmd prepares the test binary to run mode inside netns ns.
-func childCmd(t *testing.T, ns, mode string, args any) *exec.Cmd {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := selfNetns()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := json.Marshal(args)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test.run=^$")
-	// The race detector sleeps a second at exit by default; children exit often.
-	cmd.Env = append(os.Environ(), childEnv+"="+mode, hostNSEnv+"="+host, argsEnv+"="+string(raw),
-		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	return cmd
 }
 
 // opArgs is one hostnet operation for the child to perform.
@@ -133,7 +55,7 @@ func hostOp(t *testing.T, ns string, n Net, a opArgs) opResult {
 	t.Helper()
 	a.Bridge, a.Prefix, a.Uplink = n.Bridge, n.Prefix.String(), n.Uplink
 	var stderr bytes.Buffer
-	cmd := childCmd(t, ns, "op", a)
+	cmd := netnstest.Command(t, "", ns, "op", a)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -166,38 +88,18 @@ func wantKind(t *testing.T, ns string, n Net, a opArgs, kind string) opResult {
 	return res
 }
 
-func runChild(mode string) int {
-	host := os.Getenv(hostNSEnv)
-	self, err := selfNetns()
-	if err != nil || host == "" || self == host {
-		fmt.Fprintf(os.Stderr, "refusing to run %s: not inside a test network namespace (self %q, host %q, %v)\n", mode, self, host, err)
-		return 3
+// childOp performs one operation and prints an opResult.
+func childOp(raw json.RawMessage) int {
+	var a opArgs
+	if err := json.Unmarshal(raw, &a); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
-	raw := []byte(os.Getenv(argsEnv))
-	switch mode {
-	case "op":
-		var a opArgs
-		if err := json.Unmarshal(raw, &a); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		res := childOp(a)
-		_ = json.NewEncoder(os.Stdout).Encode(res)
-		return 0
-	case "listen":
-		var addr string
-		_ = json.Unmarshal(raw, &addr)
-		return childListen(addr)
-	case "dial":
-		var addr string
-		_ = json.Unmarshal(raw, &addr)
-		return childDial(addr)
-	}
-	fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
-	return 2
+	_ = json.NewEncoder(os.Stdout).Encode(performOp(a))
+	return 0
 }
 
-func childOp(a opArgs) opResult {
+func performOp(a opArgs) opResult {
 	ctx := context.Background()
 	n := Net{Bridge: a.Bridge, Uplink: a.Uplink}
 	n.Prefix, _ = netip.ParsePrefix(a.Prefix)
@@ -239,7 +141,12 @@ func childOp(a opArgs) opResult {
 
 // childListen accepts TCP connections and answers each with the peer's IP, so the test
 // can see whether the source address was masqueraded.
-func childListen(addr string) int {
+func childListen(raw json.RawMessage) int {
+	var addr string
+	if err := json.Unmarshal(raw, &addr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -257,7 +164,12 @@ func childListen(addr string) int {
 	}
 }
 
-func childDial(addr string) int {
+func childDial(raw json.RawMessage) int {
+	var addr string
+	if err := json.Unmarshal(raw, &addr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	c, err := net.DialTimeout("tcp", addr, 1500*time.Millisecond)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -15,7 +15,6 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/imagestore"
-	"banger/internal/model"
 )
 
 // TinyName is the image name the tiny builder gives its bundle.
@@ -52,9 +51,8 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 	if opts.WorkDir == "" {
 		return "", errdefs.InvalidArgument("work_dir", opts.WorkDir, "is required")
 	}
-	if fi, err := os.Stat(opts.AgentPath); err != nil || !fi.Mode().IsRegular() {
-		return "", errdefs.WithHint(errdefs.InvalidArgument("agent", opts.AgentPath, "is not an existing file"),
-			"build the guest agent (go build ./cmd/banger-agent) or set agent_path in the config")
+	if err := CheckAgent(opts.AgentPath); err != nil {
+		return "", err
 	}
 	start := time.Now()
 	stage := func(name string, since time.Time, args ...any) {
@@ -68,17 +66,6 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 	}
 	stage("busybox", t, "path", busybox)
 
-	t = time.Now()
-	k, err := DebianKernel(ctx, opts.CacheDir, log)
-	if err != nil {
-		return "", fmt.Errorf("fetching kernel: %w", err)
-	}
-	vmlinux, err := KernelVmlinux(ctx, k)
-	if err != nil {
-		return "", err
-	}
-	stage("kernel", t, "kernel", k.Version)
-
 	if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
 		return "", fmt.Errorf("creating work dir: %w", err)
 	}
@@ -91,19 +78,15 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 			os.RemoveAll(dir)
 		}
 	}()
-	if err := linkOrCopy(ctx, vmlinux, filepath.Join(dir, imagestore.KernelName)); err != nil {
-		return "", fmt.Errorf("placing vmlinux: %w", err)
-	}
 
 	t = time.Now()
-	mods, err := GuestModules(k.ModulesDir)
+	kernelVersion, err := KernelAndInitrd(ctx, BootFiles{
+		CacheDir: opts.CacheDir, AgentPath: opts.AgentPath, OutDir: dir, Log: log,
+	})
 	if err != nil {
 		return "", err
 	}
-	if err := BuildInitrd(ctx, filepath.Join(dir, imagestore.InitrdName), opts.AgentPath, mods); err != nil {
-		return "", err
-	}
-	stage("initrd", t, "modules", len(mods))
+	stage("kernel and initrd", t, "kernel", kernelVersion)
 
 	t = time.Now()
 	root, err := os.MkdirTemp(opts.WorkDir, "tiny-rootfs-")
@@ -111,7 +94,7 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 		return "", fmt.Errorf("creating rootfs staging dir: %w", err)
 	}
 	defer os.RemoveAll(root)
-	if err := populateTinyRoot(ctx, root, busybox, k.Version); err != nil {
+	if err := populateTinyRoot(ctx, root, busybox, kernelVersion); err != nil {
 		return "", err
 	}
 	if err := Ext4FromDir(ctx, root, filepath.Join(dir, imagestore.RootfsName), 0); err != nil {
@@ -122,7 +105,7 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 	m := imagestore.Manifest{
 		Schema:  imagestore.SchemaVersion,
 		Name:    TinyName,
-		Version: fmt.Sprintf("%s-b%d", k.Version, tinyRevision),
+		Version: fmt.Sprintf("%s-b%d", kernelVersion, tinyRevision),
 		Arch:    imagestore.ArchX86_64,
 	}
 	if err := WriteBundleManifest(dir, m); err != nil {
@@ -130,39 +113,6 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 	}
 	log.Info("tiny bundle built", "dir", dir, "version", m.Version, "duration_ms", time.Since(start).Milliseconds())
 	return dir, nil
-}
-
-// WriteBundleManifest hashes the conventional bundle files present in dir (vmlinux,
-// initrd.img, rootfs.ext4), adds them to m and writes dir/manifest.json, turning dir into a
-// bundle imagestore.ImportBundle accepts.
-func WriteBundleManifest(dir string, m imagestore.Manifest) error {
-	m.Files = nil
-	for _, f := range []struct{ role, name string }{
-		{model.RoleKernel, imagestore.KernelName},
-		{model.RoleInitrd, imagestore.InitrdName},
-		{model.RoleRootfs, imagestore.RootfsName},
-	} {
-		p := filepath.Join(dir, f.name)
-		if _, err := os.Stat(p); os.IsNotExist(err) && f.role == model.RoleInitrd {
-			continue
-		}
-		n, sum, err := imagestore.HashFile(p)
-		if err != nil {
-			return fmt.Errorf("hashing bundle file: %w", err)
-		}
-		m.Files = append(m.Files, model.File{Role: f.role, Name: f.name, Size: n, SHA256: sum})
-	}
-	if err := m.Validate(true); err != nil {
-		return err
-	}
-	b, err := m.Encode()
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, imagestore.ManifestName), b, 0o644); err != nil {
-		return fmt.Errorf("writing bundle manifest: %w", err)
-	}
-	return nil
 }
 
 // KernelVmlinux returns the vmlinux ELF of k, extracting it from the bzImage on first use
@@ -176,27 +126,6 @@ func KernelVmlinux(ctx context.Context, k KernelPkg) (string, error) {
 		return "", fmt.Errorf("extracting vmlinux: %w", err)
 	}
 	return out, nil
-}
-
-// linkOrCopy hard-links src to dst, or copies it sparsely across file systems.
-func linkOrCopy(ctx context.Context, src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	_, _, err = imagestore.WriteSparse(ctx, out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // populateTinyRoot lays out the busybox root tree in root.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // The first test to run pulls the default image through the embedded catalog, which must
@@ -230,5 +231,34 @@ func TestReconcileMarksVanishedVMStopped(t *testing.T) {
 	x.mustCLI(t, "vm", "start", "e2e-vanish")
 	if out := x.mustCLI(t, "vm", "exec", "e2e-vanish", "--", "echo", "back"); out != "back\n" {
 		t.Fatalf("exec after restart: %q", out)
+	}
+}
+
+// Ctrl-C during `vm run --rm` reaches the guest command, and the VM is still removed.
+func TestRunRmCtrlCRemovesVM(t *testing.T) {
+	x := need(t)
+	cmd := exec.Command(filepath.Join(x.bin, "banger"), "--socket", x.socket, "vm", "run", "--rm", "-q", "--name", "e2e-ctrlc", "--", "sleep", "120")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.cli(nil, "vm", "rm", "-f", "e2e-ctrlc") })
+	// Wait until the guest command runs, then interrupt the CLI as a terminal would.
+	if err := waitFor(func() bool {
+		_, _, code := x.cli(nil, "vm", "exec", "e2e-ctrlc", "--", "pgrep", "-x", "sleep")
+		return code == 0
+	}, 2*time.Minute); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("the guest command never started")
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("vm run after Ctrl-C: exit %d (%v), want 130", code, err)
+	}
+	if _, _, code := x.cli(nil, "vm", "show", "e2e-ctrlc"); code == 0 {
+		t.Fatal("vm run --rm left the VM behind after Ctrl-C")
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -77,11 +76,7 @@ func (o *Options) Validate() error {
 	if o.WorkDir == "" {
 		return errdefs.InvalidArgument("work_dir", "", "is required")
 	}
-	if fi, err := os.Stat(o.AgentPath); err != nil || !fi.Mode().IsRegular() {
-		return errdefs.WithHint(errdefs.InvalidArgument("agent", o.AgentPath, "is not an existing file"),
-			"build the guest agent (go build ./cmd/banger-agent) or set agent_path in the config")
-	}
-	return nil
+	return imagebuild.CheckAgent(o.AgentPath)
 }
 
 func (o *Options) log() *slog.Logger {
@@ -161,7 +156,9 @@ func Build(ctx context.Context, opts Options) (bundleDir string, err error) {
 	if err := imagebuild.Ext4FromDir(ctx, root, filepath.Join(dir, imagestore.RootfsName), 0); err != nil {
 		return "", err
 	}
-	kernel, err := addBootFiles(ctx, dir, opts)
+	kernel, err := imagebuild.KernelAndInitrd(ctx, imagebuild.BootFiles{
+		CacheDir: opts.CacheDir, AgentPath: opts.AgentPath, OutDir: dir, Log: opts.log(),
+	})
 	if err != nil {
 		return "", err
 	}
@@ -196,51 +193,6 @@ func finishTree(root, suite string) error {
 		return fmt.Errorf("writing hostname: %w", err)
 	}
 	return nil
-}
-
-// addBootFiles puts the Debian cloud kernel and the banger initrd into dir.
-func addBootFiles(ctx context.Context, dir string, opts Options) (kernelVersion string, err error) {
-	k, err := imagebuild.DebianKernel(ctx, opts.CacheDir, opts.log())
-	if err != nil {
-		return "", fmt.Errorf("fetching kernel: %w", err)
-	}
-	vmlinux, err := imagebuild.KernelVmlinux(ctx, k)
-	if err != nil {
-		return "", err
-	}
-	if err := linkOrCopy(vmlinux, filepath.Join(dir, imagestore.KernelName)); err != nil {
-		return "", fmt.Errorf("placing vmlinux: %w", err)
-	}
-	mods, err := imagebuild.GuestModules(k.ModulesDir)
-	if err != nil {
-		return "", err
-	}
-	if err := imagebuild.BuildInitrd(ctx, filepath.Join(dir, imagestore.InitrdName), opts.AgentPath, mods); err != nil {
-		return "", err
-	}
-	return k.Version, nil
-}
-
-// linkOrCopy hard-links the cached kernel into the bundle (the work dir normally lives in
-// the cache's file system) and copies it otherwise.
-func linkOrCopy(src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func lastLines(s string, n int) string {

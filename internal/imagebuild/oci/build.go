@@ -3,7 +3,6 @@ package oci
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -33,9 +32,8 @@ func Build(ctx context.Context, ref string, opts Options) (bundleDir string, err
 	if opts.CacheDir == "" {
 		return "", errdefs.InvalidArgument("cache_dir", "", "is required")
 	}
-	if fi, err := os.Stat(opts.AgentPath); err != nil || !fi.Mode().IsRegular() {
-		return "", errdefs.WithHint(errdefs.InvalidArgument("agent", opts.AgentPath, "is not an existing file"),
-			"build the guest agent (go build ./cmd/banger-agent) or set agent_path in the config")
+	if err := imagebuild.CheckAgent(opts.AgentPath); err != nil {
+		return "", err
 	}
 	log := opts.log().With("ref", r.String())
 	start := time.Now()
@@ -58,7 +56,9 @@ func Build(ctx context.Context, ref string, opts Options) (bundleDir string, err
 	if err := BuildRootfs(ctx, ref, rootfsOpts); err != nil {
 		return "", err
 	}
-	kernel, err := addBootFiles(ctx, dir, opts)
+	kernel, err := imagebuild.KernelAndInitrd(ctx, imagebuild.BootFiles{
+		CacheDir: opts.CacheDir, AgentPath: opts.AgentPath, OutDir: dir, Log: opts.log(),
+	})
 	if err != nil {
 		return "", err
 	}
@@ -73,51 +73,6 @@ func Build(ctx context.Context, ref string, opts Options) (bundleDir string, err
 	}
 	log.Info("oci bundle built", "dir", dir, "kernel", kernel, "duration_ms", time.Since(start).Milliseconds())
 	return dir, nil
-}
-
-// addBootFiles puts the Debian cloud kernel and the banger initrd into dir.
-func addBootFiles(ctx context.Context, dir string, opts Options) (kernelVersion string, err error) {
-	k, err := imagebuild.DebianKernel(ctx, opts.CacheDir, opts.log())
-	if err != nil {
-		return "", fmt.Errorf("fetching kernel: %w", err)
-	}
-	vmlinux, err := imagebuild.KernelVmlinux(ctx, k)
-	if err != nil {
-		return "", err
-	}
-	if err := linkOrCopy(vmlinux, filepath.Join(dir, imagestore.KernelName)); err != nil {
-		return "", fmt.Errorf("placing vmlinux: %w", err)
-	}
-	mods, err := imagebuild.GuestModules(k.ModulesDir)
-	if err != nil {
-		return "", err
-	}
-	if err := imagebuild.BuildInitrd(ctx, filepath.Join(dir, imagestore.InitrdName), opts.AgentPath, mods); err != nil {
-		return "", err
-	}
-	return k.Version, nil
-}
-
-// linkOrCopy hard-links the cached kernel into the bundle (the work dir normally lives in
-// the cache's file system) and copies it otherwise.
-func linkOrCopy(src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 var nonLabel = regexp.MustCompile(`[^a-z0-9]+`)

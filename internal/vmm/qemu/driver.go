@@ -245,6 +245,13 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 		if tail := vmm.LogTail(spec.LogPath, logOffset, 2048); tail != "" {
 			err = fmt.Errorf("%w; qemu output: %s", err, tail)
 		}
+		// An unprivileged daemon's qemu says only "could not open /dev/net/tun"; name the
+		// cause and carry the fix.
+		if spec.Net != nil {
+			if terr := vmm.CheckTunAccess(); terr != nil {
+				err = fmt.Errorf("%w; %w", err, terr)
+			}
+		}
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
 	}
 	log.Info("vmm started", "pid", proc.PID(), "accel", accel, "machine", p.Machine,
