@@ -162,16 +162,9 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	fail := func(cause error) (*model.VM, error) {
-		// A cancelled request still cleans up: use a fresh context for the undo.
-		undo := opid.With(context.WithoutCancel(ctx), opid.From(ctx))
-		d.teardownNetwork(undo, vm)
-		if m := rt.getMachine(); m != nil {
-			m.Kill()
-			waitCtx, cancel := context.WithTimeout(undo, 5*time.Second)
-			<-orDone(waitCtx, m.Done())
-			cancel()
-		}
-		rt.resetSession()
+		// startLocked undid its own steps; what is left is the reservation. A cancelled
+		// request still cleans up, so the undo gets a context of its own.
+		undo := context.WithoutCancel(ctx)
 		os.RemoveAll(vm.Dir)
 		d.dns.Remove(vm.Name)
 		if err := d.store.DeleteVM(undo, vm.ID); err != nil {
@@ -197,18 +190,6 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 		return fail(err)
 	}
 	return vm, nil
-}
-
-func orDone(ctx context.Context, ch <-chan struct{}) <-chan struct{} {
-	out := make(chan struct{})
-	go func() {
-		defer close(out)
-		select {
-		case <-ch:
-		case <-ctx.Done():
-		}
-	}()
-	return out
 }
 
 // prepareDisks creates the VM directory, the sparse system overlay and the work disk.

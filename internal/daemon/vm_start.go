@@ -124,8 +124,9 @@ func (d *Daemon) teardownNetwork(ctx context.Context, vm *model.VM) {
 	}
 }
 
-// startLocked boots vm and waits for its agent. The caller holds rt.mu.
-func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, prog progress) error {
+// startLocked boots vm and waits for its agent. The caller holds rt.mu. On failure it
+// undoes its own work (VMM killed, tap and NAT removed), so callers only record the outcome.
+func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, prog progress) (err error) {
 	im, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
 		return fmt.Errorf("loading image of vm %s: %w", vm.Name, err)
@@ -145,6 +146,18 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
 		return err
 	}
+	// undo grows with each step taken; it runs once, on failure, with a context that
+	// outlives a cancelled request.
+	var undo []func(context.Context)
+	defer func() {
+		if err != nil {
+			uctx := context.WithoutCancel(ctx)
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i](uctx)
+			}
+		}
+	}()
+	undo = append(undo, func(c context.Context) { d.teardownNetwork(c, vm) })
 	if err := d.setupNetwork(ctx, vm); err != nil {
 		return err
 	}
@@ -155,9 +168,16 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	started := time.Now()
 	m, err := drv.Start(ctx, spec)
 	if err != nil {
-		d.teardownNetwork(ctx, vm)
 		return fmt.Errorf("starting %s: %w", drv.Name(), err)
 	}
+	undo = append(undo, func(c context.Context) {
+		m.Kill()
+		wctx, cancel := context.WithTimeout(c, 10*time.Second)
+		defer cancel()
+		vmm.Wait(wctx, m)
+		rt.resetSession()
+		rt.setMachine(nil)
+	})
 	rt.setMachine(m)
 	vm.PID, vm.Accel = m.PID(), m.Accel()
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
@@ -171,8 +191,6 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	pinfo, err := d.waitReady(readyCtx, rt, opid.From(ctx))
 	if err != nil {
 		tail := tailFile(spec.LogPath, 15)
-		m.Kill()
-		d.teardownNetwork(ctx, vm)
 		msg := fmt.Sprintf("vm %s did not become ready: %v", vm.Name, err)
 		if tail != "" {
 			msg += "\nlast console lines:\n" + tail

@@ -42,8 +42,9 @@ type unprivEnv struct {
 	daemonLog string
 	helper    *exec.Cmd
 	daemon    *exec.Cmd
-	peerSrv   *exec.Cmd
-	vmmPIDs   []int // VMM processes the daemon started for this test, killed if left over
+	servers   []*exec.Cmd // web servers in the namespaces
+	www       string      // what they serve: index.html "peer-ok"
+	vmmPIDs   []int       // VMM processes the daemon started for this test, killed if left over
 	t         *testing.T
 }
 
@@ -69,6 +70,31 @@ func TestUnprivilegedDaemonThroughRootHelper(t *testing.T) {
 		t.Fatalf("bangerd has capabilities: CapEff %s CapPrm %s", st["CapEff"], st["CapPrm"])
 	}
 
+	// doctor, asked as the daemon user, finds the helper answering and the tun device usable.
+	out, _, _ := u.cli(nil, "doctor", "--json") // exits 1 here anyway: no firecracker
+	var checks []struct {
+		Name   string `json:"name"`
+		OK     bool   `json:"ok"`
+		Detail string `json:"detail"`
+	}
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		t.Fatalf("decoding doctor --json: %v\n%s", err, out)
+	}
+	for _, want := range []string{"root-helper", "tun"} {
+		found := false
+		for _, c := range checks {
+			if c.Name == want {
+				found = true
+				if !c.OK {
+					t.Errorf("doctor check %s failed for the unprivileged daemon: %s", want, c.Detail)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("doctor has no %s check: %s", want, out)
+		}
+	}
+
 	// Create a VM without NAT: image build, disks, tap through the helper, qemu, agent.
 	out, errOut, code := u.cli(nil, "vm", "create", "--name", "up-web")
 	if code != 0 {
@@ -84,6 +110,14 @@ func TestUnprivilegedDaemonThroughRootHelper(t *testing.T) {
 	}
 	if got := u.mustCLI(t, "vm", "exec", "up-web", "--", "sh", "-c", "echo exec-ok; id -u"); got != "exec-ok\n0\n" {
 		t.Fatalf("vm exec: %q", got)
+	}
+	// Images and disks made by an unprivileged daemon still belong to root inside the guest:
+	// the image tree, the overlay's root and the work disk's root directory.
+	owners := u.mustCLI(t, "vm", "exec", "up-web", "--", "stat", "-c", "%n %u:%g", "/", "/etc/passwd", "/bin/busybox", "/root", "/.banger/system")
+	for _, line := range strings.Split(strings.TrimSpace(owners), "\n") {
+		if !strings.HasSuffix(line, " 0:0") {
+			t.Errorf("in the guest of an unprivileged daemon, %q is not owned by root", line)
+		}
 	}
 
 	// The VMM runs as the daemon's user, and the helper gave it a tap it owns.
@@ -112,8 +146,15 @@ func TestUnprivilegedDaemonThroughRootHelper(t *testing.T) {
 		t.Fatalf("dig up-web on %s:53: %v %q (want %s)", bridgeIP, err, out, vm.GuestIP)
 	}
 
-	// Without --nat the guest stays on the bridge: the peer beyond the uplink, which the
-	// namespace itself reaches, is cut off for it.
+	// Without --nat the guest stays on the bridge: it reaches the host's bridge address,
+	// but not the peer beyond the uplink, which the namespace itself reaches.
+	u.serve(t, u.netns, bridgeIP+":8080")
+	if err := waitFor(func() bool {
+		out, _, code := u.cli(nil, "vm", "exec", "up-web", "--", "timeout", "5", "wget", "-q", "-O", "-", "http://"+bridgeIP+":8080/")
+		return code == 0 && strings.TrimSpace(out) == "peer-ok"
+	}, 20*time.Second); err != nil {
+		t.Fatalf("guest -> bridge address %s:8080 (the control) failed", bridgeIP)
+	}
 	if out, err := u.inNetns("timeout", "10", "busybox", "wget", "-q", "-O", "-", "http://"+upPeerIP+":8080/"); err != nil || strings.TrimSpace(out) != "peer-ok" {
 		t.Fatalf("netns -> peer %s:8080 (the control): %v %q", upPeerIP, err, out)
 	}
@@ -177,13 +218,14 @@ func startUnprivEnv(t *testing.T, bin string) *unprivEnv {
 			t.Fatal(err)
 		}
 	}
-	www := filepath.Join(u.dir, "peer-www")
-	os.MkdirAll(www, 0o755)
-	os.WriteFile(filepath.Join(www, "index.html"), []byte("peer-ok\n"), 0o644)
-	u.peerSrv = exec.Command("ip", "netns", "exec", u.peerns, "busybox", "httpd", "-f", "-p", upPeerIP+":8080", "-h", www)
-	if err := u.peerSrv.Start(); err != nil {
+	u.www = filepath.Join(u.dir, "www")
+	if err := os.MkdirAll(u.www, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(u.www, "index.html"), []byte("peer-ok\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u.serve(t, u.peerns, upPeerIP+":8080")
 
 	helperDir := filepath.Join(u.dir, "helper")
 	if err := os.Mkdir(helperDir, 0o755); err != nil {
@@ -333,6 +375,16 @@ func (u *unprivEnv) show(t *testing.T, name string) vmRecord {
 	return vm
 }
 
+// serve runs busybox httpd on addr in namespace ns, serving u.www, until teardown.
+func (u *unprivEnv) serve(t *testing.T, ns, addr string) {
+	t.Helper()
+	srv := exec.Command("ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", addr, "-h", u.www)
+	if err := srv.Start(); err != nil {
+		t.Fatalf("starting httpd on %s in %s: %v", addr, ns, err)
+	}
+	u.servers = append(u.servers, srv)
+}
+
 func (u *unprivEnv) inNetns(name string, args ...string) (string, error) {
 	out, err := exec.Command("ip", append([]string{"netns", "exec", u.netns, name}, args...)...).CombinedOutput()
 	return string(out), err
@@ -364,9 +416,9 @@ func (u *unprivEnv) teardown() {
 		u.helper.Process.Signal(syscall.SIGTERM)
 		u.helper.Wait()
 	}
-	if u.peerSrv != nil && u.peerSrv.Process != nil {
-		u.peerSrv.Process.Kill()
-		u.peerSrv.Wait()
+	for _, srv := range u.servers {
+		srv.Process.Kill()
+		srv.Wait()
 	}
 	if t.Failed() {
 		t.Logf("--- unprivileged bangerd log tail ---\n%s", tail(readFile(u.daemonLog), 40))

@@ -244,7 +244,7 @@ func TestRunRmCtrlCRemovesVM(t *testing.T) {
 	t.Cleanup(func() { x.cli(nil, "vm", "rm", "-f", "e2e-ctrlc") })
 	// Wait until the guest command runs, then interrupt the CLI as a terminal would.
 	if err := waitFor(func() bool {
-		_, _, code := x.cli(nil, "vm", "exec", "e2e-ctrlc", "--", "pgrep", "-x", "sleep")
+		_, _, code := x.cli(nil, "vm", "exec", "e2e-ctrlc", "--", "sh", "-c", "ps | grep -q '[s]leep 120'")
 		return code == 0
 	}, 2*time.Minute); err != nil {
 		cmd.Process.Kill()
