@@ -262,3 +262,35 @@ func TestRunRmCtrlCRemovesVM(t *testing.T) {
 		t.Fatal("vm run --rm left the VM behind after Ctrl-C")
 	}
 }
+
+// A create whose boot fails (a kernel qemu cannot load) leaves no row, directory or tap.
+func TestFailedBootLeavesNothing(t *testing.T) {
+	x := need(t)
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", rootfs, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	// /bin/true is an x86_64 ELF, so the import accepts it, but it has no PVH entry point.
+	x.mustCLI(t, "image", "import", "--name", "e2e-broken", "--kernel", "/bin/true", "--rootfs", rootfs)
+	t.Cleanup(func() { x.cli(nil, "image", "rm", "e2e-broken") })
+	before := x.mustCLI(t, "vm", "ls", "--json")
+	dirsBefore := vmDirs(x)
+	linksBefore, _ := x.inNetns("ip", "-o", "link")
+	_, errOut, code := x.cli(nil, "vm", "create", "-q", "--name", "e2e-noboot", "--image", "e2e-broken")
+	if code == 0 {
+		t.Fatal("creating a VM with an unbootable kernel succeeded")
+	}
+	if !strings.Contains(errOut, "starting qemu") || !strings.Contains(errOut, "(op-") {
+		t.Errorf("error should say the VMM failed and carry the op id: %s", errOut)
+	}
+	if after := x.mustCLI(t, "vm", "ls", "--json"); after != before {
+		t.Errorf("failed boot changed the VM list:\n%s", after)
+	}
+	if got := vmDirs(x); got != dirsBefore {
+		t.Errorf("failed boot left VM directories: %q", got)
+	}
+	if links, _ := x.inNetns("ip", "-o", "link"); strings.Count(links, "bgr") != strings.Count(linksBefore, "bgr") {
+		t.Errorf("failed boot left a tap:\n%s", links)
+	}
+}
