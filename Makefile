@@ -8,7 +8,11 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 RACE_PKGS := ./internal/rpc/... ./internal/store/... ./internal/daemon/... ./internal/guest/... \
              ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/...
 
-.PHONY: build test lint unit e2e bench clean
+.PHONY: deps build test lint unit e2e bench clean
+
+# deps installs the Debian packages the build and tests need (a no-op when present).
+deps:
+	bash scripts/install-deps.sh
 
 build:
 	mkdir -p $(BIN)
@@ -27,7 +31,7 @@ unit:
 e2e: build
 	BANGER_BIN=$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e/...
 
-test: lint build unit e2e
+test: deps lint build unit e2e
 
 bench: build
 	BANGER_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./test/e2e/...

@@ -198,6 +198,9 @@ type DoctorCheck struct {
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"`
 	Fix    string `json:"fix,omitempty"`
+	// Optional checks (a VMM that is not needed because another one works) do not make
+	// the host unfit.
+	Optional bool `json:"optional,omitempty"`
 }
 
 // DoctorResult answers daemon.doctor.

@@ -144,7 +144,10 @@ func Doctor(ctx context.Context, g *Globals) (bool, error) {
 	ok := true
 	for _, c := range res.Checks {
 		mark := "ok  "
-		if !c.OK {
+		switch {
+		case !c.OK && c.Optional:
+			mark = "--  "
+		case !c.OK:
 			mark, ok = "FAIL", false
 		}
 		fmt.Fprintf(g.Stdout, "[%s] %-18s %s\n", mark, c.Name, c.Detail)

@@ -20,15 +20,17 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 		}
 		out.Checks = append(out.Checks, c)
 	}
-	for _, name := range []string{"firecracker", "qemu"} {
-		info := d.drivers[name].Probe(ctx)
-		detail := info.Detail
-		if info.Available {
-			detail = fmt.Sprintf("usable (%s) %s", info.Accel, info.Detail)
-		}
-		add("vmm:"+name, info.Available, detail, info.Fix)
-	}
 	_, info, err := d.pickDriver(ctx)
+	for _, name := range []string{"firecracker", "qemu"} {
+		pi := d.drivers[name].Probe(ctx)
+		detail := pi.Detail
+		if pi.Available {
+			detail = fmt.Sprintf("usable (%s) %s", pi.Accel, pi.Detail)
+		}
+		add("vmm:"+name, pi.Available, detail, pi.Fix)
+		// With another VMM usable, a missing one is information, not a failure.
+		out.Checks[len(out.Checks)-1].Optional = err == nil && info.Name != name
+	}
 	if err == nil {
 		add("vmm:selected", true, fmt.Sprintf("vmm=%s picks %s", d.cfg.VMM, info.Name), "")
 	} else {

@@ -50,7 +50,7 @@ func (d *Daemon) fetchImage(ctx context.Context, entry imagecat.Entry, prog prog
 			return nil, err
 		}
 		defer cleanup()
-		return d.publishBundle(ctx, bundle, entry.Name, "catalog:"+entry.Name)
+		return d.publishBundle(ctx, bundle, entry.Name, "catalog:"+entry.Name+" ("+entry.SourceString()+")")
 	}, func(p imagecat.Progress) {
 		prog.stage("auto_pull_image", p.String(), p.Done, p.Total)
 	})
@@ -91,6 +91,8 @@ func (d *Daemon) publishBundle(ctx context.Context, bundle, name, source string)
 	if err != nil {
 		return nil, err
 	}
+	// The bundle was a temporary directory; where it came from is the catalog entry.
+	im.Source = source
 	return d.recordImage(ctx, im, source)
 }
 
