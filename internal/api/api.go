@@ -20,6 +20,7 @@ const (
 	MethodVMStop         = "vm.stop"
 	MethodVMRestart      = "vm.restart"
 	MethodVMDelete       = "vm.delete"
+	MethodVMRename       = "vm.rename"
 	MethodVMWaitReady    = "vm.wait_ready"
 	MethodVMAgent        = "vm.agent" // streaming: raw bytes to a new guest agent session
 	MethodVMLogs         = "vm.logs"  // streaming: the console log, optionally followed
@@ -75,6 +76,12 @@ type VMRef struct {
 type VMStopParams struct {
 	VM             string  `json:"vm"`
 	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"` // graceful deadline; default 20
+}
+
+// VMRenameParams are vm.rename's params.
+type VMRenameParams struct {
+	VM   string `json:"vm"`
+	Name string `json:"name"`
 }
 
 // VMDeleteParams are vm.delete's params.

@@ -129,7 +129,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		stop()
 		return err
 	}
-	st, err := Follow(createCtx, g, api.MethodVMCreateStatus, begin.OpID, stagePrinter(g, o.Create.Quiet))
+	st, err := Follow(createCtx, g, api.MethodVMCreateStatus, begin.OpID, createPrinter(g, o.Create.Quiet))
 	interrupted := createCtx.Err() != nil
 	stop()
 	if interrupted && o.Remove {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/term"
 
 	"banger/internal/api"
 	"banger/internal/model"
@@ -27,7 +30,7 @@ func CreateVM(ctx context.Context, g *Globals, o CreateOptions) (*model.VM, erro
 	if err := g.call(ctx, api.MethodVMCreateBegin, o.VMCreateParams, &begin); err != nil {
 		return nil, err
 	}
-	st, err := Follow(ctx, g, api.MethodVMCreateStatus, begin.OpID, stagePrinter(g, o.Quiet || g.JSON))
+	st, err := Follow(ctx, g, api.MethodVMCreateStatus, begin.OpID, createPrinter(g, o.Quiet || g.JSON))
 	if err != nil {
 		return nil, err
 	}
@@ -72,6 +75,16 @@ func Follow(ctx context.Context, g *Globals, method, id string, onStage func(api
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// createPrinter shows create stages, and an auto-pull's download as a progress bar on a
+// terminal, as `image pull` does.
+func createPrinter(g *Globals, quiet bool) func(api.Stage, bool) {
+	if quiet {
+		return func(api.Stage, bool) {}
+	}
+	f, ok := g.Stderr.(*os.File)
+	return progressPrinter(g, ok && term.IsTerminal(int(f.Fd())))
 }
 
 func stagePrinter(g *Globals, quiet bool) func(api.Stage, bool) {
@@ -193,7 +206,7 @@ func VMAction(ctx context.Context, g *Globals, method string, params any) error 
 		return g.printJSON(res.VM)
 	}
 	verb := map[string]string{api.MethodVMStart: "started", api.MethodVMStop: "stopped",
-		api.MethodVMRestart: "restarted", api.MethodVMDelete: "deleted"}[method]
+		api.MethodVMRestart: "restarted", api.MethodVMDelete: "deleted", api.MethodVMRename: "renamed"}[method]
 	fmt.Fprintf(g.Stdout, "%s %s\n", res.VM.Name, verb)
 	return nil
 }

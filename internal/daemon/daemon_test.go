@@ -341,3 +341,33 @@ func TestLowestFreeIP(t *testing.T) {
 		t.Fatalf("broadcast %s", b)
 	}
 }
+
+func TestRenameKeepsNamesUniqueAndMovesDNS(t *testing.T) {
+	td := startDaemon(t, t.TempDir(), "172.30.0.1/24")
+	td.addImage(t, "img")
+	a, err := td.create(api.VMCreateParams{Name: "alpha"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := td.create(api.VMCreateParams{Name: "beta"}); err != nil {
+		t.Fatal(err)
+	}
+	call := func(vm, name string) error {
+		return rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMRename, api.VMRenameParams{VM: vm, Name: name}, nil)
+	}
+	if err := call("alpha", "beta"); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("rename onto a taken name: %v", err)
+	}
+	if err := call("alpha", "Not_A_Label"); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "Not_A_Label") {
+		t.Fatalf("rename to a bad name: %v", err)
+	}
+	if err := call("alpha", "gamma"); err != nil {
+		t.Fatal(err)
+	}
+	if ip, ok := td.d.dns.Lookup("gamma"); !ok || ip.String() != a.GuestIP {
+		t.Fatalf("DNS for the new name: %v %v", ip, ok)
+	}
+	if _, ok := td.d.dns.Lookup("alpha"); ok {
+		t.Fatal("DNS still answers for the old name")
+	}
+}

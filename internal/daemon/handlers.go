@@ -76,6 +76,9 @@ func (d *Daemon) register(s *rpc.Server) {
 	s.Handle(api.MethodVMDelete, withParams(func(ctx context.Context, p api.VMDeleteParams) (any, error) {
 		return vmResult(d.deleteVM(ctx, p.VM, p.Force))
 	}))
+	s.Handle(api.MethodVMRename, withParams(func(ctx context.Context, p api.VMRenameParams) (any, error) {
+		return vmResult(d.renameVM(ctx, p.VM, p.Name))
+	}))
 	s.Handle(api.MethodVMWaitReady, withParams(func(ctx context.Context, p api.VMWaitReadyParams) (any, error) {
 		return d.waitReadyByRef(ctx, p)
 	}))

@@ -89,6 +89,14 @@ func (s *Server) Set(name string, ip netip.Addr) {
 	s.serial++
 }
 
+// Lookup returns the address published for name.
+func (s *Server) Lookup(name string) (netip.Addr, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ip, ok := s.byName[RecordName(name, s.domain)]
+	return ip, ok
+}
+
 // Remove withdraws name; unknown names are ignored.
 func (s *Server) Remove(name string) {
 	rn := RecordName(name, s.domain)

@@ -1,0 +1,21 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/ctl"
+)
+
+func newVMRenameCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rename VM NEW-NAME",
+		Short: "Rename a VM; its DNS name follows at once (the guest's hostname at its next start)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return ctl.VMAction(cmd.Context(), globals, api.MethodVMRename, api.VMRenameParams{VM: args[0], Name: args[1]})
+		},
+	}
+	addJSON(cmd)
+	return cmd
+}
