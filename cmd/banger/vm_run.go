@@ -19,6 +19,8 @@ func newVMRunCmd() *cobra.Command {
 			return ctl.Run(cmd.Context(), globals, o)
 		},
 	}
+	// Flags end at the first argument, so `vm run uname -a` passes -a to uname.
+	cmd.Flags().SetInterspersed(false)
 	addCreateFlags(cmd.Flags(), &o.Create)
 	cmd.Flags().BoolVar(&o.Remove, "rm", false, "delete the VM when the command ends (also on Ctrl-C)")
 	cmd.Flags().StringArrayVarP(&o.Exec.Env, "env", "e", nil, "environment variable KEY=VALUE for the command")

@@ -47,6 +47,9 @@ type Daemon struct {
 
 	// reserveMu is the one narrow lock of vm create: name, IP and row are reserved under it.
 	reserveMu sync.Mutex
+	// imageMu serialises only the publication of images (store row + directory); downloads
+	// and builds run outside it.
+	imageMu sync.Mutex
 
 	vmsMu sync.Mutex
 	vms   map[string]*vmRuntime // by VM id

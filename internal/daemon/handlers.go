@@ -113,12 +113,12 @@ func (d *Daemon) register(s *rpc.Server) {
 		}
 		return d.beginImageOp(ctx, "image.pull", func(ctx context.Context, prog progress) (*model.Image, error) {
 			return d.pullImage(ctx, p.Ref, prog)
-		}), nil
+		})
 	}))
 	s.Handle(api.MethodImageBuild, withParams(func(ctx context.Context, p api.ImageBuildParams) (any, error) {
 		return d.beginImageOp(ctx, "image.build", func(ctx context.Context, prog progress) (*model.Image, error) {
 			return d.buildImage(ctx, p, prog)
-		}), nil
+		})
 	}))
 	s.Handle(api.MethodImageCatalog, func(ctx context.Context, _ json.RawMessage) (any, error) {
 		return d.catalogEntries(ctx)

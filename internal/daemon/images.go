@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
@@ -17,10 +16,6 @@ import (
 	"banger/internal/opid"
 	"banger/internal/rpc"
 )
-
-// imageMu serialises only the publication of images (store row + directory); downloads and
-// builds run outside it.
-var imageMu sync.Mutex
 
 // findOrAutoPullImage resolves ref in the store, and when it is missing but the catalog
 // knows it, pulls (or builds) it first. Concurrent callers share one fetch.
@@ -80,8 +75,8 @@ func (d *Daemon) produceBundle(ctx context.Context, entry imagecat.Entry, report
 
 // publishBundle imports a bundle into the image store and records it, under imageMu.
 func (d *Daemon) publishBundle(ctx context.Context, bundle, name, source string) (*model.Image, error) {
-	imageMu.Lock()
-	defer imageMu.Unlock()
+	d.imageMu.Lock()
+	defer d.imageMu.Unlock()
 	if name != "" {
 		if im, err := d.store.ResolveImage(ctx, name); err == nil && im.Name == name {
 			return im, nil
@@ -132,8 +127,8 @@ func (d *Daemon) importImage(ctx context.Context, p api.ImageImportParams) (*mod
 		im  *model.Image
 		err error
 	)
-	imageMu.Lock()
-	defer imageMu.Unlock()
+	d.imageMu.Lock()
+	defer d.imageMu.Unlock()
 	if p.Name != "" {
 		if existing, err := d.store.ResolveImage(ctx, p.Name); err == nil && existing.Name == p.Name {
 			return nil, errdefs.New(errdefs.ErrAlreadyExists, "image name %q already exists", p.Name)
@@ -163,8 +158,8 @@ func (d *Daemon) importImage(ctx context.Context, p api.ImageImportParams) (*mod
 }
 
 func (d *Daemon) deleteImage(ctx context.Context, ref string) (*model.Image, error) {
-	imageMu.Lock()
-	defer imageMu.Unlock()
+	d.imageMu.Lock()
+	defer d.imageMu.Unlock()
 	im, err := d.store.ResolveImage(ctx, ref)
 	if err != nil {
 		return nil, err
@@ -225,10 +220,12 @@ func (d *Daemon) buildImage(ctx context.Context, p api.ImageBuildParams, prog pr
 }
 
 // beginImageOp runs fn as an async operation (image.pull.begin).
-func (d *Daemon) beginImageOp(ctx context.Context, kind string, fn func(ctx context.Context, prog progress) (*model.Image, error)) api.BeginResult {
+func (d *Daemon) beginImageOp(ctx context.Context, kind string, fn func(ctx context.Context, prog progress) (*model.Image, error)) (api.BeginResult, error) {
 	id := opid.From(ctx)
 	op := newOperation(id, kind)
-	d.ops.add(op)
+	if err := d.ops.add(op); err != nil {
+		return api.BeginResult{}, err
+	}
 	bctx, cancel := d.detach(ctx)
 	d.bg.Add(1)
 	go func() {
@@ -237,7 +234,7 @@ func (d *Daemon) beginImageOp(ctx context.Context, kind string, fn func(ctx cont
 		im, err := fn(bctx, op)
 		op.finish(nil, im, err)
 	}()
-	return api.BeginResult{OpID: id}
+	return api.BeginResult{OpID: id}, nil
 }
 
 // catalogEntries is image.catalog: what the catalogs offer and whether it is installed.

@@ -92,9 +92,19 @@ type opRegistry struct {
 
 const opRetention = 30 * time.Minute
 
-func (r *opRegistry) add(o *operation) {
+// add registers o. An id still in use is refused: a client that reuses an op id for a
+// second async call would otherwise lose track of the first.
+func (r *opRegistry) add(o *operation) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if old, ok := r.ops[o.id]; ok {
+		old.mu.Lock()
+		running := !old.done
+		old.mu.Unlock()
+		if running {
+			return errdefs.New(errdefs.ErrConflict, "operation %s is already running; use a new op id", o.id)
+		}
+	}
 	if r.ops == nil {
 		r.ops = map[string]*operation{}
 	}
@@ -107,6 +117,7 @@ func (r *opRegistry) add(o *operation) {
 		}
 	}
 	r.ops[o.id] = o
+	return nil
 }
 
 func (r *opRegistry) get(id string) (*operation, error) {

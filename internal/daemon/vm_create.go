@@ -211,7 +211,9 @@ func (d *Daemon) prepareDisks(ctx context.Context, vm *model.VM) error {
 func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.BeginResult, error) {
 	id := opid.From(ctx)
 	op := newOperation(id, "vm.create")
-	d.ops.add(op)
+	if err := d.ops.add(op); err != nil {
+		return api.BeginResult{}, err
+	}
 	bctx, cancel := d.detach(ctx)
 	d.bg.Add(1)
 	go func() {

@@ -215,10 +215,9 @@ func (d *Daemon) watchExit(id string, m vmm.Machine) {
 	go func() {
 		<-m.Done()
 		rt := d.runtime(id)
-		// A stop in progress holds rt.mu and records the state itself.
-		if !rt.mu.TryLock() {
-			return
-		}
+		// A stop in progress holds rt.mu, records the state itself and clears the machine,
+		// so after waiting for the lock there is nothing left to do.
+		rt.mu.Lock()
 		defer rt.mu.Unlock()
 		if rt.getMachine() != m {
 			return
