@@ -87,11 +87,9 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 	if req.OpID != "" {
 		log = log.With("op_id", req.OpID)
 	}
-	// Pings are readiness polls; at info level they would drown the console.
+	// Every request is logged with its op id, pings too: the host sends one pending ping
+	// per boot rather than polling, and it ties the guest's log to the create's op id.
 	level := slog.LevelInfo
-	if req.Type == TypePing {
-		level = slog.LevelDebug
-	}
 	start := time.Now()
 	log.Log(context.Background(), level, "request begin")
 	var err error

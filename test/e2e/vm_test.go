@@ -61,6 +61,10 @@ func TestExecStreamsStdinAndDisksPersist(t *testing.T) {
 	if st := x.show(t, "e2e-disks"); st.State != "stopped" {
 		t.Fatalf("state after stop = %s", st.State)
 	}
+	// A stopped VM has no tap; start makes it again.
+	if _, err := x.inNetns("ip", "link", "show", vm.Tap); err == nil {
+		t.Errorf("tap %s still exists after stop", vm.Tap)
+	}
 	// A clean stop goes through the guest and leaves clean filesystems.
 	logs := x.mustCLI(t, "vm", "logs", "e2e-disks")
 	if !strings.Contains(logs, "guest shutdown") {

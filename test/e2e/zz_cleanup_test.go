@@ -36,6 +36,14 @@ func TestOpIDReachesTheHelper(t *testing.T) {
 	if !found {
 		t.Fatalf("helper log has no completed create_tap line for %s", opID)
 	}
+	// The readiness ping of that create carries the same id into the guest agent's log.
+	// The serial console trails the agent's answers, so give its lines a moment.
+	vm := x.show(t, "e2e-opid")
+	var console string
+	waitFor(func() bool { console = readFile(vm.Dir + "/console.log"); return strings.Contains(console, opID) }, 10e9)
+	if !strings.Contains(console, opID) {
+		t.Fatalf("the guest agent's console log does not mention %s:\n%s", opID, tail(console, 30))
+	}
 }
 
 // Runs last: a daemon shutdown with --cleanup stops every VM and leaves no tap, no nft
