@@ -152,3 +152,46 @@ func (x *env) mustCLIB(b *testing.B, args ...string) string {
 	}
 	return out
 }
+
+// BenchmarkExecTrue is one `banger vm exec VM -- true` round trip on a running VM: CLI
+// start, RPC, stream splice, agent fork/exec/wait, exit code back.
+func BenchmarkExecTrue(b *testing.B) {
+	x := needB(b)
+	x.warmImage(b)
+	x.mustCLIB(b, "vm", "create", "-q", "--name", "bench-exec")
+	defer x.cli(nil, "vm", "rm", "-f", "bench-exec")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, errOut, code := x.cli(nil, "vm", "exec", "bench-exec", "--", "true"); code != 0 {
+			b.Fatalf("exec: %d %s", code, errOut)
+		}
+	}
+}
+
+// BenchmarkCopyIn64MiB copies a 64 MiB file into a running VM's work disk.
+func BenchmarkCopyIn64MiB(b *testing.B) {
+	x := needB(b)
+	x.warmImage(b)
+	x.mustCLIB(b, "vm", "create", "-q", "--name", "bench-cp")
+	defer x.cli(nil, "vm", "rm", "-f", "bench-cp")
+	src := filepath.Join(b.TempDir(), "blob")
+	f, err := os.Create(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for i := 0; i < 64; i++ {
+		f.Write(buf)
+	}
+	f.Close()
+	b.SetBytes(64 << 20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, errOut, code := x.cli(nil, "vm", "cp", src, "bench-cp:/root/blob"); code != 0 {
+			b.Fatalf("cp: %d %s", code, errOut)
+		}
+	}
+}

@@ -319,9 +319,15 @@ func waitFor(cond func() bool, d time.Duration) error {
 
 // cli runs the banger CLI and returns stdout, stderr and the exit code.
 func (x *env) cli(stdin io.Reader, args ...string) (string, string, int) {
+	return runCLI(x.bin, x.socket, stdin, nil, nil, args...)
+}
+
+// runCLI runs bin/banger against socket, optionally as another user (attr) with env.
+func runCLI(bin, socket string, stdin io.Reader, attr *syscall.SysProcAttr, env []string, args ...string) (string, string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(x.bin, "banger"), append([]string{"--socket", x.socket}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "banger"), append([]string{"--socket", socket}, args...)...)
+	cmd.SysProcAttr, cmd.Env = attr, env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &stdout, &stderr
 	err := cmd.Run()

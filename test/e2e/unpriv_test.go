@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -338,22 +337,8 @@ func (u *unprivEnv) userEnv() []string {
 
 // cli runs the banger CLI as the daemon user (its socket is the user's, mode 0660).
 func (u *unprivEnv) cli(stdin io.Reader, args ...string) (string, string, int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(u.bin, "banger"), append([]string{"--socket", u.socket}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: unprivUID, Gid: unprivGID, Groups: []uint32{}}}
-	cmd.Env = u.userEnv()
-	var stdout, stderr bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		code = -1
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-	}
-	return stdout.String(), stderr.String(), code
+	attr := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: unprivUID, Gid: unprivGID, Groups: []uint32{}}}
+	return runCLI(u.bin, u.socket, stdin, attr, u.userEnv(), args...)
 }
 
 func (u *unprivEnv) mustCLI(t *testing.T, args ...string) string {
