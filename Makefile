@@ -6,7 +6,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./internal/rpc/... ./internal/store/... ./internal/daemon/... ./internal/guest/... \
-             ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/...
+             ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/... \
+             ./internal/helper/... ./internal/hostnet/...
 
 .PHONY: deps build test lint unit e2e bench clean
 

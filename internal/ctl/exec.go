@@ -141,6 +141,11 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		}
 		return &ExitError{Code: 130}
 	}
+	if interrupted {
+		fmt.Fprintf(g.Stderr, "banger: interrupted; bangerd finishes creating the VM (operation %s); "+
+			"`banger vm ls` shows it and `banger vm rm -f NAME` removes it\n", begin.OpID)
+		return &ExitError{Code: 130}
+	}
 	if err != nil {
 		return err
 	}
