@@ -39,6 +39,8 @@ type Config struct {
 	// Catalogs are extra image catalogs (file paths or http(s) URLs) layered over the
 	// embedded one; later entries override earlier ones by image name.
 	Catalogs []string `yaml:"catalogs"`
+	// MetricsListen is a TCP address for Prometheus metrics at /metrics; empty: off.
+	MetricsListen string `yaml:"metrics_listen"`
 	// DebianMirror is used by the debian image builder.
 	DebianMirror string `yaml:"debian_mirror"`
 }

@@ -81,7 +81,7 @@ func dump(c Config) string {
 		c.Qemu.Machine, c.Firecracker.Binary, c.Network.HelperSocket, c.Network.Bridge, c.Network.CIDR,
 		c.Network.Uplink, c.DNS.Domain, strings.Join(c.DNS.Listen, ","), strings.Join(c.DNS.Upstreams, ","),
 		c.Defaults.Image, c.Defaults.Memory, c.Defaults.SystemOverlaySize, c.Defaults.WorkDiskSize,
-		strings.Join(c.Catalogs, ","), c.DebianMirror, c.AgentPath}, "|") + "|" + boolStr(c.Network.Enabled)
+		strings.Join(c.Catalogs, ","), c.DebianMirror, c.AgentPath, c.MetricsListen}, "|") + "|" + boolStr(c.Network.Enabled)
 }
 
 func boolStr(b bool) string {

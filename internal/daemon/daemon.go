@@ -43,6 +43,7 @@ type Daemon struct {
 	dns     *vmdns.Server
 	catalog *imagecat.Catalog
 	fetch   *imagecat.Group
+	metrics *metrics
 	started time.Time
 
 	// reserveMu is the one narrow lock of vm create: name, IP and row are reserved under it.
@@ -116,6 +117,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		},
 	}
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
+	d.metrics = newMetrics(d)
 	if cfg.Network.Enabled {
 		d.helper = &helper.Client{Socket: cfg.Network.HelperSocket}
 	}
@@ -153,7 +155,13 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	srv := rpc.NewServer(d.log)
+	srv.Observe = d.metrics.observeRPC
 	d.register(srv)
+	if d.cfg.MetricsListen != "" {
+		if err := d.serveMetrics(ctx, d.cfg.MetricsListen); err != nil {
+			return err
+		}
+	}
 	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", Version, "pid", os.Getpid())
 	serveErr := srv.Serve(ctx, l)
 	// In-flight async operations are cancelled; each undoes its own partial work.

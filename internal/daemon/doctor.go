@@ -7,6 +7,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/imagebuild"
+	"banger/internal/model"
 	"banger/internal/vmm"
 )
 
@@ -35,6 +36,16 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 		add("vmm:selected", true, fmt.Sprintf("vmm=%s picks %s", d.cfg.VMM, info.Name), "")
 	} else {
 		add("vmm:selected", false, err.Error(), "install qemu-system-x86 (apt-get install qemu-system-x86) or firecracker with a usable /dev/kvm")
+	}
+	def := d.cfg.Defaults.Image
+	if im, err := d.store.ResolveImage(ctx, def); err == nil {
+		k, _ := im.FileByRole(model.RoleKernel)
+		add("image:default", true, fmt.Sprintf("%s installed (%s, kernel %s)", def, shortID(im.ID), k.Name), "")
+	} else if e, ok := d.catalog.Lookup(def); ok {
+		add("image:default", true, fmt.Sprintf("%s not installed yet; fetched on first use from %s", def, e.SourceString()), "")
+	} else {
+		add("image:default", false, fmt.Sprintf("%s is neither installed nor in the catalog", def),
+			"set defaults.image to an image from `banger image ls` or `banger image catalog`")
 	}
 	agent := d.agentPath()
 	_, err = os.Stat(agent)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
@@ -39,7 +40,15 @@ func (d *Daemon) findOrAutoPullImage(ctx context.Context, ref string, prog progr
 
 // fetchImage pulls or builds a catalog entry once, however many callers want it.
 func (d *Daemon) fetchImage(ctx context.Context, entry imagecat.Entry, prog progress) (*model.Image, error) {
-	return d.fetch.Do(ctx, entry.Key(), func(ctx context.Context, report func(imagecat.Progress)) (*model.Image, error) {
+	return d.fetch.Do(ctx, entry.Key(), func(ctx context.Context, report func(imagecat.Progress)) (im *model.Image, err error) {
+		start := time.Now()
+		defer func() {
+			result := "ok"
+			if err != nil {
+				result = "error"
+			}
+			d.metrics.fetchTime.WithLabelValues(result).Observe(time.Since(start).Seconds())
+		}()
 		bundle, cleanup, err := d.produceBundle(ctx, entry, report)
 		if err != nil {
 			return nil, err

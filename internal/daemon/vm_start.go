@@ -199,6 +199,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
 	}
 	boot := time.Since(started)
+	d.metrics.bootTime.WithLabelValues(drv.Name(), m.Accel()).Observe(boot.Seconds())
 	vm.State = model.VMRunning
 	vm.StartedAt = time.Now().UTC()
 	if err := d.store.UpdateVM(ctx, vm); err != nil {

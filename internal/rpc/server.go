@@ -33,6 +33,9 @@ type Server struct {
 	// Authorize, when set, is called with the peer's credentials for every connection;
 	// an error refuses the connection (the root helper uses it).
 	Authorize func(cred *unix.Ucred) error
+	// Observe, when set, is called once per dispatched call with the method, the wire
+	// code ("" on success) and the duration, for metrics.
+	Observe func(method, code string, d time.Duration)
 
 	mu      sync.RWMutex
 	methods map[string]HandlerFunc
@@ -266,6 +269,13 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 
 	finish := func(err error) {
 		d := time.Since(start)
+		if s.Observe != nil {
+			code := ""
+			if err != nil {
+				code = ToWire(err, id).Code
+			}
+			s.Observe(req.Method, code, d)
+		}
 		if err != nil {
 			log.Error("operation failed", "duration_ms", d.Milliseconds(), "error", err.Error())
 		} else {
