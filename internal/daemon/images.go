@@ -35,11 +35,16 @@ func (d *Daemon) findOrAutoPullImage(ctx context.Context, ref string, prog progr
 	}
 	prog.stage("auto_pull_image", fmt.Sprintf("%s is not installed; fetching it from the catalog", ref), 0, 0)
 	rpc.Stage(ctx, d.log, "auto_pull_image", "image", ref)
-	return d.fetchImage(ctx, entry, prog)
+	return d.fetchImage(ctx, entry, "auto_pull_image", prog)
 }
 
-// fetchImage pulls or builds a catalog entry once, however many callers want it.
-func (d *Daemon) fetchImage(ctx context.Context, entry imagecat.Entry, prog progress) (*model.Image, error) {
+// fetchImage pulls or builds a catalog entry once, however many callers want it; progress
+// is reported as stage.
+func (d *Daemon) fetchImage(ctx context.Context, entry imagecat.Entry, stage string, prog progress) (*model.Image, error) {
+	source := entry.SourceString()
+	if entry.Name != "" {
+		source = "catalog:" + entry.Name + " (" + source + ")"
+	}
 	return d.fetch.Do(ctx, entry.Key(), func(ctx context.Context, report func(imagecat.Progress)) (im *model.Image, err error) {
 		start := time.Now()
 		defer func() {
@@ -54,9 +59,9 @@ func (d *Daemon) fetchImage(ctx context.Context, entry imagecat.Entry, prog prog
 			return nil, err
 		}
 		defer cleanup()
-		return d.publishBundle(ctx, bundle, entry.Name, "catalog:"+entry.Name+" ("+entry.SourceString()+")")
+		return d.publishBundle(ctx, bundle, entry.Name, source)
 	}, func(p imagecat.Progress) {
-		prog.stage("auto_pull_image", p.String(), p.Done, p.Total)
+		prog.stage(stage, p.String(), p.Done, p.Total)
 	})
 }
 
@@ -209,7 +214,7 @@ func (d *Daemon) pullImage(ctx context.Context, ref string, prog progress) (*mod
 			return nil, errdefs.WithHint(errdefs.NotFound("catalog image", ref), "see `banger image catalog`")
 		}
 	}
-	return d.fetchImage(ctx, entry, prog)
+	return d.fetchImage(ctx, entry, "pull_image", prog)
 }
 
 // buildImage is image.build: a builder run with an explicit name.
@@ -225,7 +230,7 @@ func (d *Daemon) buildImage(ctx context.Context, p api.ImageBuildParams, prog pr
 		return nil, errdefs.WithHint(errdefs.New(errdefs.ErrAlreadyExists, "image %q already exists", entry.Name),
 			"remove it with `banger image rm "+entry.Name+"` to rebuild")
 	}
-	return d.fetchImage(ctx, entry, prog)
+	return d.fetchImage(ctx, entry, "build_image", prog)
 }
 
 // beginImageOp runs fn as an async operation (image.pull.begin).
