@@ -81,12 +81,23 @@ func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
 			}
 		}()
 	} else {
-		// Without a TTY, Ctrl-C and friends go to the guest process, as with ssh.
+		// Without a TTY, Ctrl-C and friends go to the guest process, as with ssh. A
+		// command that ignores them is abandoned on the third: the stream closes and the
+		// agent kills it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
 		ch := make(chan os.Signal, 4)
 		signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 		defer signal.Stop(ch)
 		go func() {
+			n := 0
 			for s := range ch {
+				if n++; n >= 3 {
+					fmt.Fprintln(g.Stderr, "banger: giving up on the guest command")
+					cancel()
+					return
+				}
 				if ss, ok := s.(syscall.Signal); ok {
 					select {
 					case sigs <- ss:
@@ -97,6 +108,9 @@ func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
 		}()
 	}
 	code, err := guest.Exec(ctx, stream, req, stdio)
+	if err != nil && ctx.Err() != nil {
+		return &ExitError{Code: 130}
+	}
 	if err != nil {
 		if errors.Is(err, guest.ErrCommandNotFound) {
 			fmt.Fprintf(g.Stderr, "banger: %v\n", err)

@@ -81,7 +81,8 @@ func shortID(id string) string {
 }
 
 // reserve takes the narrow create lock to pick the name, id and guest IP and persist the
-// row that holds them. Everything slow happens outside it.
+// row that holds them. Everything slow happens outside it. On success the VM's lifecycle
+// lock is held; the caller unlocks it.
 func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, error) {
 	d.reserveMu.Lock()
 	defer d.reserveMu.Unlock()
@@ -125,7 +126,13 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
 		CreatedAt: now, UpdatedAt: now,
 	}
+	// The VM's lifecycle lock is taken before its row becomes visible, so no start or
+	// delete can slip in between the reservation and the rest of the create.
+	rt := d.runtime(vm.ID)
+	rt.mu.Lock()
 	if err := d.store.InsertVM(ctx, vm); err != nil {
+		rt.mu.Unlock()
+		d.dropRuntime(vm.ID)
 		return nil, err
 	}
 	return vm, nil
@@ -159,7 +166,6 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	}
 
 	rt := d.runtime(vm.ID)
-	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	fail := func(cause error) (*model.VM, error) {
 		// startLocked undid its own steps; what is left is the reservation. A cancelled
