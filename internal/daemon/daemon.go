@@ -39,12 +39,15 @@ type Daemon struct {
 	store   *store.Store
 	prefix  netip.Prefix
 	drivers map[string]vmm.Driver
-	helper  *helper.Client // nil when networking is off
+	helper  netHelper // nil when networking is off
 	dns     *vmdns.Server
-	catalog *imagecat.Catalog
-	fetch   *imagecat.Group
-	metrics *metrics
-	started time.Time
+	// dnsOnBridge serves DNS on the bridge address too (networking on); tests without a
+	// bridge turn it off.
+	dnsOnBridge bool
+	catalog     *imagecat.Catalog
+	fetch       *imagecat.Group
+	metrics     *metrics
+	started     time.Time
 
 	// reserveMu is the one narrow lock of vm create: name, IP and row are reserved under it.
 	reserveMu sync.Mutex
@@ -69,6 +72,18 @@ func (d *Daemon) detach(ctx context.Context) (context.Context, context.CancelFun
 	out, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(d.bgCtx, cancel)
 	return out, func() { stop(); cancel() }
+}
+
+// netHelper is what the daemon needs from the root helper (helper.Client).
+type netHelper interface {
+	Ping(ctx context.Context) error
+	EnsureBridge(ctx context.Context) error
+	CreateTap(ctx context.Context, tap string) error
+	DeleteTap(ctx context.Context, tap string) error
+	EnableNAT(ctx context.Context, ip netip.Addr) error
+	DisableNAT(ctx context.Context, ip netip.Addr) error
+	Cleanup(ctx context.Context) error
+	State(ctx context.Context) (helper.StateResult, error)
 }
 
 // Options are start-up options that are not configuration.
@@ -120,6 +135,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	d.metrics = newMetrics(d)
 	if cfg.Network.Enabled {
 		d.helper = &helper.Client{Socket: cfg.Network.HelperSocket}
+		d.dnsOnBridge = true
 	}
 	upstreams := cfg.DNS.Upstreams
 	if len(upstreams) == 0 {
@@ -177,7 +193,7 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 
 func (d *Daemon) startDNS(ctx context.Context) error {
 	addrs := append([]string(nil), d.cfg.DNS.Listen...)
-	if d.cfg.Network.Enabled {
+	if d.dnsOnBridge {
 		addrs = append(addrs, net.JoinHostPort(d.prefix.Addr().String(), "53"))
 	}
 	vms, err := d.store.ListVMs(ctx)

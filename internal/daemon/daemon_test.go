@@ -43,17 +43,28 @@ func requireMkfs(t *testing.T) {
 
 func startDaemon(t *testing.T, stateDir, cidr string, tweaks ...func(*config.Config)) *testDaemon {
 	t.Helper()
+	return startDaemonWith(t, stateDir, func(c *config.Config) {
+		c.Network.CIDR = cidr
+		for _, tw := range tweaks {
+			tw(c)
+		}
+	}, nil)
+}
+
+// startDaemonWith runs a daemon with tweak applied to its config and, before it serves,
+// hook applied to the daemon itself (fake drivers and helper).
+func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), hook func(*Daemon)) *testDaemon {
+	t.Helper()
 	requireMkfs(t)
 	cfg := config.Default()
 	cfg.StateDir = stateDir
 	cfg.RuntimeDir = filepath.Join(stateDir, "run")
-	cfg.Network.CIDR = cidr
 	cfg.DNS.Listen = nil
 	cfg.DNS.Upstreams = []string{"127.0.0.1:9"}
 	cfg.Defaults.SystemOverlaySize = "16M"
 	cfg.Defaults.WorkDiskSize = "16M"
-	for _, tw := range tweaks {
-		tw(&cfg)
+	if tweak != nil {
+		tweak(&cfg)
 	}
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -61,6 +72,9 @@ func startDaemon(t *testing.T, stateDir, cidr string, tweaks ...func(*config.Con
 	if err != nil {
 		cancel()
 		t.Fatal(err)
+	}
+	if hook != nil {
+		hook(d)
 	}
 	td := &testDaemon{cfg: d.cfg, d: d, cancel: cancel, done: make(chan error, 1)}
 	go func() { td.done <- d.Run(ctx, Options{}) }()

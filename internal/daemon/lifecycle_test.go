@@ -1,0 +1,318 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/errdefs"
+	"banger/internal/guest"
+	"banger/internal/helper"
+	"banger/internal/opid"
+	"banger/internal/rpc"
+	"banger/internal/vmm"
+)
+
+// These tests drive the whole VM lifecycle through the daemon without a hypervisor or
+// root: a fake VMM whose "guest" is the real agent serving in-process, and a fake root
+// helper that records what the daemon asked for. They pin down orchestration — which
+// network calls happen when, and that failures undo everything.
+
+type fakeHelper struct {
+	mu    sync.Mutex
+	calls []string
+	taps  map[string]bool
+	nat   map[netip.Addr]bool
+	// failEnableNAT makes NAT fail after the tap exists (a half-done network setup).
+	failEnableNAT bool
+}
+
+func newFakeHelper() *fakeHelper {
+	return &fakeHelper{taps: map[string]bool{}, nat: map[netip.Addr]bool{}}
+}
+
+func (h *fakeHelper) record(ctx context.Context, call string) {
+	h.calls = append(h.calls, call+" "+opid.From(ctx))
+}
+
+func (h *fakeHelper) Ping(context.Context) error { return nil }
+func (h *fakeHelper) EnsureBridge(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.record(ctx, "ensure_bridge")
+	return nil
+}
+func (h *fakeHelper) CreateTap(ctx context.Context, tap string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.record(ctx, "create_tap "+tap)
+	h.taps[tap] = true
+	return nil
+}
+func (h *fakeHelper) DeleteTap(ctx context.Context, tap string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.record(ctx, "delete_tap "+tap)
+	delete(h.taps, tap)
+	return nil
+}
+func (h *fakeHelper) EnableNAT(ctx context.Context, ip netip.Addr) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.record(ctx, "enable_nat "+ip.String())
+	if h.failEnableNAT {
+		return errors.New("nft says no")
+	}
+	h.nat[ip] = true
+	return nil
+}
+func (h *fakeHelper) DisableNAT(ctx context.Context, ip netip.Addr) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.record(ctx, "disable_nat "+ip.String())
+	delete(h.nat, ip)
+	return nil
+}
+func (h *fakeHelper) Cleanup(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.record(ctx, "cleanup")
+	h.taps, h.nat = map[string]bool{}, map[netip.Addr]bool{}
+	return nil
+}
+func (h *fakeHelper) State(ctx context.Context) (helper.StateResult, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var st helper.StateResult
+	for t := range h.taps {
+		st.Taps = append(st.Taps, t)
+	}
+	for ip := range h.nat {
+		st.NATIPs = append(st.NATIPs, ip)
+	}
+	return st, nil
+}
+
+func (h *fakeHelper) snapshot() (taps int, nat int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.taps), len(h.nat)
+}
+
+// fakeDriver starts fakeMachines; failStart makes Start fail like a VMM that cannot load
+// the kernel.
+type fakeDriver struct {
+	mu        sync.Mutex
+	failStart bool
+	started   []vmm.Spec
+}
+
+func (f *fakeDriver) Name() string { return "fake" }
+func (f *fakeDriver) Probe(context.Context) vmm.Info {
+	return vmm.Info{Name: "fake", Available: true, Accel: "none"}
+}
+func (f *fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failStart {
+		return nil, errors.New("cannot load kernel")
+	}
+	f.started = append(f.started, spec)
+	return newFakeMachine(), nil
+}
+func (f *fakeDriver) Recover(context.Context, vmm.Spec, int) (vmm.Machine, error) {
+	return nil, vmm.ErrNotRunning
+}
+
+// fakeMachine's guest is guest.Agent serving on the other end of an in-memory pipe;
+// a shutdown request "powers off" by ending the machine.
+type fakeMachine struct {
+	done     chan struct{}
+	once     sync.Once
+	agentLog *slog.Logger
+}
+
+func newFakeMachine() *fakeMachine {
+	return &fakeMachine{done: make(chan struct{}), agentLog: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
+func (m *fakeMachine) PID() int      { return 4242 }
+func (m *fakeMachine) Accel() string { return "none" }
+func (m *fakeMachine) stop()         { m.once.Do(func() { close(m.done) }) }
+func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
+	host, guestEnd := net.Pipe()
+	sess, err := yamux.Server(guestEnd, nil)
+	if err != nil {
+		return nil, err
+	}
+	agent := guest.NewAgent(m.agentLog, func(*slog.Logger) { m.stop() })
+	go agent.Serve(context.Background(), sess)
+	go func() { <-m.done; sess.Close() }()
+	return host, nil
+}
+func (m *fakeMachine) Shutdown(context.Context) error { m.stop(); return nil }
+func (m *fakeMachine) Kill() error                    { m.stop(); return nil }
+func (m *fakeMachine) Done() <-chan struct{}          { return m.done }
+
+func startFakeDaemon(t *testing.T) (*testDaemon, *fakeHelper, *fakeDriver) {
+	t.Helper()
+	h, drv := newFakeHelper(), &fakeDriver{}
+	td := startDaemonWith(t, t.TempDir(), func(c *config.Config) {
+		c.Network.Enabled = true
+		c.VMM = "qemu"
+	}, func(d *Daemon) {
+		d.helper = h
+		d.dnsOnBridge = false
+		// The fake stands in for the configured VMM and answers to its own name, which
+		// is what records and reconcile use.
+		d.drivers["qemu"] = drv
+		d.drivers["fake"] = drv
+	})
+	td.addImage(t, "img")
+	return td, h, drv
+}
+
+func TestLifecycleWithFakeVMM(t *testing.T) {
+	td, h, drv := startFakeDaemon(t)
+	ctx := opid.With(context.Background(), "op-lifecycle01")
+	var res api.VMResult
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMCreate, api.VMCreateParams{Name: "life", Image: "img", NAT: true}, &res); err != nil {
+		t.Fatal(err)
+	}
+	vm := res.VM
+	if vm.State != "running" || vm.VMM != "fake" {
+		t.Fatalf("after create: %+v", vm)
+	}
+	if taps, nat := h.snapshot(); taps != 1 || nat != 1 {
+		t.Fatalf("after create: %d taps, %d NAT guests", taps, nat)
+	}
+	// The helper saw the create's op id.
+	if !slices.Contains(h.calls, "create_tap "+vm.Tap+" op-lifecycle01") {
+		t.Fatalf("helper calls %q lack the create's op id", h.calls)
+	}
+	spec := drv.started[0]
+	if spec.Net == nil || spec.Net.Tap != vm.Tap || spec.Net.MAC != vm.MAC ||
+		!strings.Contains(spec.BootArgs, guest.ParamIP+"="+vm.GuestIP+"/24") ||
+		!strings.Contains(spec.BootArgs, guest.ParamName+"=life") || len(spec.Drives) != 3 || !spec.Drives[0].ReadOnly {
+		t.Fatalf("spec given to the VMM: %+v", spec)
+	}
+
+	// exec through vm.agent: the daemon splices the stream to the agent.
+	c, err := rpc.Dial(ctx, td.cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: "life"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	code, err := guest.Exec(ctx, stream, guest.ExecRequest{Argv: []string{"sh", "-c", "cat; exit 7"}, OpID: "op-lifecycle01"},
+		guest.ExecIO{Stdin: strings.NewReader("through the daemon\n"), Stdout: &out})
+	c.Close()
+	if err != nil || code != 7 || out.String() != "through the daemon\n" {
+		t.Fatalf("exec via vm.agent: code %d err %v out %q", code, err, out.String())
+	}
+
+	// stop: the agent's shutdown ends the machine; network is torn down.
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMStop, api.VMStopParams{VM: "life", TimeoutSeconds: 5}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.VM.State != "stopped" {
+		t.Fatalf("after stop: %s", res.VM.State)
+	}
+	if taps, nat := h.snapshot(); taps != 0 || nat != 0 {
+		t.Fatalf("after stop: %d taps, %d NAT guests", taps, nat)
+	}
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMStart, api.VMRef{VM: "life"}, &res); err != nil || res.VM.State != "running" {
+		t.Fatalf("start: %v %s", err, res.VM.State)
+	}
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMDelete, api.VMDeleteParams{VM: "life"}, nil); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("deleting a running VM without force: %v", err)
+	}
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMDelete, api.VMDeleteParams{VM: "life", Force: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if taps, nat := h.snapshot(); taps != 0 || nat != 0 {
+		t.Fatalf("after delete: %d taps, %d NAT guests", taps, nat)
+	}
+}
+
+func TestFailedStartsUndoEverything(t *testing.T) {
+	td, h, drv := startFakeDaemon(t)
+	for _, tc := range []struct {
+		name  string
+		setup func()
+	}{
+		{"vmm-fails", func() { drv.failStart = true; h.failEnableNAT = false }},
+		{"nat-fails", func() { drv.failStart = false; h.failEnableNAT = true }},
+	} {
+		tc.setup()
+		var res api.VMResult
+		err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMCreate, api.VMCreateParams{Name: tc.name, Image: "img", NAT: true}, &res)
+		if err == nil {
+			t.Fatalf("%s: create succeeded", tc.name)
+		}
+		if taps, nat := h.snapshot(); taps != 0 || nat != 0 {
+			t.Fatalf("%s: failed create left %d taps, %d NAT guests (calls %q)", tc.name, taps, nat, h.calls)
+		}
+		var list api.VMListResult
+		rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMList, nil, &list)
+		for _, vm := range list.VMs {
+			if vm.Name == tc.name {
+				t.Fatalf("%s: failed create left its row", tc.name)
+			}
+		}
+	}
+	// The DNS record of a failed create is gone too.
+	if _, ok := td.d.dns.Lookup("nat-fails"); ok {
+		t.Fatal("failed create left a DNS record")
+	}
+}
+
+func TestGuestPowerOffIsNoticed(t *testing.T) {
+	td, h, _ := startFakeDaemon(t)
+	if _, err := td.createRunning("pow"); err != nil {
+		t.Fatal(err)
+	}
+	// The guest powers itself off (here: the machine ends as a guest reboot ends qemu).
+	rt := td.d.runtime(mustVM(t, td, "pow").VM.ID)
+	rt.getMachine().(*fakeMachine).stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for mustVM(t, td, "pow").VM.State != "stopped" {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon did not notice the VM powering off")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if taps, _ := h.snapshot(); taps != 0 {
+		t.Fatal("tap left after the guest powered off")
+	}
+}
+
+func (td *testDaemon) createRunning(name string) (api.VMResult, error) {
+	var res api.VMResult
+	err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMCreate, api.VMCreateParams{Name: name, Image: "img"}, &res)
+	return res, err
+}
+
+func mustVM(t *testing.T, td *testDaemon, name string) api.VMResult {
+	t.Helper()
+	var res api.VMResult
+	if err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMShow, api.VMRef{VM: name}, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
