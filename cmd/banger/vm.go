@@ -4,7 +4,8 @@ import "github.com/spf13/cobra"
 
 func newVMCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage microVMs"}
-	cmd.AddCommand(newVMCreateCmd(), newVMListCmd(), newVMShowCmd(), newVMStartCmd(), newVMStopCmd(),
-		newVMRestartCmd(), newVMRmCmd(), newVMRenameCmd(), newVMRunCmd(), newVMExecCmd(), newVMShellCmd(), newVMCpCmd(), newVMLogsCmd())
+	cmd.AddCommand(newVMCreateCmd(), newVMListCmd(), newVMRunCmd(), newVMCpCmd())
+	cmd.AddCommand(withVMCompletion(newVMShowCmd(), newVMStartCmd(), newVMStopCmd(), newVMRestartCmd(),
+		newVMRmCmd(), newVMRenameCmd(), newVMExecCmd(), newVMShellCmd(), newVMLogsCmd())...)
 	return cmd
 }

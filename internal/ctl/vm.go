@@ -145,6 +145,19 @@ func age(t time.Time) string {
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
+// VMNames lists the VMs' names, for shell completion.
+func VMNames(ctx context.Context, g *Globals) ([]string, error) {
+	var res api.VMListResult
+	if err := g.call(ctx, api.MethodVMList, nil, &res); err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(res.VMs))
+	for _, vm := range res.VMs {
+		names = append(names, vm.Name)
+	}
+	return names, nil
+}
+
 // ShowVM prints one VM.
 func ShowVM(ctx context.Context, g *Globals, ref string) error {
 	var res api.VMResult
