@@ -2,53 +2,34 @@ package firecracker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
-	"sort"
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"github.com/getkin/kin-openapi/openapi2"
+	"github.com/getkin/kin-openapi/openapi2conv"
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
 )
 
 // The contract tests check every request against Firecracker's published Swagger 2.0 spec
-// with this validator. It covers what firecracker.yaml uses: $ref, object/string/integer/
-// number/boolean/array, required, enum, minimum/maximum and additionalProperties, and it
-// treats objects without additionalProperties as closed so that a misspelt field fails.
+// with kin-openapi: the spec is converted to OpenAPI 3, every object schema that leaves
+// additionalProperties unspecified is closed so that a misspelt field fails (Firecracker's
+// serde structs deny unknown fields), and each request is routed and validated by
+// openapi3filter.
 
 type apiSpec struct {
-	Paths       map[string]map[string]apiOperation `yaml:"paths"`
-	Definitions map[string]*apiSchema              `yaml:"definitions"`
-}
-
-type apiOperation struct {
-	Parameters []apiParameter `yaml:"parameters"`
-}
-
-type apiParameter struct {
-	Name     string     `yaml:"name"`
-	In       string     `yaml:"in"`
-	Required bool       `yaml:"required"`
-	Type     string     `yaml:"type"`
-	Schema   *apiSchema `yaml:"schema"`
-}
-
-type apiSchema struct {
-	Ref                  string                `yaml:"$ref"`
-	Type                 string                `yaml:"type"`
-	Required             []string              `yaml:"required"`
-	Properties           map[string]*apiSchema `yaml:"properties"`
-	AdditionalProperties yaml.Node             `yaml:"additionalProperties"`
-	Enum                 []any                 `yaml:"enum"`
-	Minimum              *float64              `yaml:"minimum"`
-	Maximum              *float64              `yaml:"maximum"`
-	Items                *apiSchema            `yaml:"items"`
-	ReadOnly             bool                  `yaml:"readOnly"`
+	router routers.Router
 }
 
 // findAPISpec looks for shared/firecracker/firecracker.yaml beside the repository (or any
@@ -83,198 +64,128 @@ func loadAPISpec(path string) (*apiSpec, error) {
 	if err != nil {
 		return nil, err
 	}
-	var s apiSpec
-	if err := yaml.Unmarshal(b, &s); err != nil {
+	var doc2 openapi2.T
+	if err := openapi2.UnmarshalFromData(b, &doc2); err != nil {
 		return nil, fmt.Errorf("parsing %s: %w", path, err)
 	}
-	if len(s.Paths) == 0 || len(s.Definitions) == 0 {
+	if len(doc2.Paths) == 0 || len(doc2.Definitions) == 0 {
 		return nil, fmt.Errorf("%s has no paths or definitions", path)
 	}
-	return &s, nil
+	// The API is served on a unix socket, so the spec's host means nothing; without it the
+	// converted server URL is just the base path and the router matches any Host header.
+	doc2.Host = ""
+	doc, err := openapi2conv.ToV3(&doc2)
+	if err != nil {
+		return nil, fmt.Errorf("converting %s to OpenAPI 3: %w", path, err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	closeObjectSchemas(doc)
+	router, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		return nil, fmt.Errorf("routing %s: %w", path, err)
+	}
+	return &apiSpec{router: router}, nil
 }
 
-// matchPath finds the path template for urlPath and the values of its parameters.
-func (s *apiSpec) matchPath(urlPath string) (string, map[string]string, bool) {
-	got := strings.Split(strings.Trim(urlPath, "/"), "/")
-	templates := make([]string, 0, len(s.Paths))
-	for t := range s.Paths {
-		templates = append(templates, t)
-	}
-	sort.Strings(templates) // literal segments sort before "{": prefer them
-	for _, t := range templates {
-		want := strings.Split(strings.Trim(t, "/"), "/")
-		if len(want) != len(got) {
-			continue
+// closeObjectSchemas sets additionalProperties: false on every object schema that does not
+// say otherwise. JSON Schema leaves such objects open, which would let a misspelt optional
+// field through; Firecracker rejects it.
+func closeObjectSchemas(doc *openapi3.T) {
+	seen := map[*openapi3.Schema]bool{}
+	var walk func(ref *openapi3.SchemaRef)
+	walk = func(ref *openapi3.SchemaRef) {
+		if ref == nil || ref.Value == nil || seen[ref.Value] {
+			return
 		}
-		params := map[string]string{}
-		ok := true
-		for i, w := range want {
-			if strings.HasPrefix(w, "{") && strings.HasSuffix(w, "}") {
-				params[w[1:len(w)-1]] = got[i]
-			} else if w != got[i] {
-				ok = false
-				break
+		s := ref.Value
+		seen[s] = true
+		object := s.Type.Is(openapi3.TypeObject) || (s.Type.IsEmpty() && len(s.Properties) > 0)
+		if object && s.AdditionalProperties.Has == nil && s.AdditionalProperties.Schema == nil {
+			closed := false
+			s.AdditionalProperties.Has = &closed
+		}
+		for _, p := range s.Properties {
+			walk(p)
+		}
+		walk(s.Items)
+		walk(s.AdditionalProperties.Schema)
+		walk(s.Not)
+		for _, group := range []openapi3.SchemaRefs{s.AllOf, s.AnyOf, s.OneOf} {
+			for _, sub := range group {
+				walk(sub)
 			}
 		}
-		if ok {
-			return t, params, true
+	}
+	for _, s := range doc.Components.Schemas {
+		walk(s)
+	}
+	for _, item := range doc.Paths.Map() {
+		for _, op := range item.Operations() {
+			for _, p := range op.Parameters {
+				walk(p.Value.Schema)
+			}
+			if op.RequestBody != nil {
+				for _, mt := range op.RequestBody.Value.Content {
+					walk(mt.Schema)
+				}
+			}
 		}
 	}
-	return "", nil, false
 }
 
-// validateRequest checks method, path and JSON body against the spec. It returns the path
+// validateRequest checks r (whose body has already been read into body) against the spec:
+// path, method, path parameters, content type and JSON body. It returns the path
 // parameters.
-func (s *apiSpec) validateRequest(method, urlPath string, body []byte) (map[string]string, error) {
-	tmpl, params, ok := s.matchPath(urlPath)
-	if !ok {
-		return nil, fmt.Errorf("%s %s: no such path in the API", method, urlPath)
+func (s *apiSpec) validateRequest(r *http.Request, body []byte) (map[string]string, error) {
+	req := r.Clone(r.Context())
+	req.Body = http.NoBody
+	if len(body) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	op, ok := s.Paths[tmpl][strings.ToLower(method)]
-	if !ok {
-		return nil, fmt.Errorf("%s %s: method not allowed", method, urlPath)
+	req.ContentLength = int64(len(body))
+	route, params, err := s.router.FindRoute(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, err)
 	}
-	var bodyParam *apiParameter
-	for i, p := range op.Parameters {
-		switch p.In {
-		case "path":
-			if params[p.Name] == "" {
-				return nil, fmt.Errorf("%s %s: empty path parameter %s", method, urlPath, p.Name)
-			}
-		case "body":
-			bodyParam = &op.Parameters[i]
+	// Hand-written: kin-openapi's JSON body decoder reads the first JSON value and ignores
+	// whatever follows it, where Firecracker (serde_json::from_slice) refuses trailing data.
+	if len(bytes.TrimSpace(body)) > 0 && !json.Valid(body) {
+		return nil, fmt.Errorf("%s %s: body is not a single JSON value", r.Method, r.URL.Path)
+	}
+	err = openapi3filter.ValidateRequest(r.Context(), &openapi3filter.RequestValidationInput{
+		Request:    req,
+		PathParams: params,
+		Route:      route,
+		Options: &openapi3filter.Options{
+			RejectWhenRequestBodyNotSpecified: true,
+			SkipSettingDefaults:               true,
+			MultiError:                        true,
+			// One line per fault: the fake sends it back as Firecracker's fault_message.
+			SchemaValidationOptions: []openapi3.SchemaValidationOption{openapi3.DisableSchemaErrorDetails()},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, err)
+	}
+	// The router matches the escaped path.
+	for k, v := range params {
+		if params[k], err = url.PathUnescape(v); err != nil {
+			return nil, fmt.Errorf("%s %s: path parameter %s: %w", r.Method, r.URL.Path, k, err)
 		}
-	}
-	body = bytes.TrimSpace(body)
-	switch {
-	case bodyParam == nil && len(body) > 0:
-		return nil, fmt.Errorf("%s %s: takes no body", method, urlPath)
-	case bodyParam == nil:
-		return params, nil
-	case len(body) == 0 && bodyParam.Required:
-		return nil, fmt.Errorf("%s %s: body required", method, urlPath)
-	case len(body) == 0:
-		return params, nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, fmt.Errorf("%s %s: body is not JSON: %w", method, urlPath, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s %s: trailing data after the JSON body", method, urlPath)
-	}
-	if err := s.validate(v, bodyParam.Schema, "body"); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, urlPath, err)
 	}
 	return params, nil
 }
 
-func (s *apiSpec) resolve(sc *apiSchema) (*apiSchema, error) {
-	for sc != nil && sc.Ref != "" {
-		name, ok := strings.CutPrefix(sc.Ref, "#/definitions/")
-		if !ok || s.Definitions[name] == nil {
-			return nil, fmt.Errorf("unresolvable $ref %q", sc.Ref)
-		}
-		sc = s.Definitions[name]
+// newAPIRequest is a request as the driver's client sends it.
+func newAPIRequest(method, path, body string) *http.Request {
+	r := httptest.NewRequest(method, "http://localhost"+path, strings.NewReader(body))
+	r.Header.Set("Accept", "application/json")
+	if body != "" {
+		r.Header.Set("Content-Type", "application/json")
 	}
-	return sc, nil
-}
-
-func (s *apiSpec) validate(v any, sc *apiSchema, at string) error {
-	sc, err := s.resolve(sc)
-	if err != nil || sc == nil {
-		return err
-	}
-	if len(sc.Enum) > 0 {
-		ok := slices.ContainsFunc(sc.Enum, func(e any) bool { return fmt.Sprint(e) == fmt.Sprint(v) })
-		if !ok {
-			return fmt.Errorf("%s: %v is not one of %v", at, v, sc.Enum)
-		}
-	}
-	typ := sc.Type
-	if typ == "" && sc.Properties != nil {
-		typ = "object"
-	}
-	switch typ {
-	case "object":
-		m, ok := v.(map[string]any)
-		if !ok {
-			return fmt.Errorf("%s: want an object, got %T", at, v)
-		}
-		for _, r := range sc.Required {
-			if _, ok := m[r]; !ok {
-				return fmt.Errorf("%s: required field %q missing", at, r)
-			}
-		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if p, ok := sc.Properties[k]; ok {
-				if p.ReadOnly {
-					return fmt.Errorf("%s.%s: read-only field in a request", at, k)
-				}
-				if err := s.validate(m[k], p, at+"."+k); err != nil {
-					return err
-				}
-				continue
-			}
-			switch ap := sc.AdditionalProperties; {
-			case ap.Kind == yaml.ScalarNode && ap.Value == "true":
-			case ap.Kind == yaml.MappingNode:
-				var extra apiSchema
-				if err := ap.Decode(&extra); err != nil {
-					return err
-				}
-				if err := s.validate(m[k], &extra, at+"."+k); err != nil {
-					return err
-				}
-			default:
-				return fmt.Errorf("%s: unknown field %q", at, k)
-			}
-		}
-	case "string":
-		if _, ok := v.(string); !ok {
-			return fmt.Errorf("%s: want a string, got %T", at, v)
-		}
-	case "boolean":
-		if _, ok := v.(bool); !ok {
-			return fmt.Errorf("%s: want a boolean, got %T", at, v)
-		}
-	case "integer", "number":
-		n, ok := v.(json.Number)
-		if !ok {
-			return fmt.Errorf("%s: want a number, got %T", at, v)
-		}
-		f, err := n.Float64()
-		if err != nil {
-			return fmt.Errorf("%s: %w", at, err)
-		}
-		if _, err := n.Int64(); typ == "integer" && err != nil {
-			return fmt.Errorf("%s: want an integer, got %s", at, n)
-		}
-		if sc.Minimum != nil && f < *sc.Minimum {
-			return fmt.Errorf("%s: %s is below the minimum %v", at, n, *sc.Minimum)
-		}
-		if sc.Maximum != nil && f > *sc.Maximum {
-			return fmt.Errorf("%s: %s is above the maximum %v", at, n, *sc.Maximum)
-		}
-	case "array":
-		a, ok := v.([]any)
-		if !ok {
-			return fmt.Errorf("%s: want an array, got %T", at, v)
-		}
-		for i, e := range a {
-			if err := s.validate(e, sc.Items, fmt.Sprintf("%s[%d]", at, i)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return r
 }
 
 func TestValidatorAgainstSpec(t *testing.T) {
@@ -290,30 +201,40 @@ func TestValidatorAgainstSpec(t *testing.T) {
 		{"GET", "/", ``},
 	}
 	for _, g := range good {
-		if _, err := spec.validateRequest(g.method, g.path, []byte(g.body)); err != nil {
+		params, err := spec.validateRequest(newAPIRequest(g.method, g.path, g.body), []byte(g.body))
+		if err != nil {
 			t.Errorf("valid %s %s rejected: %v", g.method, g.path, err)
+		}
+		if g.path == "/drives/rootfs" && params["drive_id"] != "rootfs" {
+			t.Errorf("%s %s: path parameters %v, want drive_id=rootfs", g.method, g.path, params)
 		}
 	}
 	bad := []struct{ method, path, body, want string }{
-		{"PUT", "/machine-config", `{"vcpu_cout":2,"vcpu_count":2,"mem_size_mib":512}`, `unknown field "vcpu_cout"`},
-		{"PUT", "/machine-config", `{"vcpu_count":2}`, `required field "mem_size_mib" missing`},
-		{"PUT", "/machine-config", `{"vcpu_count":"2","mem_size_mib":512}`, "want a number"},
-		{"PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":512}`, "above the maximum"},
-		{"PUT", "/machine-config", `{"vcpu_count":1.5,"mem_size_mib":512}`, "want an integer"},
-		{"PUT", "/actions", `{"action_type":"Reboot"}`, "is not one of"},
-		{"PUT", "/actions", ``, "body required"},
-		{"PUT", "/vsock", `{"guest_cid":2,"uds_path":"/v"}`, "below the minimum"},
-		{"PUT", "/drives/rootfs", `{"drive_id":"rootfs","is_root_device":"yes"}`, "want a boolean"},
-		{"PUT", "/metrics", `{"metrics_path":"/m","properties":{"k":1}}`, "want a string"},
+		{"PUT", "/machine-config", `{"vcpu_cout":2,"vcpu_count":2,"mem_size_mib":512}`, `property "vcpu_cout" is unsupported`},
+		{"PUT", "/machine-config", `{"vcpu_count":2}`, `property "mem_size_mib" is missing`},
+		{"PUT", "/machine-config", `{"vcpu_count":"2","mem_size_mib":512}`, `"/vcpu_count": value must be an integer`},
+		{"PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":512}`, "number must be at most 32"},
+		{"PUT", "/machine-config", `{"vcpu_count":1.5,"mem_size_mib":512}`, `"/vcpu_count": value must be an integer`},
+		{"PUT", "/actions", `{"action_type":"Reboot"}`, "value is not one of the allowed values"},
+		{"PUT", "/actions", ``, "value is required but missing"},
+		{"PUT", "/vsock", `{"guest_cid":2,"uds_path":"/v"}`, "number must be at least 3"},
+		{"PUT", "/drives/rootfs", `{"drive_id":"rootfs","is_root_device":"yes"}`, "value must be a boolean"},
+		{"PUT", "/metrics", `{"metrics_path":"/m","properties":{"k":1}}`, `"/properties/k": value must be a string`},
 		{"DELETE", "/vsock", ``, "method not allowed"},
-		{"PUT", "/reboot", `{}`, "no such path"},
-		{"GET", "/", `{}`, "takes no body"},
-		{"PUT", "/logger", `{"log_path":"/l"} {}`, "trailing data"},
+		{"PUT", "/reboot", `{}`, "no matching operation was found"},
+		{"GET", "/", `{}`, "request body not allowed"},
+		{"PUT", "/logger", `{"log_path":"/l"} {}`, "body is not a single JSON value"},
 	}
 	for _, b := range bad {
-		_, err := spec.validateRequest(b.method, b.path, []byte(b.body))
+		_, err := spec.validateRequest(newAPIRequest(b.method, b.path, b.body), []byte(b.body))
 		if err == nil || !strings.Contains(err.Error(), b.want) {
 			t.Errorf("%s %s %s: got %v, want an error containing %q", b.method, b.path, b.body, err, b.want)
 		}
+	}
+	body := `{"vcpu_count":2,"mem_size_mib":512}`
+	r := newAPIRequest("PUT", "/machine-config", body)
+	r.Header.Set("Content-Type", "text/plain")
+	if _, err := spec.validateRequest(r, []byte(body)); err == nil || !strings.Contains(err.Error(), "Content-Type") {
+		t.Errorf("JSON body sent as text/plain: got %v, want a Content-Type error", err)
 	}
 }

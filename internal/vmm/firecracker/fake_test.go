@@ -96,7 +96,7 @@ func runFakeFirecracker(args []string) int {
 
 func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	status, fault, reply := f.handle(r.Method, r.URL.Path, body)
+	status, fault, reply := f.handle(r, body)
 	rec := recordedRequest{Method: r.Method, Path: r.URL.Path, Status: status, Fault: fault}
 	if json.Valid(body) {
 		rec.Body = body
@@ -121,11 +121,12 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (f *fakeFirecracker) handle(method, path string, body []byte) (int, string, any) {
+func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any) {
+	method, path := r.Method, r.URL.Path
 	if want := os.Getenv(envFault); want != "" && want == method+" "+path {
 		return http.StatusBadRequest, fakeFaultText, nil
 	}
-	params, err := f.spec.validateRequest(method, path, body)
+	params, err := f.spec.validateRequest(r, body)
 	if err != nil {
 		return http.StatusBadRequest, "request does not match the API: " + err.Error(), nil
 	}
