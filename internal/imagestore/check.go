@@ -3,8 +3,10 @@ package imagestore
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 
 	"banger/internal/errdefs"
@@ -26,7 +28,7 @@ const (
 func KernelFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("opening kernel: %w", err)
+		return "", openError("kernel", path, err)
 	}
 	defer f.Close()
 	var hdr [0x210]byte
@@ -84,7 +86,7 @@ const (
 func CheckExt4(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("opening rootfs: %w", err)
+		return openError("rootfs", path, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -143,7 +145,7 @@ func CheckExt4(path string) error {
 func CheckInitrd(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("opening initrd: %w", err)
+		return openError("initrd", path, err)
 	}
 	defer f.Close()
 	var b [6]byte
@@ -165,4 +167,16 @@ func CheckInitrd(path string) error {
 		}
 	}
 	return errdefs.InvalidArgument("initrd", path, "is not a cpio archive or a compressed one")
+}
+
+// openError names the field and path when an input file cannot be read, so a typo in a
+// path is an invalid argument, not an internal failure.
+func openError(field, path string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return errdefs.InvalidArgument(field, path, "does not exist")
+	case errors.Is(err, fs.ErrPermission):
+		return errdefs.InvalidArgument(field, path, "is not readable by bangerd")
+	}
+	return fmt.Errorf("opening %s %s: %w", field, path, err)
 }
