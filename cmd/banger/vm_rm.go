@@ -23,7 +23,7 @@ func newVMRmCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop a running VM first")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running VM first (its disks are deleted anyway)")
 	addJSON(cmd)
 	return cmd
 }

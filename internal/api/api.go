@@ -87,7 +87,7 @@ type VMRenameParams struct {
 // VMDeleteParams are vm.delete's params.
 type VMDeleteParams struct {
 	VM    string `json:"vm"`
-	Force bool   `json:"force,omitempty"` // stop a running VM first
+	Force bool   `json:"force,omitempty"` // kill a running VM first
 }
 
 // VMWaitReadyParams are vm.wait_ready's params.

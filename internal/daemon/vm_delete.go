@@ -9,7 +9,9 @@ import (
 	"banger/internal/model"
 )
 
-// deleteVM removes a VM, its disks and its DNS name. A running VM needs force.
+// deleteVM removes a VM, its disks and its DNS name. A running VM needs force, and is then
+// killed rather than shut down cleanly: its disks are deleted anyway, so a clean guest
+// shutdown would only cost time (it is most of `vm run --rm`'s teardown).
 func (d *Daemon) deleteVM(ctx context.Context, ref string, force bool) (*model.VM, error) {
 	vm, rt, err := d.lockVM(ctx, ref)
 	if err != nil {
@@ -21,7 +23,7 @@ func (d *Daemon) deleteVM(ctx context.Context, ref string, force bool) (*model.V
 			return nil, errdefs.WithHint(errdefs.New(errdefs.ErrConflict, "vm %s is %s", vm.Name, vm.State),
 				"stop it first (banger vm stop "+vm.Name+") or delete with --force")
 		}
-		if err := d.stopLocked(ctx, rt, vm, 0); err != nil {
+		if err := d.stopLocked(ctx, rt, vm, 0, false); err != nil {
 			return nil, fmt.Errorf("stopping vm %s before delete: %w", vm.Name, err)
 		}
 	}

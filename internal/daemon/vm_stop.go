@@ -26,13 +26,15 @@ func (d *Daemon) stopVM(ctx context.Context, ref string, timeout time.Duration) 
 	if vm.State != model.VMRunning && vm.State != model.VMStarting && vm.State != model.VMStopping {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.State)
 	}
-	if err := d.stopLocked(ctx, rt, vm, timeout); err != nil {
+	if err := d.stopLocked(ctx, rt, vm, timeout, true); err != nil {
 		return nil, err
 	}
 	return vm, nil
 }
 
-func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, timeout time.Duration) error {
+// stopLocked stops vm; graceful false kills the VMM at once, for a VM whose disks are
+// about to be deleted, where a clean guest shutdown would only cost time.
+func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, timeout time.Duration, graceful bool) error {
 	if timeout <= 0 {
 		timeout = defaultStopTimeout
 	}
@@ -41,7 +43,15 @@ func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, ti
 	d.store.UpdateVM(ctx, vm)
 	m := rt.getMachine()
 	if m != nil {
-		how := d.haltMachine(ctx, rt, m, timeout)
+		how := "killed (discarded)"
+		if graceful {
+			how = d.haltMachine(ctx, rt, m, timeout)
+		} else {
+			m.Kill()
+			waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			vmm.Wait(waitCtx, m)
+			cancel()
+		}
 		log.Info("vm stopped", "how", how)
 		rpc.Stage(ctx, d.log, "vmm_exited", "how", how)
 	}
@@ -88,7 +98,7 @@ func (d *Daemon) restartVM(ctx context.Context, ref string, timeout time.Duratio
 	}
 	defer rt.mu.Unlock()
 	if vm.State == model.VMRunning || vm.State == model.VMStarting {
-		if err := d.stopLocked(ctx, rt, vm, timeout); err != nil {
+		if err := d.stopLocked(ctx, rt, vm, timeout, true); err != nil {
 			return nil, err
 		}
 	}
