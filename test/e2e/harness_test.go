@@ -98,6 +98,29 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// linkedNamespaces creates namespaces inner and outer with loopback up, joined by a veth
+// pair (innerIf with innerIP/30 in inner, outerIf with outerIP/30 in outer), and routes
+// inner's default traffic to outer — a host and its only upstream.
+func linkedNamespaces(inner, outer, innerIf, outerIf, innerIP, outerIP string) error {
+	for _, c := range [][]string{
+		{"ip", "netns", "add", inner},
+		{"ip", "netns", "add", outer},
+		{"ip", "-n", inner, "link", "set", "lo", "up"},
+		{"ip", "-n", outer, "link", "set", "lo", "up"},
+		{"ip", "-n", inner, "link", "add", innerIf, "type", "veth", "peer", "name", outerIf, "netns", outer},
+		{"ip", "-n", inner, "addr", "add", innerIP + "/30", "dev", innerIf},
+		{"ip", "-n", inner, "link", "set", innerIf, "up"},
+		{"ip", "-n", outer, "addr", "add", outerIP + "/30", "dev", outerIf},
+		{"ip", "-n", outer, "link", "set", outerIf, "up"},
+		{"ip", "-n", inner, "route", "add", "default", "via", outerIP},
+	} {
+		if err := run(c[0], c[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func run(name string, args ...string) error {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -139,21 +162,8 @@ func setup() (*env, error) {
 	x.inetns = "bgr-inet-" + suffix
 	// The namespaces: netns holds the bridge and VMs; inetns is the fake internet, linked to
 	// netns by a veth pair. Nothing is routed beyond them.
-	for _, c := range [][]string{
-		{"ip", "netns", "add", x.netns},
-		{"ip", "netns", "add", x.inetns},
-		{"ip", "-n", x.netns, "link", "set", "lo", "up"},
-		{"ip", "-n", x.inetns, "link", "set", "lo", "up"},
-		{"ip", "-n", x.netns, "link", "add", "uplink0", "type", "veth", "peer", "name", "inet0", "netns", x.inetns},
-		{"ip", "-n", x.netns, "addr", "add", uplinkIP + "/30", "dev", "uplink0"},
-		{"ip", "-n", x.netns, "link", "set", "uplink0", "up"},
-		{"ip", "-n", x.inetns, "addr", "add", inetIP + "/30", "dev", "inet0"},
-		{"ip", "-n", x.inetns, "link", "set", "inet0", "up"},
-		{"ip", "-n", x.netns, "route", "add", "default", "via", inetIP},
-	} {
-		if err := run(c[0], c[1:]...); err != nil {
-			return x, err
-		}
+	if err := linkedNamespaces(x.netns, x.inetns, "uplink0", "inet0", uplinkIP, inetIP); err != nil {
+		return x, err
 	}
 	// The fake internet answers every HTTP request on :8080 with the peer address it saw,
 	// so tests can check the source was masqueraded. It reads the request first: closing

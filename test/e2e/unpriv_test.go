@@ -198,24 +198,13 @@ func startUnprivEnv(t *testing.T, bin string) *unprivEnv {
 	// A private, daemon-owned cache seeded from the shared one (which stays untouched).
 	seedCache(t, filepath.Join(os.TempDir(), "banger-test-cache"), filepath.Join(u.home, "cache"))
 
-	for _, c := range [][]string{
-		{"ip", "netns", "add", u.netns},
-		{"ip", "netns", "add", u.peerns},
-		{"ip", "-n", u.netns, "link", "set", "lo", "up"},
-		{"ip", "-n", u.peerns, "link", "set", "lo", "up"},
-		{"ip", "-n", u.netns, "link", "add", "up0", "type", "veth", "peer", "name", "upx0", "netns", u.peerns},
-		{"ip", "-n", u.netns, "addr", "add", upHostIP + "/30", "dev", "up0"},
-		{"ip", "-n", u.netns, "link", "set", "up0", "up"},
-		{"ip", "-n", u.peerns, "addr", "add", upPeerIP + "/30", "dev", "upx0"},
-		{"ip", "-n", u.peerns, "link", "set", "upx0", "up"},
-		{"ip", "-n", u.netns, "route", "add", "default", "via", upPeerIP},
-		// The daemon binds DNS on the bridge address's port 53 without CAP_NET_BIND_SERVICE;
-		// the per-namespace sysctl is the deployment option docs/networking.md describes.
-		{"ip", "netns", "exec", u.netns, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=53"},
-	} {
-		if err := run(c[0], c[1:]...); err != nil {
-			t.Fatal(err)
-		}
+	if err := linkedNamespaces(u.netns, u.peerns, "up0", "upx0", upHostIP, upPeerIP); err != nil {
+		t.Fatal(err)
+	}
+	// The daemon binds DNS on the bridge address's port 53 without CAP_NET_BIND_SERVICE;
+	// the per-namespace sysctl is the deployment option docs/networking.md describes.
+	if err := run("ip", "netns", "exec", u.netns, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=53"); err != nil {
+		t.Fatal(err)
 	}
 	u.www = filepath.Join(u.dir, "www")
 	if err := os.MkdirAll(u.www, 0o755); err != nil {
