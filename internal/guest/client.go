@@ -57,11 +57,11 @@ func bindContext(ctx context.Context, conn io.Closer) func() bool {
 	})
 }
 
-// failure prefers the context's error: once ctx closed the stream, the I/O error it caused
+// failure prefers the context's cause: once ctx closed the stream, the I/O error it caused
 // says nothing useful.
 func failure(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", what, ctx.Err())
+		return fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -235,8 +235,9 @@ func pumpControl(fw *frameWriter, resize <-chan [2]uint16, signals <-chan syscal
 
 // Put copies a host file or directory into the guest; see the package documentation for
 // where it lands.
-func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGuestPath string) error {
+func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGuestPath string, opts CopyOptions) error {
 	defer conn.Close()
+	opts = opts.withDefaults()
 	if dstGuestPath == "" {
 		return errdefs.InvalidArgument("destination", dstGuestPath, "a guest path is required")
 	}
@@ -250,7 +251,10 @@ func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGue
 	if !fi.IsDir() && !fi.Mode().IsRegular() {
 		return errdefs.InvalidArgument("source", srcHostPath, "only regular files and directories can be copied")
 	}
+	ctx, idle := watchIdle(ctx, opts.IdleTimeout)
+	defer idle.stop()
 	defer bindContext(ctx, conn)()
+	conn = progressConn{conn, idle}
 	if err := writeJSONLine(conn, Request{Type: TypePut, OpID: opID, Path: dstGuestPath, Mode: unixMode(fi.Mode())}); err != nil {
 		return failure(ctx, "sending put request to the guest agent", err)
 	}
@@ -308,33 +312,36 @@ func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGue
 	return nil
 }
 
-// Get copies a guest file or directory to the host. The guest is not trusted: entries that
-// would land outside dstHostPath are refused just as the agent refuses them on Put.
-func Get(ctx context.Context, conn io.ReadWriteCloser, opID, srcGuestPath, dstHostPath string) error {
+// Get copies a guest file or directory to the host. The guest is not trusted: the archive
+// must hold only srcGuestPath's base name at its top level, it is capped at opts.MaxBytes,
+// its modes are masked (no setuid, setgid or sticky; umask applied), and nothing may land
+// outside dstHostPath, go through a symlink, or replace anything but the named target;
+// see extractTar.
+func Get(ctx context.Context, conn io.ReadWriteCloser, opID, srcGuestPath, dstHostPath string, opts CopyOptions) error {
 	defer conn.Close()
-	if srcGuestPath == "" {
-		return errdefs.InvalidArgument("source", srcGuestPath, "a guest path is required")
-	}
+	opts = opts.withDefaults()
 	if dstHostPath == "" {
 		return errdefs.InvalidArgument("destination", dstHostPath, "a host path is required")
 	}
-	defer bindContext(ctx, conn)()
+	pol, err := hostPolicy(srcGuestPath, opts.MaxBytes)
+	if err != nil {
+		return err
+	}
 	what := fmt.Sprintf("copying guest %s to %s", srcGuestPath, dstHostPath)
+	ctx, idle := watchIdle(ctx, opts.IdleTimeout)
+	defer idle.stop()
+	defer bindContext(ctx, conn)()
+	conn = progressConn{conn, idle}
 	br := bufio.NewReader(conn)
 	r, err := roundTrip(ctx, conn, br, Request{Type: TypeGet, OpID: opID, Path: srcGuestPath})
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if err := r.err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	dr := &dataReader{r: br}
-	if err := extractTar(dr, dstHostPath); err != nil {
-		return failure(ctx, what, err)
-	}
-	// tar.Reader stops at the end-of-archive marker; the data_eof after it must still
-	// arrive, or the archive was cut short by an agent error.
-	if _, err := io.Copy(io.Discard, dr); err != nil {
+	// extractTar reads up to data_eof, so an archive cut short by an agent error fails.
+	if err := extractTar(&dataReader{r: br}, dstHostPath, pol); err != nil {
 		return failure(ctx, what, err)
 	}
 	return nil
