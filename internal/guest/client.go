@@ -81,6 +81,10 @@ func roundTrip(ctx context.Context, conn io.ReadWriter, br *bufio.Reader, req Re
 	return r, nil
 }
 
+// maxPingField bounds each string of a ping reply (a hostname is at most 64 bytes, a
+// kernel release 65).
+const maxPingField = 256
+
 // Ping asks the agent who it is; it is also the readiness check after boot.
 func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, error) {
 	defer conn.Close()
@@ -92,10 +96,11 @@ func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, 
 	if err := r.err(); err != nil {
 		return PingInfo{}, fmt.Errorf("ping: %w", err)
 	}
+	// These strings come from the guest and are printed in progress lines and logs.
 	return PingInfo{
-		Hostname:      r.Hostname,
-		Kernel:        r.Kernel,
-		AgentVersion:  r.AgentVersion,
+		Hostname:      peerText(r.Hostname, maxPingField),
+		Kernel:        peerText(r.Kernel, maxPingField),
+		AgentVersion:  peerText(r.AgentVersion, maxPingField),
 		UptimeSeconds: r.UptimeSeconds,
 	}, nil
 }
@@ -176,7 +181,7 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 			}
 			return int(code), nil
 		case FrameError:
-			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], payload)
+			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], peerText(string(payload), maxPeerMessage))
 		default:
 			return -1, fmt.Errorf("exec %s: unexpected frame kind %d from the guest agent", req.Argv[0], kind)
 		}

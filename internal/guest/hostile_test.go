@@ -26,6 +26,12 @@ import (
 // It returns the host's client session.
 func hostileGuest(t *testing.T, serve func(st io.ReadWriteCloser)) *yamux.Session {
 	t.Helper()
+	return hostileGuestReplying(t, Reply{OK: true}, serve)
+}
+
+// hostileGuestReplying is hostileGuest answering every request with reply.
+func hostileGuestReplying(t *testing.T, reply Reply, serve func(st io.ReadWriteCloser)) *yamux.Session {
+	t.Helper()
 	host, guestEnd := socketPair(t)
 	srv, err := yamux.Server(guestEnd, yamuxConfig(testLogger()))
 	if err != nil {
@@ -43,7 +49,7 @@ func hostileGuest(t *testing.T, serve func(st io.ReadWriteCloser)) *yamux.Sessio
 				if err := readJSONLine(bufio.NewReader(st), &req); err != nil {
 					return
 				}
-				if err := writeJSONLine(st, Reply{OK: true}); err != nil {
+				if err := writeJSONLine(st, reply); err != nil {
 					return
 				}
 				serve(st)
@@ -73,7 +79,7 @@ func sendArchive(b []byte) func(io.ReadWriteCloser) {
 }
 
 // rawTar builds an archive from full headers, so tests can set any mode, size or type.
-func rawTar(t *testing.T, hdrs []*tar.Header, bodies ...string) []byte {
+func rawTar(t testing.TB, hdrs []*tar.Header, bodies ...string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -473,4 +479,32 @@ func TestHostRefusesGuestInitiatedStreams(t *testing.T) {
 	}
 	srv.Close()
 	t.Logf("session closed after %d guest streams", <-opened)
+}
+
+func TestGuestTextIsMadeSafe(t *testing.T) {
+	// Strings the guest sends end up in terminals, progress lines and stored errors: no
+	// escape sequences, and a bounded length.
+	evil := "web\x1b]0;owned\x07\x1b[2J" + strings.Repeat("A", 1<<17)
+	s := hostileGuestReplying(t, Reply{OK: true, Hostname: evil, Kernel: evil, AgentVersion: evil}, func(io.ReadWriteCloser) {})
+	info, err := Ping(testCtx(t), openStream(t, s), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]string{"hostname": info.Hostname, "kernel": info.Kernel, "agent_version": info.AgentVersion} {
+		if strings.ContainsAny(v, "\x1b\x07") || len(v) > 260 || !strings.HasPrefix(v, "web") {
+			t.Errorf("%s: %.40q… (%d bytes)", name, v, len(v))
+		}
+	}
+	s = hostileGuestReplying(t, Reply{OK: false, Error: evil}, func(io.ReadWriteCloser) {})
+	err = copyOut(t, s, "/root/out", t.TempDir(), CopyOptions{})
+	if err == nil || strings.ContainsAny(err.Error(), "\x1b\x07") || len(err.Error()) > 5000 {
+		t.Errorf("error from the guest not made safe: %.80q (%d bytes)", err, len(err.Error()))
+	}
+	s = hostileGuest(t, func(st io.ReadWriteCloser) {
+		_ = (&frameWriter{w: st}).write(FrameError, []byte(evil))
+	})
+	err = copyOut(t, s, "/root/out", t.TempDir(), CopyOptions{})
+	if err == nil || strings.ContainsAny(err.Error(), "\x1b\x07") || len(err.Error()) > 5000 {
+		t.Errorf("error frame from the guest not made safe: %.80q (%d bytes)", err, len(err.Error()))
+	}
 }
