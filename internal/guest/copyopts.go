@@ -66,7 +66,7 @@ func watchIdle(ctx context.Context, d time.Duration) (context.Context, *idleWatc
 			case <-t.C:
 				idle := time.Since(time.Unix(0, w.last.Load()))
 				if idle >= d {
-					cancel(errdefs.New(errdefs.ErrUnavailable, "the guest moved no data for %s (the copy's idle timeout)", d))
+					cancel(errdefs.New(errdefs.ErrUnavailable, "the guest moved no data for %s (the copy's idle timeout; raise it with --idle-timeout)", d))
 					return
 				}
 				t.Reset(d - idle)

@@ -294,7 +294,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		return errdefs.InvalidArgument("archive", hdr.Name, fmt.Sprintf("entry type %s is not a file, directory or symlink", typeName(hdr.Typeflag)))
 	}
 	if hdr.Size < 0 || (hdr.Typeflag != tar.TypeReg && hdr.Size != 0) {
-		return errdefs.InvalidArgument("archive", hdr.Name, fmt.Sprintf("size %d", hdr.Size))
+		return errdefs.InvalidArgument("archive", hdr.Name, fmt.Sprintf("claims a size of %d bytes, which only a regular file can have", hdr.Size))
 	}
 	if x.pol.maxBytes > 0 {
 		// Checked before a byte is written: a sparse entry or a stream cut short must not
