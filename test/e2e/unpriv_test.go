@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/testkit"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -196,7 +197,7 @@ func startUnprivEnv(t *testing.T, bin string) *unprivEnv {
 		mkdirOwned(t, d)
 	}
 	// A private, daemon-owned cache seeded from the shared one (which stays untouched).
-	seedCache(t, filepath.Join(os.TempDir(), "banger-test-cache"), filepath.Join(u.home, "cache"))
+	seedCache(t, testkit.CacheDir(), filepath.Join(u.home, "cache"))
 
 	if err := linkedNamespaces(u.netns, u.peerns, "up0", "upx0", upHostIP, upPeerIP); err != nil {
 		t.Fatal(err)
