@@ -3,9 +3,9 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/internal/imagebuild"
 	"banger/internal/model"
 	"banger/internal/vmm"
@@ -48,8 +48,11 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 			"set defaults.image to an image from `banger image ls` or `banger image catalog`")
 	}
 	agent := d.agentPath()
-	_, err = os.Stat(agent)
-	add("guest-agent", err == nil, agent, "build it: CGO_ENABLED=0 go build -o "+agent+" ./cmd/banger-agent")
+	if err := imagebuild.CheckAgent(agent); err != nil {
+		add("guest-agent", false, err.Error(), errdefs.HintOf(err))
+	} else {
+		add("guest-agent", true, agent, "")
+	}
 	for _, m := range imagebuild.CheckTinyPrereqs() {
 		add("builder:"+m.What, false, m.What+" is missing: "+m.Why, "apt-get install "+m.Package)
 	}
