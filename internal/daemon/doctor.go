@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
@@ -67,12 +68,13 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 			tunDetail = tunErr.Error()
 		}
 		add("tun", tunErr == nil, tunDetail, vmm.TunHint)
-		add("dns", true, fmt.Sprintf("VM names resolve as NAME.%s at %s:53 and %v", d.cfg.DNS.Domain, d.prefix.Addr(), d.cfg.DNS.Listen),
-			"")
 		add("host-resolver", true, fmt.Sprintf("to resolve VM names on this host: resolvectl dns %s %s && resolvectl domain %s ~%s",
 			d.cfg.Network.Bridge, d.prefix.Addr(), d.cfg.Network.Bridge, d.cfg.DNS.Domain), "")
 	} else {
 		add("network", true, "networking is off: VMs get no NIC (exec/shell/cp still work over the agent channel)", "")
+	}
+	if addrs := d.dns.Addrs(); len(addrs) > 0 {
+		add("dns", true, fmt.Sprintf("VM names resolve as NAME.%s at %s", d.cfg.DNS.Domain, strings.Join(addrs, ", ")), "")
 	}
 	return out
 }
