@@ -47,3 +47,51 @@ func Tool(t testing.TB, name string) string {
 	}
 	return p
 }
+
+// WorldDir creates a 0755 directory that other users (the unprivileged callers and daemons
+// tests run as) can reach, and removes it when the test ends. It lives under the temporary
+// directory unless that is private (TMPDIR=$(mktemp -d) is 0700), in which case /tmp, the
+// one world-searchable temporary directory every Linux host has, is used instead.
+func WorldDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(WorldTempBase(t), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// WorldTempBase is the temporary directory WorldDir creates directories in.
+func WorldTempBase(t testing.TB) string {
+	t.Helper()
+	if base := os.TempDir(); worldSearchable(base) {
+		return base
+	}
+	if !worldSearchable("/tmp") {
+		Missing(t, "no world-searchable temporary directory: %s and /tmp are private", os.TempDir())
+	}
+	return "/tmp"
+}
+
+// worldSearchable reports whether every directory from / down to dir lets others pass.
+func worldSearchable(dir string) bool {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	for {
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return true
+		}
+		dir = parent
+	}
+}
