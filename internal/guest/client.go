@@ -165,6 +165,11 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 			}
 			return -1, failure(ctx, "exec "+req.Argv[0], err)
 		}
+		if ctx.Err() != nil {
+			// A read already waiting when ctx ended may still deliver a frame, typically
+			// the exit of the process the cancellation hung up: the call was cancelled.
+			return -1, failure(ctx, "exec "+req.Argv[0], ctx.Err())
+		}
 		switch kind {
 		case FrameStdout:
 			if _, err := stdout.Write(payload); err != nil {
