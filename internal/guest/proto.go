@@ -65,8 +65,9 @@
 // existing directory (or ends in "/", which creates it) the archive is extracted into it;
 // otherwise that first component is renamed to path, so a single file becomes path and a
 // directory becomes path. Entries that would land outside the destination ("..", absolute
-// names, or through a symlink) are refused. Ownership is not preserved (the agent's user
-// owns the files); permission bits and modification times are. The agent replies one JSON
+// names, or through a symlink) are refused, and so are hard links, devices and fifos.
+// Ownership is not preserved (the agent's user owns the files); permission bits and
+// modification times are, except that directories that already existed keep theirs. The agent replies one JSON
 // line {"ok":true} or an error after data_eof, or earlier on an error, and closes.
 //
 // get (guest→host copy): header field "path". The agent replies one JSON line, then sends a
