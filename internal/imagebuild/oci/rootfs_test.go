@@ -132,14 +132,18 @@ func pushTestImage(t *testing.T, layers []v1.Layer) string {
 }
 
 // pushImage is pushTestImage with hooks: editConfig changes the config before the push, and
-// a non-nil serve replaces the body of every blob download (digest is the blob's) as a
-// hostile registry or network path would.
-func pushImage(t *testing.T, layers []v1.Layer, editConfig func(*v1.ConfigFile), serve func(digest string, body []byte) []byte) string {
+// a non-nil serve replaces the body of every blob and manifest download (what is the blob
+// digest or the manifest tag, after "/blobs/" or "/manifests/") as a hostile registry or
+// network path would.
+func pushImage(t *testing.T, layers []v1.Layer, editConfig func(*v1.ConfigFile), serve func(what string, body []byte) []byte) string {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, digest, isBlob := strings.Cut(r.URL.Path, "/blobs/")
-		if serve == nil || !isBlob || r.Method != http.MethodGet {
+		_, what, ok := strings.Cut(r.URL.Path, "/blobs/")
+		if !ok {
+			_, what, ok = strings.Cut(r.URL.Path, "/manifests/")
+		}
+		if serve == nil || !ok || r.Method != http.MethodGet {
 			reg.ServeHTTP(w, r)
 			return
 		}
@@ -154,7 +158,7 @@ func pushImage(t *testing.T, layers []v1.Layer, editConfig func(*v1.ConfigFile),
 		// Flushing first makes the response chunked: no Content-Length for the client to
 		// refuse early, so only digest checks can catch the swap.
 		w.(http.Flusher).Flush()
-		w.Write(serve(digest, rec.Body.Bytes()))
+		w.Write(serve(what, rec.Body.Bytes()))
 	}))
 	t.Cleanup(srv.Close)
 	img, err := mutate.AppendLayers(empty.Image, layers...)

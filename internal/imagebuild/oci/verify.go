@@ -14,7 +14,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"banger/internal/errdefs"
+	"banger/internal/imagestore"
 )
+
+// maxImageBytes bounds what a registry can make a build download (the sum of the manifest's
+// layer sizes) and what one layer may uncompress to: nothing larger fits the rootfs the
+// image store would accept.
+const maxImageBytes = imagestore.MaxRootfsBytes
 
 // fetchVerified downloads every layer blob of img into dir and returns an image whose
 // layers read those local copies. Each blob must match the size and digest the manifest
@@ -42,6 +48,14 @@ func fetchVerified(ctx context.Context, img v1.Image, dir string) (v1.Image, err
 	if len(layers) != len(m.Layers) || len(cfg.RootFS.DiffIDs) != len(m.Layers) {
 		return nil, errdefs.New(errdefs.ErrUnavailable,
 			"image is inconsistent: manifest lists %d layers, config lists %d diff ids", len(m.Layers), len(cfg.RootFS.DiffIDs))
+	}
+	var total int64
+	for _, desc := range m.Layers {
+		if desc.Size < 0 || desc.Size > maxImageBytes-total {
+			return nil, errdefs.New(errdefs.ErrUnavailable,
+				"layer %s: the manifest's layer sizes add up to more than the %d bytes a rootfs may hold", desc.Digest, int64(maxImageBytes))
+		}
+		total += desc.Size
 	}
 	local := make([]v1.Layer, len(layers))
 	for i, desc := range m.Layers {
@@ -108,11 +122,15 @@ func checkDiffID(ctx context.Context, l v1.Layer, digest, diffID v1.Hash) error 
 	}
 	defer rc.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, ctxReader{ctx, rc}); err != nil {
+	n, err := io.Copy(h, io.LimitReader(ctxReader{ctx, rc}, maxImageBytes+1))
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return tampered(digest, "cannot be decompressed: %v", err)
+	}
+	if n > maxImageBytes {
+		return errdefs.New(errdefs.ErrUnavailable, "layer %s: uncompresses to more than the %d bytes a rootfs may hold", digest, int64(maxImageBytes))
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffID.String() {
 		return tampered(digest, "uncompressed has digest %s, the image config says %s", got, diffID)

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -39,7 +40,7 @@ func compressed(t *testing.T, l v1.Layer) ([]byte, string) {
 
 // buildMustFail runs BuildRootfs against ref and checks that it fails as a corrupt
 // registry blob naming digest, leaving nothing next to the output.
-func buildMustFail(t *testing.T, ref, digest string) {
+func buildMustFail(t *testing.T, ref, digest string, mentions ...string) {
 	t.Helper()
 	dir := t.TempDir()
 	err := BuildRootfs(context.Background(), ref, Options{Out: filepath.Join(dir, "rootfs.ext4")})
@@ -48,6 +49,11 @@ func buildMustFail(t *testing.T, ref, digest string) {
 	}
 	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), digest) {
 		t.Fatalf("want an unavailable error naming layer %s, got %v", digest, err)
+	}
+	for _, m := range mentions {
+		if !strings.Contains(err.Error(), m) {
+			t.Errorf("error %q does not say %q", err, m)
+		}
 	}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
@@ -120,4 +126,27 @@ func TestUnpackReadsErrorAfterEndMarker(t *testing.T) {
 	if _, err := unpack(context.Background(), stream, t.TempDir()); !errors.Is(err, boom) {
 		t.Fatalf("want the stream's error, got %v", err)
 	}
+}
+
+// A manifest claiming layers larger than any rootfs the store accepts is refused before a
+// byte of them is downloaded (the tag's manifest is not covered by any digest).
+func TestBuildRootfsRefusesOversizedLayerClaim(t *testing.T) {
+	requireTool(t, "mkfs.ext4")
+	requireTool(t, "debugfs")
+	l := layer(t, entry{name: "etc/hostname", body: "x\n", mode: 0o644})
+	_, digest := compressed(t, l)
+	ref := pushImage(t, []v1.Layer{l}, nil, func(what string, body []byte) []byte {
+		if what != "v1" {
+			return body
+		}
+		var m v1.Manifest
+		if err := json.Unmarshal(body, &m); err != nil {
+			t.Errorf("decoding the test manifest: %v", err)
+			return body
+		}
+		m.Layers[0].Size = 200 << 30
+		b, _ := json.Marshal(m)
+		return b
+	})
+	buildMustFail(t, ref, digest, "add up to more than")
 }
