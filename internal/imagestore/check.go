@@ -159,7 +159,7 @@ func CheckInitrd(path string) error {
 		{0x89, 'L', 'Z', 'O'},            // lzop
 	} {
 		if bytes.HasPrefix(b[:], magic) {
-			return checkInitrdInit(path, b[:])
+			return checkInitrdInit(f, path, b[:])
 		}
 	}
 	return errdefs.InvalidArgument("initrd", path, "is not a cpio archive or a compressed one")
