@@ -37,9 +37,10 @@ func fetchVerified(ctx context.Context, img v1.Image, dir string) (v1.Image, err
 	if err != nil {
 		return nil, fmt.Errorf("reading image manifest: %w", err)
 	}
+	// The library checks the config blob against the manifest's descriptor while reading it.
 	cfg, err := img.ConfigFile()
 	if err != nil {
-		return nil, fmt.Errorf("reading image config: %w", err)
+		return nil, errdefs.New(errdefs.ErrUnavailable, "image config %s: %w", m.Config.Digest, err)
 	}
 	layers, err := img.Layers()
 	if err != nil {

@@ -150,3 +150,32 @@ func TestBuildRootfsRefusesOversizedLayerClaim(t *testing.T) {
 	})
 	buildMustFail(t, ref, digest, "add up to more than")
 }
+
+// The config (which lists the diff ids the layers are checked against) must match the
+// digest the manifest gives it.
+func TestBuildRootfsRefusesTamperedConfig(t *testing.T) {
+	requireTool(t, "mkfs.ext4")
+	requireTool(t, "debugfs")
+	l := layer(t, entry{name: "etc/hostname", body: "x\n", mode: 0o644})
+	var cfgDigest string
+	ref := pushImage(t, []v1.Layer{l}, nil, func(what string, body []byte) []byte {
+		if what == "v1" {
+			var m v1.Manifest
+			if err := json.Unmarshal(body, &m); err == nil {
+				cfgDigest = m.Config.Digest.String()
+			}
+		}
+		if what == cfgDigest {
+			return bytes.Replace(body, []byte(`"amd64"`), []byte(`"AMD64"`), 1)
+		}
+		return body
+	})
+	dir := t.TempDir()
+	err := BuildRootfs(context.Background(), ref, Options{Out: filepath.Join(dir, "rootfs.ext4")})
+	if !errors.Is(err, errdefs.ErrUnavailable) || cfgDigest == "" || !strings.Contains(err.Error(), cfgDigest) {
+		t.Fatalf("want an unavailable error naming config %s, got %v", cfgDigest, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("left behind: %v", ents)
+	}
+}
