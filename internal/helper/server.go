@@ -102,7 +102,7 @@ func NewServer(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		return struct{}{}, cfg.Net.DeleteTap(ctx, p.Tap)
+		return struct{}{}, cfg.Net.DeleteTap(ctx, p.Tap, cfg.TapOwnerUID, cfg.TapOwnerGID)
 	})
 	s.wrap(MethodEnableNAT, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		ip, err := s.natParams(raw)
@@ -122,13 +122,13 @@ func NewServer(cfg Config) (*Server, error) {
 		if err := noParams(raw); err != nil {
 			return nil, err
 		}
-		return struct{}{}, cfg.Net.Cleanup(ctx)
+		return struct{}{}, cfg.Net.Cleanup(ctx, cfg.TapOwnerUID, cfg.TapOwnerGID)
 	})
 	s.wrap(MethodState, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		if err := noParams(raw); err != nil {
 			return nil, err
 		}
-		taps, ips, err := cfg.Net.State(ctx)
+		taps, ips, err := cfg.Net.State(ctx, cfg.TapOwnerUID, cfg.TapOwnerGID)
 		if err != nil {
 			return nil, err
 		}
