@@ -52,7 +52,14 @@ func TestLaunchAdoptKill(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if b, _ := os.ReadFile(logPath); !strings.HasPrefix(string(b), "earlier boot\n") ||
+	// The console drain writes the log asynchronously: give it a moment.
+	var b []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if b, _ = os.ReadFile(logPath); strings.Contains(string(b), "to-stdout") && strings.Contains(string(b), "to-stderr") {
+			break
+		}
+	}
+	if !strings.HasPrefix(string(b), "earlier boot\n") ||
 		!strings.Contains(string(b), "to-stdout") || !strings.Contains(string(b), "to-stderr") {
 		t.Fatalf("log not appended with stdout and stderr: %q", b)
 	}

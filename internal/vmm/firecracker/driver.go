@@ -213,7 +213,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err := m.configure(ctx, spec, logPath, metricsPath); err != nil {
 		_ = proc.Kill()
 		<-proc.Done()
-		if tail := vmm.LogTail(spec.LogPath, logOffset, 2048); tail != "" {
+		if tail := vmm.LogTail(spec.LogPath, logOffset, 15); tail != "" {
 			err = fmt.Errorf("%w; firecracker output: %s", err, tail)
 		}
 		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
@@ -228,6 +228,9 @@ func (d *Driver) Recover(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machi
 	proc, err := vmm.Adopt(pid, vmm.MatchCmdline(d.cfg.Binary, apiSock))
 	if err != nil {
 		return nil, fmt.Errorf("recovering firecracker of VM %s: %w", spec.ID, err)
+	}
+	if err := proc.AttachConsole(spec.LogPath, spec.Dir); err != nil {
+		d.log.Warn("console output of a recovered VM is not logged", "vm", spec.ID, "error", err.Error())
 	}
 	d.log.Info("vmm recovered", "vm", spec.ID, "pid", pid)
 	return &Machine{proc: proc, spec: spec, api: NewClient(apiSock), log: d.log.With("vm", spec.ID)}, nil
