@@ -68,6 +68,7 @@ func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
 		},
 		VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
 		LogPath:     filepath.Join(vm.Dir, consoleLogName),
+		LogMax:      d.cfg.ConsoleLogMaxBytes,
 		MetricsPath: filepath.Join(vm.Dir, metricsName),
 		CID:         vm.CID,
 		ChannelPath: filepath.Join(vm.Dir, channelName),

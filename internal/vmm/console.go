@@ -21,8 +21,8 @@ import (
 // guest running `yes > /dev/ttyS0` writes for as long as it likes. So the VMM never writes
 // the log file itself. It writes into a FIFO in the VM's directory, and the daemon drains
 // the FIFO into a size-capped log that rotates once: Spec.LogPath holds the newest output,
-// Spec.LogPath+".1" the ConsoleLogMax bytes before it, so at most 2×ConsoleLogMax bytes are
-// on disk at any time, whether or not the daemon runs.
+// Spec.LogPath+".1" the Spec.LogMax bytes before it, so at most 2×LogMax bytes are on disk
+// at any time, whether or not the daemon runs.
 //
 // VMMs outlive the daemon. While no daemon reads the FIFO the VMM's writes fail with EPIPE
 // (both QEMU and Firecracker ignore SIGPIPE) and that output is dropped; the next daemon
@@ -33,8 +33,9 @@ import (
 const (
 	// ConsolePipeName is the FIFO in a VM's directory that the VMM writes its console into.
 	ConsolePipeName = "console.pipe"
-	// ConsoleLogMax is the most one console log file holds before it is rotated.
-	ConsoleLogMax = 2 << 20
+	// DefaultConsoleLogMax is the most one console log file holds before it is rotated,
+	// unless the Spec says otherwise.
+	DefaultConsoleLogMax = 2 << 20
 	// rotatedSuffix names the previous log file: LogPath + rotatedSuffix.
 	rotatedSuffix = ".1"
 
@@ -55,7 +56,7 @@ type console struct {
 }
 
 // newConsole makes a fresh FIFO in dir and opens both ends; the write end is for the VMM.
-func newConsole(dir, logPath string) (*console, *os.File, error) {
+func newConsole(dir, logPath string, logMax int64) (*console, *os.File, error) {
 	path := filepath.Join(dir, ConsolePipeName)
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, fmt.Errorf("removing stale console pipe %s: %w", path, err)
@@ -81,7 +82,7 @@ func newConsole(dir, logPath string) (*console, *os.File, error) {
 		w.Close()
 		return nil, nil, fmt.Errorf("making console pipe %s blocking: %w", path, err)
 	}
-	return startConsole(r, logPath), w, nil
+	return startConsole(r, logPath, logMax), w, nil
 }
 
 // openFIFO opens the FIFO at path non-blocking, refusing anything that is not a FIFO.
@@ -97,12 +98,15 @@ func openFIFO(path string, flag int) (*os.File, error) {
 	return f, nil
 }
 
-func startConsole(r *os.File, logPath string) *console {
+func startConsole(r *os.File, logPath string, logMax int64) *console {
+	if logMax <= 0 {
+		logMax = DefaultConsoleLogMax
+	}
 	c := &console{r: r, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		defer r.Close()
-		w := openCappedLog(logPath, ConsoleLogMax)
+		w := openCappedLog(logPath, logMax)
 		defer w.Close()
 		// Errors end the drain only on the reading side: a log that cannot be written
 		// discards (capped.Write never fails), so the VMM is never left writing into a

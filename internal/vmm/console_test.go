@@ -14,14 +14,14 @@ import (
 )
 
 // TestConsoleLogStaysBounded: a VMM writing far beyond the cap through the console FIFO
-// leaves at most ConsoleLogMax bytes in each of the two log files at every moment, the two
+// leaves at most DefaultConsoleLogMax bytes in each of the two log files at every moment, the two
 // files hold a contiguous suffix of the output, and the tail is its last lines.
 func TestConsoleLogStaysBounded(t *testing.T) {
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "console.log")
 	const lines = 3_000_000 // about 21 MiB, ten times the cap
 	cmd := exec.Command("/bin/sh", "-c", "seq 1 "+strconv.Itoa(lines)+"; echo LAST LINE; exec sleep 60")
-	p, err := Launch(cmd, logPath, dir)
+	p, err := Launch(cmd, logPath, 0, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,8 +41,8 @@ func TestConsoleLogStaysBounded(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if largest > ConsoleLogMax {
-		t.Errorf("a log file reached %d bytes, cap %d", largest, ConsoleLogMax)
+	if largest > DefaultConsoleLogMax {
+		t.Errorf("a log file reached %d bytes, cap %d", largest, DefaultConsoleLogMax)
 	}
 	ents, _ := os.ReadDir(dir)
 	var names []string
@@ -53,7 +53,7 @@ func TestConsoleLogStaysBounded(t *testing.T) {
 			total += fi.Size()
 		}
 	}
-	if total > 2*ConsoleLogMax+1024 {
+	if total > 2*DefaultConsoleLogMax+1024 {
 		t.Errorf("the VM directory holds %d bytes (%v), more than two capped logs", total, names)
 	}
 
@@ -68,8 +68,8 @@ func TestConsoleLogStaysBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	lr.Close()
-	if int64(kept.Len()) < ConsoleLogMax {
-		t.Errorf("only %d bytes kept, want at least the cap %d", kept.Len(), ConsoleLogMax)
+	if int64(kept.Len()) < DefaultConsoleLogMax {
+		t.Errorf("only %d bytes kept, want at least the cap %d", kept.Len(), DefaultConsoleLogMax)
 	}
 	got := strings.Split(strings.TrimSuffix(kept.String(), "\n"), "\n")
 	if got[len(got)-1] != "LAST LINE" {

@@ -36,11 +36,12 @@ type Process struct {
 }
 
 // Launch starts cmd as a VMM in its own session, so that it survives the daemon being
-// killed, with stdout and stderr going to its console log at logPath through the console
-// FIFO in dir (see ConsolePipeName), and records its pid in dir/vmm.pid. The VMM must write
-// its serial console to its stdout. cmd must not have been started.
-func Launch(cmd *exec.Cmd, logPath, dir string) (*Process, error) {
-	c, w, err := newConsole(dir, logPath)
+// killed, with stdout and stderr going to its console log at logPath (files capped at
+// logMax bytes, 0 for DefaultConsoleLogMax) through the console FIFO in dir (see
+// ConsolePipeName), and records its pid in dir/vmm.pid. The VMM must write its serial
+// console to its stdout. cmd must not have been started.
+func Launch(cmd *exec.Cmd, logPath string, logMax int64, dir string) (*Process, error) {
+	c, w, err := newConsole(dir, logPath, logMax)
 	if err != nil {
 		return nil, fmt.Errorf("preparing the VMM console: %w", err)
 	}
@@ -152,7 +153,7 @@ func (p *Process) drainConsole() {
 // AttachConsole resumes draining the console FIFO in dir into logPath, for a VMM found
 // again by Adopt after the daemon restarted (output written meanwhile was dropped). A VMM
 // started before consoles went through a FIFO has none; that is not an error.
-func (p *Process) AttachConsole(logPath, dir string) error {
+func (p *Process) AttachConsole(logPath string, logMax int64, dir string) error {
 	path := filepath.Join(dir, ConsolePipeName)
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -161,7 +162,7 @@ func (p *Process) AttachConsole(logPath, dir string) error {
 	if err != nil {
 		return err
 	}
-	c := startConsole(r, logPath)
+	c := startConsole(r, logPath, logMax)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.console != nil || p.Exited() {

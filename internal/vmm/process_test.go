@@ -28,7 +28,7 @@ func TestLaunchAdoptKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exec sleep 60", "vmm-test", dir)
-	p, err := Launch(cmd, logPath, dir)
+	p, err := Launch(cmd, logPath, 0, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -234,7 +234,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	began := time.Now()
 	// Not CommandContext: the VMM must outlive the request (and the daemon) that started it.
 	cmd := exec.Command(bin, args...)
-	proc, err := vmm.Launch(cmd, spec.LogPath, spec.Dir)
+	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
 	}
@@ -274,7 +274,7 @@ func (d *Driver) Recover(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machi
 			accel = argv[i+1]
 		}
 	}
-	if err := proc.AttachConsole(spec.LogPath, spec.Dir); err != nil {
+	if err := proc.AttachConsole(spec.LogPath, spec.LogMax, spec.Dir); err != nil {
 		d.log.Warn("console output of a recovered VM is not logged", "vm", spec.ID, "error", err.Error())
 	}
 	d.log.Info("vmm recovered", "vm", spec.ID, "pid", pid, "accel", accel)
