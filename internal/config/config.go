@@ -41,6 +41,11 @@ type Config struct {
 	Catalogs []string `yaml:"catalogs"`
 	// MetricsListen is a TCP address for Prometheus metrics at /metrics; empty: off.
 	MetricsListen string `yaml:"metrics_listen"`
+	// ConsoleLogMax caps each of a VM's two console log files (console.log and the rotated
+	// console.log.1): a guest can print without end.
+	ConsoleLogMax string `yaml:"console_log_max"`
+	// ConsoleLogMaxBytes is ConsoleLogMax parsed by Finish.
+	ConsoleLogMaxBytes int64 `yaml:"-"`
 	// DebianMirror is used by the debian image builder.
 	DebianMirror string `yaml:"debian_mirror"`
 }
@@ -115,10 +120,11 @@ func Default() Config {
 			Image: "tiny", VCPU: 1, Memory: "512M",
 			SystemOverlaySize: "4G", WorkDiskSize: "8G",
 		},
-		VMM:          "auto",
-		Qemu:         Qemu{Binary: "qemu-system-x86_64", Accel: "auto", Machine: "microvm"},
-		Firecracker:  Firecracker{Binary: "firecracker"},
-		DebianMirror: "http://deb.debian.org/debian",
+		VMM:           "auto",
+		Qemu:          Qemu{Binary: "qemu-system-x86_64", Accel: "auto", Machine: "microvm"},
+		Firecracker:   Firecracker{Binary: "firecracker"},
+		DebianMirror:  "http://deb.debian.org/debian",
+		ConsoleLogMax: "2M",
 	}
 }
 
@@ -176,8 +182,24 @@ func (c *Config) Finish() error {
 	if _, err := model.DiskBytes("defaults.work_disk_size", c.Defaults.WorkDiskSize); err != nil {
 		return err
 	}
+	n, err := model.ParseSize("console_log_max", c.ConsoleLogMax)
+	if err != nil {
+		return err
+	}
+	if n < minConsoleLog || n > maxConsoleLog {
+		return errdefs.InvalidArgument("console_log_max", c.ConsoleLogMax,
+			"must be between "+model.FormatSize(minConsoleLog)+" and "+model.FormatSize(maxConsoleLog))
+	}
+	c.ConsoleLogMaxBytes = n
 	return nil
 }
+
+// The console log cap's sane range: enough for a boot's messages, little enough that a
+// host with many VMs keeps its disk.
+const (
+	minConsoleLog = 64 << 10
+	maxConsoleLog = 1 << 30
+)
 
 func firstLabel(d string) string {
 	if i := strings.IndexByte(d, '.'); i >= 0 {

@@ -58,6 +58,8 @@ func TestFinishNamesBadFields(t *testing.T) {
 		{func(c *Config) { c.Defaults.Memory = "lots" }, "defaults.memory"},
 		{func(c *Config) { c.Defaults.WorkDiskSize = "1K" }, "defaults.work_disk_size"},
 		{func(c *Config) { c.DNS.Domain = "Bad_Domain" }, "dns.domain"},
+		{func(c *Config) { c.ConsoleLogMax = "1K" }, "console_log_max"},
+		{func(c *Config) { c.ConsoleLogMax = "much" }, "console_log_max"},
 	} {
 		c := Default()
 		tc.mut(&c)

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -223,22 +222,14 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 }
 
 func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("creating socket dir: %w", err)
-	}
-	// A stale socket from a crashed daemon is removed; a live one means another daemon runs.
+	// A stale socket from a crashed daemon is replaced; a live one means another daemon runs.
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another bangerd is already serving %s", path)
 	}
-	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	l, err := rpc.ListenUnix(path, 0o660, -1)
 	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, err
+		return nil, fmt.Errorf("serving the daemon socket: %w", err)
 	}
 	return l, nil
 }

@@ -1,12 +1,14 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/helper"
+	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/rpc"
 	"banger/internal/vmm"
@@ -117,6 +120,9 @@ type fakeDriver struct {
 	mu        sync.Mutex
 	failStart bool
 	started   []vmm.Spec
+	// console, if set, writes the "guest's" console log, and the machine then exits
+	// before its agent answers, like a guest that panics at boot.
+	console func(logPath string)
 }
 
 func (f *fakeDriver) Name() string { return "fake" }
@@ -130,7 +136,12 @@ func (f *fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, err
 		return nil, errors.New("cannot load kernel")
 	}
 	f.started = append(f.started, spec)
-	return newFakeMachine(), nil
+	m := newFakeMachine()
+	if f.console != nil {
+		f.console(spec.LogPath)
+		m.stop()
+	}
+	return m, nil
 }
 func (f *fakeDriver) Recover(context.Context, vmm.Spec, int) (vmm.Machine, error) {
 	return nil, vmm.ErrNotRunning
@@ -315,4 +326,48 @@ func mustVM(t *testing.T, td *testDaemon, name string) api.VMResult {
 		t.Fatal(err)
 	}
 	return res
+}
+
+// TestHugeConsoleLogBoundsTheStartError: a guest that filled its console log (100 MiB in one
+// line, escape sequences, the last line that matters) and died makes a start error, and a
+// recorded last_error, of a few KiB that quote the end of the log and no escape sequence.
+// The daemon used to read the whole log and send it back, and store it with the VM.
+func TestHugeConsoleLogBoundsTheStartError(t *testing.T) {
+	td, _, drv := startFakeDaemon(t)
+	if _, err := td.create(api.VMCreateParams{Name: "spam"}); err != nil {
+		t.Fatal(err)
+	}
+	drv.console = func(logPath string) {
+		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		f.WriteString("booting\n")
+		f.Write(bytes.Repeat([]byte("y"), 100<<20))
+		f.WriteString("\n\x1b]0;pwned\x07\x1b[2J\nKernel panic - not syncing: the last line\n")
+	}
+	err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMStart, api.VMRef{VM: "spam"}, nil)
+	if err == nil {
+		t.Fatal("start of a VM whose VMM exited at once succeeded")
+	}
+	msg := err.Error()
+	if len(msg) > 8<<10 || !strings.Contains(msg, "Kernel panic - not syncing: the last line") || strings.ContainsAny(msg, "\x1b\x07") {
+		t.Errorf("start error is %d bytes (escape sequences: %v), want a few KiB quoting the last line: %.300q…",
+			len(msg), strings.ContainsAny(msg, "\x1b\x07"), msg)
+	}
+	vm := mustVM(t, td, "spam").VM
+	if len(vm.LastError) > model.MaxLastError || !strings.Contains(vm.LastError, "the last line") || strings.ContainsAny(vm.LastError, "\x1b\x07") {
+		t.Errorf("last_error is %d bytes, want at most %d quoting the last line: %.300q…", len(vm.LastError), model.MaxLastError, vm.LastError)
+	}
+	var list api.VMListResult
+	if err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMList, nil, &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range list.VMs {
+		if len(v.LastError) > model.MaxLastError {
+			t.Errorf("vm ls carries a %d-byte last_error", len(v.LastError))
+		}
+	}
 }

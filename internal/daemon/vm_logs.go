@@ -3,14 +3,15 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
-	"os"
+	"io/fs"
 	"path/filepath"
-	"time"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/rpc"
+	"banger/internal/vmm"
 )
 
 // logsStream is vm.logs: the console log, then (with follow) what is appended to it until
@@ -24,37 +25,26 @@ func (d *Daemon) logsStream(ctx context.Context, params json.RawMessage, s *rpc.
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(filepath.Join(vm.Dir, consoleLogName))
+	lr, err := vmm.OpenLog(filepath.Join(vm.Dir, consoleLogName))
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return errdefs.New(errdefs.ErrNotFound, "vm %s has no console log yet (never started)", vm.Name)
 		}
 		return err
 	}
-	defer f.Close()
+	defer lr.Close()
 	if err := s.Accept(api.VMResult{VM: *vm}); err != nil {
 		return err
 	}
 	defer s.Close()
 	// The client closing its side ends a follow.
-	gone := make(chan struct{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	go func() {
 		io.Copy(io.Discard, s)
-		close(gone)
+		cancel()
 	}()
-	for {
-		if _, err := io.Copy(s, f); err != nil {
-			return nil
-		}
-		if !p.Follow {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-gone:
-			return nil
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	// A failed write means the client is gone: nothing left to report to.
+	_ = lr.CopyTo(ctx, s, p.Follow)
+	return nil
 }

@@ -68,6 +68,7 @@ func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
 		},
 		VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
 		LogPath:     filepath.Join(vm.Dir, consoleLogName),
+		LogMax:      d.cfg.ConsoleLogMaxBytes,
 		MetricsPath: filepath.Join(vm.Dir, metricsName),
 		CID:         vm.CID,
 		ChannelPath: filepath.Join(vm.Dir, channelName),
@@ -190,7 +191,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	defer cancel()
 	pinfo, err := d.waitReady(readyCtx, rt, opid.From(ctx))
 	if err != nil {
-		tail := tailFile(spec.LogPath, 15)
+		tail := vmm.LogTail(spec.LogPath, 0, consoleTailLines)
 		msg := fmt.Sprintf("vm %s did not become ready: %v", vm.Name, err)
 		if tail != "" {
 			msg += "\nlast console lines:\n" + tail
@@ -210,6 +211,9 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	d.watchExit(vm.ID, m)
 	return nil
 }
+
+// consoleTailLines is how much of the console a failed start quotes.
+const consoleTailLines = 15
 
 // watchExit records a VM as stopped when its VMM exits on its own (guest poweroff, crash).
 func (d *Daemon) watchExit(id string, m vmm.Machine) {
@@ -259,7 +263,7 @@ func (d *Daemon) startVM(ctx context.Context, ref string) (*model.VM, error) {
 func (d *Daemon) startRecorded(ctx context.Context, rt *vmRuntime, vm *model.VM) error {
 	err := d.startLocked(ctx, rt, vm, noProgress{})
 	if err != nil {
-		vm.State, vm.PID, vm.LastError = model.VMStopped, 0, err.Error()
+		vm.State, vm.PID, vm.LastError = model.VMStopped, 0, model.CapLastError(err.Error())
 		rt.setMachine(nil)
 		rt.resetSession()
 		d.store.UpdateVM(context.WithoutCancel(ctx), vm)
@@ -281,16 +285,4 @@ func (d *Daemon) lockVM(ctx context.Context, ref string) (*model.VM, *vmRuntime,
 		return nil, nil, err
 	}
 	return vm, rt, nil
-}
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -223,6 +223,39 @@ func TestHelperEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("foreign devices", func(t *testing.T) {
+		// Devices with tap-shaped names that are not banger's (another uid's tap, a
+		// root-made tap without an owner, a tun) survive the helper's delete and cleanup,
+		// and are not reported as banger's for reconcile to remove.
+		ctx := context.Background()
+		netnstest.Run(t, "ip", "-n", h.ns, "tuntap", "add", "dev", "bgr2", "mode", "tap", "user", "1001", "group", "1000")
+		netnstest.Run(t, "ip", "-n", h.ns, "tuntap", "add", "dev", "bgr3", "mode", "tap")
+		netnstest.Run(t, "ip", "-n", h.ns, "tuntap", "add", "dev", "bgr4", "mode", "tun", "user", "1000", "group", "1000")
+		if err := c.CreateTap(ctx, "bgr1"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.State(ctx)
+		if err != nil || !slices.Equal(st.Taps, []string{"bgr1"}) {
+			t.Fatalf("state = %+v, %v; want only banger's tap bgr1", st, err)
+		}
+		for _, name := range []string{"bgr2", "bgr3", "bgr4"} {
+			wantCode(t, c.DeleteTap(ctx, name), rpc.CodeConflict, name)
+		}
+		if err := c.Cleanup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		out := netnstest.Run(t, "ip", "-n", h.ns, "-o", "link", "show")
+		if strings.Contains(out, "bgr1:") {
+			t.Errorf("banger's tap bgr1 survived cleanup:\n%s", out)
+		}
+		for _, name := range []string{"bgr2", "bgr3", "bgr4"} {
+			if !strings.Contains(out, name+":") {
+				t.Errorf("cleanup deleted %s, which is not banger's:\n%s", name, out)
+			}
+			netnstest.Run(t, "ip", "-n", h.ns, "link", "del", name)
+		}
+	})
+
 	t.Run("invalid arguments", func(t *testing.T) {
 		ctx := context.Background()
 		for _, tap := range []string{"eth0", "lo", "bgrZZ", "bgtbr0", "bgr0123456789abc"} {

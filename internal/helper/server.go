@@ -6,12 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -102,7 +99,7 @@ func NewServer(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		return struct{}{}, cfg.Net.DeleteTap(ctx, p.Tap)
+		return struct{}{}, cfg.Net.DeleteTap(ctx, p.Tap, cfg.TapOwnerUID, cfg.TapOwnerGID)
 	})
 	s.wrap(MethodEnableNAT, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		ip, err := s.natParams(raw)
@@ -122,13 +119,13 @@ func NewServer(cfg Config) (*Server, error) {
 		if err := noParams(raw); err != nil {
 			return nil, err
 		}
-		return struct{}{}, cfg.Net.Cleanup(ctx)
+		return struct{}{}, cfg.Net.Cleanup(ctx, cfg.TapOwnerUID, cfg.TapOwnerGID)
 	})
 	s.wrap(MethodState, func(ctx context.Context, raw json.RawMessage) (any, error) {
 		if err := noParams(raw); err != nil {
 			return nil, err
 		}
-		taps, ips, err := cfg.Net.State(ctx)
+		taps, ips, err := cfg.Net.State(ctx, cfg.TapOwnerUID, cfg.TapOwnerGID)
 		if err != nil {
 			return nil, err
 		}
@@ -143,36 +140,16 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve listens on the socket and serves until ctx ends. A stale socket from an earlier
-// run is replaced; any other file at that path is an error.
+// Serve listens on the socket and serves until ctx ends. The socket is root:SocketGroup
+// mode 0660 from the moment it is reachable (rpc.ListenUnix). A stale socket from an
+// earlier run is replaced; any other file at that path is an error.
 func (s *Server) Serve(ctx context.Context) error {
 	path := s.cfg.Socket
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("creating socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return errdefs.New(errdefs.ErrConflict, "%s exists and is not a socket; not replacing it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("removing stale socket %s: %w", path, err)
-		}
-	}
-	l, err := net.Listen("unix", path)
+	l, err := rpc.ListenUnix(path, 0o660, s.cfg.SocketGroup)
 	if err != nil {
-		return fmt.Errorf("listening on %s: %w", path, err)
+		return fmt.Errorf("serving the helper socket: %w", err)
 	}
-	defer os.Remove(path)
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return fmt.Errorf("setting mode of %s: %w", path, err)
-	}
-	if s.cfg.SocketGroup >= 0 {
-		if err := os.Chown(path, 0, s.cfg.SocketGroup); err != nil {
-			l.Close()
-			return fmt.Errorf("setting group of %s to %d: %w", path, s.cfg.SocketGroup, err)
-		}
-	}
+	defer l.Close()
 	s.log.Info("helper listening", "socket", path, "bridge", s.cfg.Net.Bridge, "prefix", s.cfg.Net.Prefix.String(),
 		"socket_group", s.cfg.SocketGroup, "allow_uids", s.cfg.AllowUIDs, "allow_gids", s.cfg.AllowGIDs)
 	return s.rpc.Serve(ctx, l)

@@ -98,17 +98,21 @@ func (n Net) ValidGuestIP(field string, ip netip.Addr) error {
 	return nil
 }
 
-// State reports what banger currently has on the host: tap names and the guests with NAT.
-// The daemon compares it with its database to delete leftovers after a crash.
-func (n Net) State(ctx context.Context) (taps []string, natIPs []netip.Addr, err error) {
+// State reports what banger currently has on the host: the names of its taps (those owned
+// by ownerUID and ownerGID) and the guests with NAT. The daemon compares it with its
+// database to delete leftovers after a crash.
+func (n Net) State(ctx context.Context, ownerUID, ownerGID int) (taps []string, natIPs []netip.Addr, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	taps, err = listTaps()
+	links, err := listTaps(ownerUID, ownerGID)
 	if err != nil {
 		return nil, nil, err
+	}
+	for _, l := range links {
+		taps = append(taps, l.Attrs().Name)
 	}
 	natIPs, err = natGuests()
 	if err != nil {
@@ -117,9 +121,10 @@ func (n Net) State(ctx context.Context) (taps []string, natIPs []netip.Addr, err
 	return taps, natIPs, nil
 }
 
-// Cleanup removes everything banger created: every banger tap, the nftables table and the
-// bridge. It leaves net.ipv4.ip_forward alone because other software may rely on it.
-func (n Net) Cleanup(ctx context.Context) error {
+// Cleanup removes everything banger created: every banger tap (owned by ownerUID and
+// ownerGID; other devices with tap-shaped names stay), the nftables table and the bridge.
+// It leaves net.ipv4.ip_forward alone because other software may rely on it.
+func (n Net) Cleanup(ctx context.Context, ownerUID, ownerGID int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -128,12 +133,12 @@ func (n Net) Cleanup(ctx context.Context) error {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	taps, err := listTaps()
+	taps, err := listTaps(ownerUID, ownerGID)
 	if err != nil {
 		return err
 	}
 	for _, t := range taps {
-		if err := deleteTap(t); err != nil {
+		if err := deleteLink(t); err != nil {
 			return err
 		}
 	}

@@ -177,7 +177,7 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 	wantKind(t, ns, n, opArgs{Op: "delete_tap", Name: "bgrdead"}, "conflict")
 	netnstest.Run(t, "ip", "-n", ns, "link", "del", "bgrdead")
 
-	if st := mustOp(t, ns, n, opArgs{Op: "state"}); !slices.Equal(st.Taps, []string{"bgr1a2b", "bgr2"}) || len(st.NAT) != 0 {
+	if st := mustOp(t, ns, n, opArgs{Op: "state", UID: 1000, GID: 1000}); !slices.Equal(st.Taps, []string{"bgr1a2b", "bgr2"}) || len(st.NAT) != 0 {
 		t.Errorf("state = %+v", st)
 	}
 
@@ -218,18 +218,18 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 
 	mustOp(t, ns, n, opArgs{Op: "disable_nat", IP: "172.30.0.5"})
 	mustOp(t, ns, n, opArgs{Op: "disable_nat", IP: "172.30.0.5"})
-	if st := mustOp(t, ns, n, opArgs{Op: "state"}); !slices.Equal(st.NAT, []netip.Addr{netip.MustParseAddr("172.30.0.6"), netip.MustParseAddr("172.30.0.7")}) {
+	if st := mustOp(t, ns, n, opArgs{Op: "state", UID: 1000, GID: 1000}); !slices.Equal(st.NAT, []netip.Addr{netip.MustParseAddr("172.30.0.6"), netip.MustParseAddr("172.30.0.7")}) {
 		t.Errorf("state NAT after DisableNAT = %v", st.NAT)
 	}
 
-	mustOp(t, ns, n, opArgs{Op: "delete_tap", Name: "bgr2"})
-	mustOp(t, ns, n, opArgs{Op: "delete_tap", Name: "bgr2"})
-	if st := mustOp(t, ns, n, opArgs{Op: "state"}); !slices.Equal(st.Taps, []string{"bgr1a2b"}) {
+	mustOp(t, ns, n, opArgs{Op: "delete_tap", Name: "bgr2", UID: 1000, GID: 1000})
+	mustOp(t, ns, n, opArgs{Op: "delete_tap", Name: "bgr2", UID: 1000, GID: 1000})
+	if st := mustOp(t, ns, n, opArgs{Op: "state", UID: 1000, GID: 1000}); !slices.Equal(st.Taps, []string{"bgr1a2b"}) {
 		t.Errorf("taps after DeleteTap = %v", st.Taps)
 	}
 
-	mustOp(t, ns, n, opArgs{Op: "cleanup"})
-	mustOp(t, ns, n, opArgs{Op: "cleanup"})
+	mustOp(t, ns, n, opArgs{Op: "cleanup", UID: 1000, GID: 1000})
+	mustOp(t, ns, n, opArgs{Op: "cleanup", UID: 1000, GID: 1000})
 	for name := range links(t, ns) {
 		if strings.HasPrefix(name, "bgr") || name == "bgtbr0" {
 			t.Errorf("interface %s left after Cleanup", name)
@@ -238,7 +238,57 @@ func TestBridgeTapNATLifecycle(t *testing.T) {
 	if _, _, ok := listTable(t, ns); ok {
 		t.Error("nftables table banger left after Cleanup")
 	}
-	if st := mustOp(t, ns, n, opArgs{Op: "state"}); len(st.Taps)+len(st.NAT) != 0 {
+	if st := mustOp(t, ns, n, opArgs{Op: "state", UID: 1000, GID: 1000}); len(st.Taps)+len(st.NAT) != 0 {
 		t.Errorf("state after Cleanup = %+v", st)
+	}
+}
+
+// TestForeignTapsSurvive: a tap-shaped name does not make a device banger's. A tap owned by
+// another uid, a tap with banger's uid but another group, a root-made tap without an owner
+// and a tun are refused by DeleteTap, hidden from State and kept by Cleanup; banger's own
+// tap is removed.
+func TestForeignTapsSurvive(t *testing.T) {
+	netnstest.Require(t, "nft")
+	ns := netnstest.New(t, "foreign")
+	n := testNet
+	own := opArgs{UID: 1000, GID: 1000}
+
+	mustOp(t, ns, n, opArgs{Op: "create_tap", Name: "bgr1", UID: 1000, GID: 1000})
+	netnstest.Run(t, "ip", "-n", ns, "tuntap", "add", "dev", "bgr2", "mode", "tap", "user", "1001", "group", "1000")
+	netnstest.Run(t, "ip", "-n", ns, "tuntap", "add", "dev", "bgr3", "mode", "tap", "user", "1000", "group", "1001")
+	netnstest.Run(t, "ip", "-n", ns, "tuntap", "add", "dev", "bgr4", "mode", "tap")
+	netnstest.Run(t, "ip", "-n", ns, "tuntap", "add", "dev", "bgr5", "mode", "tun", "user", "1000", "group", "1000")
+	foreign := []string{"bgr2", "bgr3", "bgr4", "bgr5"}
+
+	if st := mustOp(t, ns, n, opArgs{Op: "state", UID: own.UID, GID: own.GID}); !slices.Equal(st.Taps, []string{"bgr1"}) {
+		t.Errorf("state lists taps %v, want only banger's bgr1", st.Taps)
+	}
+	for _, name := range foreign {
+		wantKind(t, ns, n, opArgs{Op: "delete_tap", Name: name, UID: own.UID, GID: own.GID}, "conflict")
+	}
+	// A daemon running as root owns its taps as 0:0; a root-made tap without an owner is
+	// still not one of them.
+	wantKind(t, ns, n, opArgs{Op: "delete_tap", Name: "bgr4", UID: 0, GID: 0}, "conflict")
+
+	mustOp(t, ns, n, opArgs{Op: "cleanup", UID: own.UID, GID: own.GID})
+	left := links(t, ns)
+	if _, ok := left["bgr1"]; ok {
+		t.Error("banger's tap bgr1 survived Cleanup")
+	}
+	for _, name := range foreign {
+		if _, ok := left[name]; !ok {
+			t.Errorf("Cleanup deleted %s, which is not banger's", name)
+		}
+	}
+	mustOp(t, ns, n, opArgs{Op: "create_tap", Name: "bgr1", UID: 1000, GID: 1000})
+	mustOp(t, ns, n, opArgs{Op: "delete_tap", Name: "bgr1", UID: own.UID, GID: own.GID})
+	left = links(t, ns)
+	if _, ok := left["bgr1"]; ok {
+		t.Error("banger's tap bgr1 survived DeleteTap")
+	}
+	for _, name := range foreign {
+		if _, ok := left[name]; !ok {
+			t.Errorf("%s is gone", name)
+		}
 	}
 }

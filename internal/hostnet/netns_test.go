@@ -112,15 +112,15 @@ func performOp(a opArgs) opResult {
 	case "create_tap":
 		err = n.CreateTap(ctx, a.Name, a.UID, a.GID, a.MAC)
 	case "delete_tap":
-		err = n.DeleteTap(ctx, a.Name)
+		err = n.DeleteTap(ctx, a.Name, a.UID, a.GID)
 	case "enable_nat":
 		err = n.EnableNAT(ctx, ip)
 	case "disable_nat":
 		err = n.DisableNAT(ctx, ip)
 	case "cleanup":
-		err = n.Cleanup(ctx)
+		err = n.Cleanup(ctx, a.UID, a.GID)
 	case "state":
-		res.Taps, res.NAT, err = n.State(ctx)
+		res.Taps, res.NAT, err = n.State(ctx, a.UID, a.GID)
 	default:
 		err = fmt.Errorf("unknown op %q", a.Op)
 	}

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strconv"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"banger/internal/errdefs"
@@ -103,7 +105,7 @@ func (n Net) CreateTap(ctx context.Context, name string, ownerUID, ownerGID int,
 	if int(tt.Owner) != ownerUID || int(tt.Group) != ownerGID {
 		return errdefs.WithHint(
 			errdefs.New(errdefs.ErrConflict, "tap %s exists with owner %d:%d, want %d:%d", name, tt.Owner, tt.Group, ownerUID, ownerGID),
-			"delete the tap (banger's helper.delete_tap) and create it again")
+			"it is not banger's (or was made for another owner); remove it with `ip link delete "+name+"` if nothing uses it")
 	}
 	return configureTap(link, br, hw)
 }
@@ -127,8 +129,10 @@ func configureTap(link, br netlink.Link, hw net.HardwareAddr) error {
 	return nil
 }
 
-// DeleteTap removes the tap; a missing tap is not an error.
-func (n Net) DeleteTap(ctx context.Context, name string) error {
+// DeleteTap removes the tap if it is banger's: a tap owned by ownerUID and ownerGID. A
+// missing tap is not an error; a tun, or a tap with any other owner, is a conflict and is
+// left alone, since the name alone does not make a device banger's.
+func (n Net) DeleteTap(ctx context.Context, name string, ownerUID, ownerGID int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -137,10 +141,6 @@ func (n Net) DeleteTap(ctx context.Context, name string) error {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	return deleteTap(name)
-}
-
-func deleteTap(name string) error {
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
 		return nil
@@ -148,27 +148,121 @@ func deleteTap(name string) error {
 	if err != nil {
 		return fmt.Errorf("looking up tap %s: %w", name, err)
 	}
-	if _, ok := link.(*netlink.Tuntap); !ok {
-		return errdefs.New(errdefs.ErrConflict, "interface %s is a %s, not a tap; not deleting it", name, link.Type())
+	if err := checkOwnTap(link, ownerUID, ownerGID); err != nil {
+		return err
 	}
+	return deleteLink(link)
+}
+
+func deleteLink(link netlink.Link) error {
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("deleting tap %s: %w", name, err)
+		return fmt.Errorf("deleting tap %s: %w", link.Attrs().Name, err)
 	}
 	return nil
 }
 
-// listTaps returns the names of banger's taps, sorted.
-func listTaps() ([]string, error) {
+// checkOwnTap returns nil if link is a tap banger created: tap mode (not tun) with both
+// owner and group set to banger's. The owner is read from the kernel's attributes rather
+// than netlink.Tuntap, which reports a device without an owner as owned by uid 0.
+func checkOwnTap(link netlink.Link, ownerUID, ownerGID int) error {
+	name := link.Attrs().Name
+	tt, ok := link.(*netlink.Tuntap)
+	if !ok {
+		return errdefs.New(errdefs.ErrConflict, "interface %s is a %s, not a tap; not deleting it", name, link.Type())
+	}
+	if tt.Mode != netlink.TUNTAP_MODE_TAP {
+		return errdefs.New(errdefs.ErrConflict, "interface %s is a tun, not a tap; not deleting it", name)
+	}
+	uid, gid, err := tunOwner(link.Attrs().Index)
+	if err != nil {
+		return fmt.Errorf("reading the owner of tap %s: %w", name, err)
+	}
+	if uid != int64(ownerUID) || gid != int64(ownerGID) {
+		return errdefs.New(errdefs.ErrConflict, "tap %s is owned by %s:%s, not banger's %d:%d; not deleting it",
+			name, idString(uid), idString(gid), ownerUID, ownerGID)
+	}
+	return nil
+}
+
+func idString(id int64) string {
+	if id < 0 {
+		return "none"
+	}
+	return strconv.FormatInt(id, 10)
+}
+
+// tunOwner returns the owner and group of the tun/tap device with the given index, -1 for
+// one that is not set.
+func tunOwner(index int) (uid, gid int64, err error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	req.AddData(msg)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return -1, -1, err
+	}
+	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
+		return -1, -1, fmt.Errorf("unexpected netlink answer (%d messages)", len(msgs))
+	}
+	uid, gid = -1, -1
+	data, err := nestedAttr(msgs[0][unix.SizeofIfInfomsg:], unix.IFLA_LINKINFO, nl.IFLA_INFO_DATA)
+	if err != nil || data == nil {
+		return uid, gid, err
+	}
+	attrs, err := nl.ParseRouteAttr(data)
+	if err != nil {
+		return -1, -1, err
+	}
+	for _, a := range attrs {
+		if len(a.Value) < 4 {
+			continue
+		}
+		switch a.Attr.Type {
+		case nl.IFLA_TUN_OWNER:
+			uid = int64(nl.NativeEndian().Uint32(a.Value))
+		case nl.IFLA_TUN_GROUP:
+			gid = int64(nl.NativeEndian().Uint32(a.Value))
+		}
+	}
+	return uid, gid, nil
+}
+
+// nestedAttr follows the attribute types in path through nested netlink attributes and
+// returns the innermost value, nil if one is missing.
+func nestedAttr(b []byte, path ...uint16) ([]byte, error) {
+	for _, typ := range path {
+		attrs, err := nl.ParseRouteAttr(b)
+		if err != nil {
+			return nil, err
+		}
+		b = nil
+		for _, a := range attrs {
+			if a.Attr.Type&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == typ {
+				b = a.Value
+				break
+			}
+		}
+		if b == nil {
+			return nil, nil
+		}
+	}
+	return b, nil
+}
+
+// listTaps returns the names of banger's taps, sorted: tap-named taps owned by ownerUID and
+// ownerGID. Anything else with a tap-shaped name belongs to someone else.
+func listTaps(ownerUID, ownerGID int) ([]netlink.Link, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("listing interfaces: %w", err)
 	}
-	var out []string
+	var out []netlink.Link
 	for _, l := range links {
-		if _, ok := l.(*netlink.Tuntap); ok && ValidTapName(l.Attrs().Name) {
-			out = append(out, l.Attrs().Name)
+		if ValidTapName(l.Attrs().Name) && checkOwnTap(l, ownerUID, ownerGID) == nil {
+			out = append(out, l)
 		}
 	}
-	sort.Strings(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].Attrs().Name < out[j].Attrs().Name })
 	return out, nil
 }

@@ -2,7 +2,10 @@
 // syntax, size parsing, and the identifiers derived from a VM's guest IP. It has no I/O.
 package model
 
-import "time"
+import (
+	"time"
+	"unicode/utf8"
+)
 
 // VMState is the lifecycle state recorded for a VM.
 type VMState string
@@ -78,4 +81,21 @@ func (im *Image) FileByRole(role string) (File, bool) {
 		}
 	}
 	return File{}, false
+}
+
+// MaxLastError is the most of an error message a VM record keeps: the message may quote
+// what the guest printed, and the record goes out with every `vm ls`.
+const MaxLastError = 4 << 10
+
+// CapLastError cuts msg to MaxLastError bytes on a rune boundary, saying that it did.
+func CapLastError(msg string) string {
+	if len(msg) <= MaxLastError {
+		return msg
+	}
+	const mark = " … (truncated)"
+	cut := MaxLastError - len(mark)
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + mark
 }

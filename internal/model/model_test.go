@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"banger/internal/errdefs"
 	"banger/internal/model"
@@ -323,5 +324,16 @@ func TestFileByRole(t *testing.T) {
 	}
 	if _, ok := im.FileByRole(model.RoleInitrd); ok {
 		t.Errorf("FileByRole(initrd) found a file the image does not have")
+	}
+}
+
+func TestCapLastError(t *testing.T) {
+	if got := model.CapLastError("short"); got != "short" {
+		t.Errorf("short message changed: %q", got)
+	}
+	long := strings.Repeat("é", model.MaxLastError) // 2 bytes each
+	got := model.CapLastError(long)
+	if len(got) > model.MaxLastError || !utf8.ValidString(got) || !strings.HasSuffix(got, "(truncated)") {
+		t.Errorf("capped to %d bytes, valid UTF-8 %v, suffix %q", len(got), utf8.ValidString(got), got[len(got)-20:])
 	}
 }

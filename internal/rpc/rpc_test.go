@@ -23,6 +23,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/opid"
 	"banger/internal/rpc"
+	"banger/internal/rpc/rpctest"
 )
 
 // logBuffer collects the server's JSON log; the server writes from many goroutines while
@@ -778,5 +779,53 @@ func TestMintedOpIDsAreDistinct(t *testing.T) {
 			t.Fatalf("minted op id %q is malformed or repeated", id)
 		}
 		seen[id] = true
+	}
+}
+
+// TestListenUnixNeverWiderThanFinalMode: with umask 000, the socket never exists at its path
+// with a mode wider than the one asked for.
+func TestListenUnixNeverWiderThanFinalMode(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.sock")
+	w := rpctest.WatchSocket(t, path)
+	l, err := rpc.ListenUnix(path, 0o600, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Check(0o600)
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("directory holds %v, want only the socket", ents)
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("dialing the renamed socket: %v", err)
+	}
+	c.Close()
+	l.Close()
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left after Close: %v", err)
+	}
+
+	// A stale socket (its server gone without removing it) is replaced.
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	l, err = rpc.ListenUnix(path, 0o600, -1)
+	if err != nil {
+		t.Fatalf("replacing a stale socket: %v", err)
+	}
+	l.Close()
+	// Any other file is refused and kept.
+	if err := os.WriteFile(path, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rpc.ListenUnix(path, 0o600, -1); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("listening over a regular file: %v, want a conflict", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "keep" {
+		t.Errorf("the regular file was replaced: %q", b)
 	}
 }

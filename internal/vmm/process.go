@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,31 +27,38 @@ type Process struct {
 	cmdline []string
 	done    chan struct{}
 
-	// mu guards pidfd and cmd against the exit watcher closing the fd while Kill uses it.
-	mu    sync.Mutex
-	pidfd int // -1 when not open
-	cmd   *exec.Cmd
+	// mu guards pidfd and cmd against the exit watcher closing the fd while Kill uses it,
+	// and console against the watcher reading it while AttachConsole sets it.
+	mu      sync.Mutex
+	pidfd   int // -1 when not open
+	cmd     *exec.Cmd
+	console *console
 }
 
 // Launch starts cmd as a VMM in its own session, so that it survives the daemon being
-// killed, with stdout and stderr appended to logPath, and records its pid in
-// dir/vmm.pid. cmd must not have been started.
-func Launch(cmd *exec.Cmd, logPath, dir string) (*Process, error) {
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+// killed, with stdout and stderr going to its console log at logPath (files capped at
+// logMax bytes, 0 for DefaultConsoleLogMax) through the console FIFO in dir (see
+// ConsolePipeName), and records its pid in dir/vmm.pid. The VMM must write its serial
+// console to its stdout. cmd must not have been started.
+func Launch(cmd *exec.Cmd, logPath string, logMax int64, dir string) (*Process, error) {
+	c, w, err := newConsole(dir, logPath, logMax)
 	if err != nil {
-		return nil, fmt.Errorf("opening VMM log %s: %w", logPath, err)
+		return nil, fmt.Errorf("preparing the VMM console: %w", err)
 	}
-	// The child keeps its own copy of the descriptor; ours is only needed until Start.
-	defer logFile.Close()
+	// The child keeps its own copy of the write end; ours must go, or the drain would
+	// never see the end of the output.
+	defer w.Close()
 
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
+	cmd.Stdout = w
+	cmd.Stderr = w
 	cmd.Stdin = nil
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setsid = true
 	if err := cmd.Start(); err != nil {
+		w.Close()
+		c.wait(drainGrace)
 		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	p := &Process{
@@ -59,9 +67,11 @@ func Launch(cmd *exec.Cmd, logPath, dir string) (*Process, error) {
 		done:    make(chan struct{}),
 		pidfd:   -1,
 		cmd:     cmd,
+		console: c,
 	}
 	go func() {
 		_ = cmd.Wait()
+		p.drainConsole()
 		close(p.done)
 	}()
 	if err := WritePIDFile(dir, p.pid); err != nil {
@@ -119,6 +129,7 @@ func (p *Process) watch() {
 	} else {
 		p.pollUntilGone()
 	}
+	p.drainConsole()
 	p.mu.Lock()
 	if p.pidfd >= 0 {
 		_ = unix.Close(p.pidfd)
@@ -126,6 +137,40 @@ func (p *Process) watch() {
 	}
 	close(p.done)
 	p.mu.Unlock()
+}
+
+// drainConsole waits, bounded, for the exited VMM's last console output to reach the log,
+// so that whoever waits on Done sees all of it.
+func (p *Process) drainConsole() {
+	p.mu.Lock()
+	c := p.console
+	p.mu.Unlock()
+	if c != nil {
+		c.wait(drainGrace)
+	}
+}
+
+// AttachConsole resumes draining the console FIFO in dir into logPath, for a VMM found
+// again by Adopt after the daemon restarted (output written meanwhile was dropped). A VMM
+// started before consoles went through a FIFO has none; that is not an error.
+func (p *Process) AttachConsole(logPath string, logMax int64, dir string) error {
+	path := filepath.Join(dir, ConsolePipeName)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	r, err := openFIFO(path, os.O_RDONLY)
+	if err != nil {
+		return err
+	}
+	c := startConsole(r, logPath, logMax)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.console != nil || p.Exited() {
+		c.wait(0)
+		return nil
+	}
+	p.console = c
+	return nil
 }
 
 func (p *Process) pollUntilGone() {
@@ -275,30 +320,6 @@ func isZombie(pid int) bool {
 		return false
 	}
 	return b[i+2] == 'Z' || b[i+2] == 'X'
-}
-
-// LogTail returns up to max bytes written to path after offset, for error messages that
-// quote what a VMM printed before it failed.
-func LogTail(path string, offset int64, max int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	start := offset
-	if st.Size()-start > int64(max) {
-		start = st.Size() - int64(max)
-	}
-	if start < 0 {
-		start = 0
-	}
-	buf := make([]byte, st.Size()-start)
-	n, _ := f.ReadAt(buf, start)
-	return strings.TrimSpace(string(buf[:n]))
 }
 
 // FileSize returns the size of path, or 0 if it does not exist.

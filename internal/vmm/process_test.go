@@ -28,7 +28,7 @@ func TestLaunchAdoptKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exec sleep 60", "vmm-test", dir)
-	p, err := Launch(cmd, logPath, dir)
+	p, err := Launch(cmd, logPath, 0, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,14 @@ func TestLaunchAdoptKill(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if b, _ := os.ReadFile(logPath); !strings.HasPrefix(string(b), "earlier boot\n") ||
+	// The console drain writes the log asynchronously: give it a moment.
+	var b []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if b, _ = os.ReadFile(logPath); strings.Contains(string(b), "to-stdout") && strings.Contains(string(b), "to-stderr") {
+			break
+		}
+	}
+	if !strings.HasPrefix(string(b), "earlier boot\n") ||
 		!strings.Contains(string(b), "to-stdout") || !strings.Contains(string(b), "to-stderr") {
 		t.Fatalf("log not appended with stdout and stderr: %q", b)
 	}

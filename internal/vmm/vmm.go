@@ -41,6 +41,7 @@ type Spec struct {
 	VCPU        int
 	MemoryMiB   int
 	LogPath     string // serial console and VMM log
+	LogMax      int64  // cap of each console log file (see console.go); 0 for the default
 	MetricsPath string
 	CID         uint32 // vsock guest CID
 	// ChannelPath is the unix socket of the host↔guest agent channel: firecracker's hybrid

@@ -209,6 +209,7 @@ defaults:
   work_disk_size: 1G
 vmm: qemu
 agent_path: %s
+console_log_max: 256K
 `, x.stateDir, filepath.Join(x.dir, "run"), cacheDir, x.helperSock, bridgeIP, dnsDomain, filepath.Join(x.bin, "banger-agent"))
 	if err := os.WriteFile(x.config, []byte(cfg), 0o644); err != nil {
 		return x, err

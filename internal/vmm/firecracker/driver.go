@@ -205,7 +205,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	began := time.Now()
 	// Not CommandContext: the VMM must outlive the request (and the daemon) that started it.
 	cmd := exec.Command(bin, "--api-sock", apiSock, "--id", spec.ID)
-	proc, err := vmm.Launch(cmd, spec.LogPath, spec.Dir)
+	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
 	}
@@ -213,7 +213,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err := m.configure(ctx, spec, logPath, metricsPath); err != nil {
 		_ = proc.Kill()
 		<-proc.Done()
-		if tail := vmm.LogTail(spec.LogPath, logOffset, 2048); tail != "" {
+		if tail := vmm.LogTail(spec.LogPath, logOffset, 15); tail != "" {
 			err = fmt.Errorf("%w; firecracker output: %s", err, tail)
 		}
 		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
@@ -228,6 +228,9 @@ func (d *Driver) Recover(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machi
 	proc, err := vmm.Adopt(pid, vmm.MatchCmdline(d.cfg.Binary, apiSock))
 	if err != nil {
 		return nil, fmt.Errorf("recovering firecracker of VM %s: %w", spec.ID, err)
+	}
+	if err := proc.AttachConsole(spec.LogPath, spec.LogMax, spec.Dir); err != nil {
+		d.log.Warn("console output of a recovered VM is not logged", "vm", spec.ID, "error", err.Error())
 	}
 	d.log.Info("vmm recovered", "vm", spec.ID, "pid", pid)
 	return &Machine{proc: proc, spec: spec, api: NewClient(apiSock), log: d.log.With("vm", spec.ID)}, nil

@@ -67,9 +67,11 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	}
 	args = append(args, "-append", bootArgs(spec, p))
 
-	// The serial console goes to the VM log; append=on keeps earlier boots' output.
+	// The serial console goes to stdout, which vmm.Launch drains into the capped VM log
+	// (see vmm.ConsolePipeName); QEMU writing the log file itself would let the guest
+	// fill the disk. signal=off: a ^C from the guest's output is not QEMU's business.
 	args = append(args,
-		"-chardev", "file,id=console,path="+spec.LogPath+",append=on",
+		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 	)
 

@@ -75,7 +75,7 @@ func TestBuildArgsMicrovmTCG(t *testing.T) {
 			"virtserialport,chardev=agent,name=banger.agent",
 		},
 		"-chardev": {
-			"file,id=console,path=/vms/web/vm.log,append=on",
+			"stdio,id=console,signal=off",
 			"socket,id=agent,path=/vms/web/agent.sock,server=on,wait=off",
 		},
 		"-serial": {"chardev:console"},

@@ -234,7 +234,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	began := time.Now()
 	// Not CommandContext: the VMM must outlive the request (and the daemon) that started it.
 	cmd := exec.Command(bin, args...)
-	proc, err := vmm.Launch(cmd, spec.LogPath, spec.Dir)
+	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
 	}
@@ -242,7 +242,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err := m.waitRunning(ctx); err != nil {
 		_ = proc.Kill()
 		<-proc.Done()
-		if tail := vmm.LogTail(spec.LogPath, logOffset, 2048); tail != "" {
+		if tail := vmm.LogTail(spec.LogPath, logOffset, 15); tail != "" {
 			err = fmt.Errorf("%w; qemu output: %s", err, tail)
 		}
 		// An unprivileged daemon's qemu says only "could not open /dev/net/tun"; name the
@@ -273,6 +273,9 @@ func (d *Driver) Recover(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machi
 		if argv[i] == "-accel" {
 			accel = argv[i+1]
 		}
+	}
+	if err := proc.AttachConsole(spec.LogPath, spec.LogMax, spec.Dir); err != nil {
+		d.log.Warn("console output of a recovered VM is not logged", "vm", spec.ID, "error", err.Error())
 	}
 	d.log.Info("vmm recovered", "vm", spec.ID, "pid", pid, "accel", accel)
 	return &Machine{proc: proc, spec: spec, accel: accel, qmpPath: qmpPath, log: d.log.With("vm", spec.ID)}, nil
