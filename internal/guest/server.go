@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/errdefs"
+	"banger/internal/rpc"
 )
 
 // Agent answers requests on yamux sessions. The zero value is not usable; use NewAgent.
@@ -87,6 +89,14 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 	if req.OpID != "" {
 		log = log.With("op_id", req.OpID)
 	}
+	// A bug in one request must not take PID 1 (and the VM) down with it.
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("agent request panic", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			_ = writeJSONLine(conn, Reply{OK: false, Code: rpc.CodeInternal,
+				Error: fmt.Sprintf("guest agent internal error in %s request %s; the guest log has the details", req.Type, req.OpID)})
+		}
+	}()
 	// Every request is logged with its op id, pings too: the host sends one pending ping
 	// per boot rather than polling, and it ties the guest's log to the create's op id.
 	level := slog.LevelInfo

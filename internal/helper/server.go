@@ -81,7 +81,10 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, rpc: rs}
 	rs.Authorize = s.authorize
 
-	s.wrap(MethodPing, func(context.Context, json.RawMessage) (any, error) {
+	s.wrap(MethodPing, func(_ context.Context, raw json.RawMessage) (any, error) {
+		if err := rpc.NoParams(raw); err != nil {
+			return nil, err
+		}
 		return PingResult{PID: os.Getpid(), Bridge: cfg.Net.Bridge, Prefix: cfg.Net.Prefix.String()}, nil
 	})
 	s.wrap(MethodEnsureBridge, func(ctx context.Context, raw json.RawMessage) (any, error) {
@@ -238,7 +241,8 @@ func (s *Server) wrap(method string, h rpc.HandlerFunc) {
 				attrs = append(attrs, "params", truncate(string(raw), 256))
 			}
 			if err != nil {
-				s.log.Error("helper rpc failed", append(attrs, "error", err.Error())...)
+				code := rpc.CodeOf(err)
+				s.log.Log(ctx, rpc.LogLevel(code), "helper rpc failed", append(attrs, "code", code, "error", err.Error())...)
 			} else {
 				s.log.Info("helper rpc completed", attrs...)
 			}
@@ -247,31 +251,18 @@ func (s *Server) wrap(method string, h rpc.HandlerFunc) {
 	})
 }
 
-// decodeParams decodes a params object strictly: unknown fields are refused, so a caller
-// cannot believe it chose something (a bridge, an owner) that the helper ignores.
+// decodeParams decodes a required params object strictly (rpc.DecodeParams): unknown
+// fields are refused, so a caller cannot believe it chose something (a bridge, an owner)
+// that the helper ignores.
 func decodeParams(raw json.RawMessage, v any, shape string) error {
-	if len(raw) == 0 || string(raw) == "null" {
+	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
 		return errdefs.InvalidArgument("params", "", "must be an object "+shape)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return errdefs.InvalidArgument("params", truncate(string(raw), 128), fmt.Sprintf("must be an object %s: %v", shape, err))
-	}
-	if dec.More() {
-		return errdefs.InvalidArgument("params", truncate(string(raw), 128), "trailing data after the object")
-	}
-	return nil
+	return rpc.DecodeParams(raw, v)
 }
 
 // noParams refuses parameters for methods that take none.
-func noParams(raw json.RawMessage) error {
-	t := strings.TrimSpace(string(raw))
-	if t == "" || t == "null" || t == "{}" {
-		return nil
-	}
-	return errdefs.InvalidArgument("params", truncate(t, 128), "this method takes no parameters")
-}
+func noParams(raw json.RawMessage) error { return rpc.NoParams(raw) }
 
 func (s *Server) tapParams(raw json.RawMessage, allowMAC bool) (TapParams, error) {
 	var p TapParams

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -27,6 +28,41 @@ type HandlerFunc func(ctx context.Context, params json.RawMessage) (any, error)
 // An error returned before Accept is sent as the error response.
 type StreamFunc func(ctx context.Context, params json.RawMessage, s *Stream) error
 
+// Limits bound what local clients can hold on a server. A zero field takes its default
+// from DefaultLimits.
+type Limits struct {
+	// MaxConns is how many connections may be open at once; more are answered with an
+	// unavailable error and closed. Streaming connections count too.
+	MaxConns int
+	// LineTimeout is how long a request line may take to arrive once its first byte did;
+	// a client that sends half a line and stalls is dropped after it.
+	LineTimeout time.Duration
+	// IdleTimeout is how long a connection may wait for its next request. A call in
+	// progress and a connection turned into a stream have no deadline.
+	IdleTimeout time.Duration
+}
+
+// DefaultLimits are generous for banger's clients, which open one connection per call
+// and send each request line at once.
+var DefaultLimits = Limits{MaxConns: 128, LineTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxConns <= 0 {
+		l.MaxConns = DefaultLimits.MaxConns
+	}
+	if l.LineTimeout <= 0 {
+		l.LineTimeout = DefaultLimits.LineTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = DefaultLimits.IdleTimeout
+	}
+	return l
+}
+
+// readBufSize is each connection's read buffer; a longer request line grows its own
+// buffer up to MaxLineBytes as its bytes arrive, so an idle connection costs 4 KiB.
+const readBufSize = 4 << 10
+
 // Server dispatches requests to handlers.
 type Server struct {
 	Logger *slog.Logger
@@ -36,6 +72,8 @@ type Server struct {
 	// Observe, when set, is called once per dispatched call with the method, the wire
 	// code ("" on success) and the duration, for metrics.
 	Observe func(method, code string, d time.Duration)
+	// Limits bound connections, set before Serve.
+	Limits Limits
 
 	mu      sync.RWMutex
 	methods map[string]HandlerFunc
@@ -78,10 +116,13 @@ func (s *Server) Methods() []string {
 
 // Serve accepts connections until ctx ends or l fails. In-flight requests see ctx cancelled.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	lim := s.Limits.withDefaults()
 	go func() {
 		<-ctx.Done()
 		l.Close()
 	}()
+	slots := make(chan struct{}, lim.MaxConns)
+	var refusals refusalLog
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -95,12 +136,51 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			return fmt.Errorf("accepting rpc connection: %w", err)
 		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			refusals.refuse(s.Logger, c, lim.MaxConns)
+			continue
+		}
 		s.conns.Add(1)
 		go func() {
 			defer s.conns.Done()
-			s.serveConn(ctx, c)
+			defer func() { <-slots }()
+			s.serveConn(ctx, c, lim)
 		}()
 	}
+}
+
+// refusalLog answers connections over the limit and logs them, at most once a second with
+// a count, so a flood of connections cannot flood the log as well.
+type refusalLog struct {
+	last       time.Time
+	suppressed int
+}
+
+func (r *refusalLog) refuse(log *slog.Logger, c net.Conn, limit int) {
+	defer c.Close()
+	id := opid.New()
+	msg := fmt.Sprintf("too many connections (limit %d); try again later", limit)
+	if time.Since(r.last) >= time.Second {
+		log.Warn("rpc connection refused", append(peerAttrs(c), "op_id", id, "error", msg, "refused_since_last_log", r.suppressed)...)
+		r.last, r.suppressed = time.Now(), 0
+	} else {
+		r.suppressed++
+	}
+	// The accept loop must not wait on a client that does not read; the answer fits in the
+	// socket buffer of a fresh connection, so this only bounds a pathological case.
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	writeResponse(c, &Response{OpID: id, Error: newError(CodeUnavailable, id, "%s", msg)})
+}
+
+// peerAttrs names the peer of c for a log record: uid and pid on a unix socket.
+func peerAttrs(c net.Conn) []any {
+	cred, err := PeerCred(c)
+	if err != nil {
+		return nil
+	}
+	return []any{"peer_uid", cred.Uid, "peer_pid", cred.Pid}
 }
 
 // PeerCred returns the credentials of the process at the other end of a unix socket.
@@ -126,7 +206,7 @@ func PeerCred(c net.Conn) (*unix.Ucred, error) {
 	return cred, nil
 }
 
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, lim Limits) {
 	defer c.Close()
 	if s.Authorize != nil {
 		cred, err := PeerCred(c)
@@ -135,7 +215,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		}
 		if err != nil {
 			id := opid.New()
-			s.Logger.Warn("rpc connection refused", "op_id", id, "error", err.Error())
+			s.Logger.Warn("rpc connection refused", append(peerAttrs(c), "op_id", id, "error", err.Error())...)
 			writeResponse(c, &Response{OpID: id, Error: ToWire(errdefs.New(errdefs.ErrPermissionDenied, "%v", err), id)})
 			return
 		}
@@ -144,16 +224,37 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	// wait for connections ends; a handler in flight still writes its response.
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	br := bufio.NewReaderSize(c, 64<<10)
+	br := bufio.NewReaderSize(c, readBufSize)
 	for {
-		line, err := readLine(br, MaxLineBytes)
-		if errors.Is(err, errLineTooLong) {
+		// Waiting for the next request: the idle deadline.
+		if !readDeadline(ctx, c, time.Now().Add(lim.IdleTimeout)) {
+			return
+		}
+		if _, err := br.Peek(1); err != nil {
+			if isTimeout(err) && ctx.Err() == nil {
+				s.Logger.Info("rpc connection closed: idle", append(peerAttrs(c), "idle_timeout", lim.IdleTimeout.String())...)
+			}
+			return
+		}
+		// A request has begun: all of its line must arrive within the line deadline.
+		if !readDeadline(ctx, c, time.Now().Add(lim.LineTimeout)) {
+			return
+		}
+		line, err := ReadLine(br, MaxLineBytes)
+		if errors.Is(err, ErrLineTooLong) {
 			id := opid.New()
-			s.Logger.Warn("rpc request rejected", "op_id", id, "error", err.Error())
+			s.Logger.Warn("rpc request rejected", append(peerAttrs(c), "op_id", id, "error", err.Error())...)
 			writeResponse(c, &Response{OpID: id, Error: newError(CodeBadRequest, id, "request line exceeds %d bytes", MaxLineBytes)})
 			return
 		}
 		if err != nil {
+			if isTimeout(err) && ctx.Err() == nil {
+				s.Logger.Warn("rpc connection dropped: request line incomplete", append(peerAttrs(c), "line_timeout", lim.LineTimeout.String())...)
+			}
+			return
+		}
+		// The call itself (and a stream it turns into) runs without a read deadline.
+		if !readDeadline(ctx, c, time.Time{}) {
 			return
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
@@ -165,55 +266,63 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 }
 
-var errLineTooLong = errors.New("line too long")
-
-// readLine reads one '\n'-terminated line of at most max bytes without buffering more.
-func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	var buf []byte
-	for {
-		frag, err := br.ReadSlice('\n')
-		buf = append(buf, frag...)
-		if len(buf) > max {
-			return nil, errLineTooLong
-		}
-		if err == nil {
-			return buf, nil
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if err == io.EOF && len(buf) > 0 {
-			return buf, nil
-		}
-		return nil, err
-	}
+// readDeadline sets c's read deadline unless the server is shutting down: shutdown's
+// past deadline, set after ctx ended, must not be overwritten by a later one.
+func readDeadline(ctx context.Context, c net.Conn, t time.Time) bool {
+	c.SetReadDeadline(t)
+	return ctx.Err() == nil
 }
 
-// DecodeRequest parses one request line. Errors are wire errors with code bad_request or
-// bad_version; the op id is adopted when it is well formed, otherwise minted.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// DecodeRequest's Request carries op_id as the client sent it when that was a string ("" for
+// a number or other JSON); the id to use is DecodeRequest's second result.
+
+// wireRequest is a request as decoded: op_id stays raw, because a malformed one (a
+// number, a bad string) is replaced by a fresh id rather than failing the request.
+type wireRequest struct {
+	Version int             `json:"version"`
+	Method  string          `json:"method"`
+	Params  json.RawMessage `json:"params"`
+	OpID    json.RawMessage `json:"op_id"`
+}
+
+// DecodeRequest parses one request line strictly (see DecodeStrict). Errors are wire
+// errors with code bad_request or bad_version; the op id is adopted when it is well
+// formed, otherwise minted.
 func DecodeRequest(line []byte) (*Request, string, *ErrorResponse) {
-	var req Request
-	dec := json.NewDecoder(bytes.NewReader(line))
-	if err := dec.Decode(&req); err != nil {
-		id := opid.New()
-		return nil, id, newError(CodeBadRequest, id, "malformed request: %v", err)
+	var wr wireRequest
+	if err := DecodeStrict(line, &wr); err != nil {
+		// Still answer under the client's id if one can be made out.
+		var lenient struct {
+			OpID json.RawMessage `json:"op_id"`
+		}
+		json.NewDecoder(bytes.NewReader(line)).Decode(&lenient)
+		id := adoptID(lenient.OpID)
+		return nil, id, newError(CodeBadRequest, id, "malformed request: %s", err.(*ErrorResponse).Message)
 	}
-	id := req.OpID
-	if !opid.Valid(id) {
-		id = opid.New()
+	id := adoptID(wr.OpID)
+	if wr.Version != Version {
+		return nil, id, newError(CodeBadVersion, id, "unsupported protocol version %d; this server speaks version %d", wr.Version, Version)
 	}
-	// Decoder.More misses a stray '}' or ']', so look at the rest of the line itself; only
-	// JSON whitespace may follow, exactly what json.Unmarshal would accept.
-	if len(bytes.TrimLeft(line[dec.InputOffset():], " \t\r\n")) > 0 {
-		return nil, id, newError(CodeBadRequest, id, "malformed request: trailing data after the JSON object")
-	}
-	if req.Version != Version {
-		return nil, id, newError(CodeBadVersion, id, "unsupported protocol version %d; this server speaks version %d", req.Version, Version)
-	}
-	if req.Method == "" {
+	if wr.Method == "" {
 		return nil, id, newError(CodeBadRequest, id, "method: must not be empty")
 	}
-	return &req, id, nil
+	var given string
+	json.Unmarshal(wr.OpID, &given)
+	return &Request{Version: wr.Version, Method: wr.Method, Params: wr.Params, OpID: given}, id, nil
+}
+
+// adoptID returns the request's op id if it is a well-formed string, else a fresh one.
+func adoptID(raw json.RawMessage) string {
+	var id string
+	if json.Unmarshal(raw, &id) == nil && opid.Valid(id) {
+		return id
+	}
+	return opid.New()
 }
 
 type startKey struct{}
@@ -277,7 +386,8 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 			s.Observe(req.Method, code, d)
 		}
 		if err != nil {
-			log.Error("operation failed", "duration_ms", d.Milliseconds(), "error", err.Error())
+			code := CodeOf(err)
+			log.Log(ctx, LogLevel(code), "operation failed", "duration_ms", d.Milliseconds(), "code", code, "error", err.Error())
 		} else {
 			log.Info("operation done", "duration_ms", d.Milliseconds())
 		}
@@ -285,7 +395,7 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 
 	if sh != nil {
 		st := &Stream{conn: c, br: br, opID: id}
-		err := sh(octx, req.Params, st)
+		err := recovered(log, req.Method, func() error { return sh(octx, req.Params, st) })
 		if !st.accepted {
 			if err == nil {
 				err = errors.New("stream handler returned without accepting")
@@ -301,7 +411,11 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 	// half-close, as `socat` sends), so callers that may give up use the *.begin methods.
 	rctx, cancel := context.WithCancel(octx)
 	defer cancel()
-	result, err := h(rctx, req.Params)
+	var result any
+	err := recovered(log, req.Method, func() (err error) {
+		result, err = h(rctx, req.Params)
+		return err
+	})
 	finish(err)
 	if err != nil {
 		return writeResponse(c, &Response{OpID: id, Error: ToWire(err, id)}) == nil
@@ -311,6 +425,18 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 		return writeResponse(c, &Response{OpID: id, Error: ToWire(fmt.Errorf("encoding result: %w", merr), id)}) == nil
 	}
 	return writeResponse(c, &Response{OpID: id, Result: raw}) == nil
+}
+
+// recovered runs fn, turning a panic into an internal error (the response carries the op
+// id) and logging its stack, so one bad request cannot take the server down.
+func recovered(log *slog.Logger, method string, fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("rpc handler panic", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = &ErrorResponse{Code: CodeInternal, Message: fmt.Sprintf("%s: internal error (a bug); the server log has the details under this op id", method)}
+		}
+	}()
+	return fn()
 }
 
 func writeResponse(w io.Writer, r *Response) error {
