@@ -44,7 +44,15 @@ type Config struct {
 	// kernel requires a non-root opener to match both.
 	TapOwnerUID, TapOwnerGID int
 	Logger                   *slog.Logger
+	// Limits bound the helper's clients (connections, request line and idle deadlines);
+	// zero fields take rpc.DefaultLimits, except MaxConns, which defaults to
+	// DefaultMaxConns: the daemon needs a handful at once.
+	Limits rpc.Limits
 }
+
+// DefaultMaxConns caps the helper's concurrent connections unless Config.Limits says
+// otherwise; the daemon opens one per call and makes few calls at once.
+const DefaultMaxConns = 32
 
 // Server is the root helper's RPC server.
 type Server struct {
@@ -80,6 +88,10 @@ func NewServer(cfg Config) (*Server, error) {
 	rs := rpc.NewServer(slog.New(&dropOperationRecords{log.Handler()}))
 	s := &Server{cfg: cfg, log: log, rpc: rs}
 	rs.Authorize = s.authorize
+	rs.Limits = cfg.Limits
+	if rs.Limits.MaxConns <= 0 {
+		rs.Limits.MaxConns = DefaultMaxConns
+	}
 
 	s.wrap(MethodPing, func(_ context.Context, raw json.RawMessage) (any, error) {
 		if err := rpc.NoParams(raw); err != nil {
