@@ -12,6 +12,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,11 +41,16 @@ type Limits struct {
 	// IdleTimeout is how long a connection may wait for its next request. A call in
 	// progress and a connection turned into a stream have no deadline.
 	IdleTimeout time.Duration
+	// PendingBytes is how many bytes of request lines longer than a connection's read
+	// buffer all connections may hold together while those lines arrive; a line that
+	// would exceed it is answered unavailable and its connection closed. Real requests
+	// are a few hundred bytes, so this only ever stops clients that send huge lines.
+	PendingBytes int64
 }
 
 // DefaultLimits are generous for banger's clients, which open one connection per call
 // and send each request line at once.
-var DefaultLimits = Limits{MaxConns: 128, LineTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+var DefaultLimits = Limits{MaxConns: 128, LineTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, PendingBytes: 16 << 20}
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxConns <= 0 {
@@ -55,6 +61,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.IdleTimeout <= 0 {
 		l.IdleTimeout = DefaultLimits.IdleTimeout
+	}
+	if l.PendingBytes <= 0 {
+		l.PendingBytes = DefaultLimits.PendingBytes
 	}
 	return l
 }
@@ -79,6 +88,33 @@ type Server struct {
 	methods map[string]HandlerFunc
 	streams map[string]StreamFunc
 	conns   sync.WaitGroup
+	pending atomic.Int64 // bytes reserved by long request lines in flight, see Limits.PendingBytes
+}
+
+var errBusy = errors.New("too many request bytes in flight")
+
+// reserveLine returns a grow function for readLine that reserves what a line holds beyond
+// its connection's read buffer from the server-wide budget, and the function that gives
+// the reservation back once the line was handled.
+func (s *Server) reserveLine(limit int64) (grow func(n int) error, release func()) {
+	var held int64
+	grow = func(n int) error {
+		want := int64(n-readBufSize) - held
+		if want <= 0 {
+			return nil
+		}
+		if s.pending.Add(want) > limit {
+			s.pending.Add(-want)
+			return errBusy
+		}
+		held += want
+		return nil
+	}
+	release = func() {
+		s.pending.Add(-held)
+		held = 0
+	}
+	return grow, release
 }
 
 // NewServer returns a server logging to l.
@@ -226,44 +262,61 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, lim Limits) {
 	defer stop()
 	br := bufio.NewReaderSize(c, readBufSize)
 	for {
-		// Waiting for the next request: the idle deadline.
-		if !readDeadline(ctx, c, time.Now().Add(lim.IdleTimeout)) {
-			return
-		}
-		if _, err := br.Peek(1); err != nil {
-			if isTimeout(err) && ctx.Err() == nil {
-				s.Logger.Info("rpc connection closed: idle", append(peerAttrs(c), "idle_timeout", lim.IdleTimeout.String())...)
-			}
-			return
-		}
-		// A request has begun: all of its line must arrive within the line deadline.
-		if !readDeadline(ctx, c, time.Now().Add(lim.LineTimeout)) {
-			return
-		}
-		line, err := ReadLine(br, MaxLineBytes)
-		if errors.Is(err, ErrLineTooLong) {
-			id := opid.New()
-			s.Logger.Warn("rpc request rejected", append(peerAttrs(c), "op_id", id, "error", err.Error())...)
-			writeResponse(c, &Response{OpID: id, Error: newError(CodeBadRequest, id, "request line exceeds %d bytes", MaxLineBytes)})
-			return
-		}
-		if err != nil {
-			if isTimeout(err) && ctx.Err() == nil {
-				s.Logger.Warn("rpc connection dropped: request line incomplete", append(peerAttrs(c), "line_timeout", lim.LineTimeout.String())...)
-			}
-			return
-		}
-		// The call itself (and a stream it turns into) runs without a read deadline.
-		if !readDeadline(ctx, c, time.Time{}) {
+		line, release, ok := s.readRequest(ctx, c, br, lim)
+		if !ok {
 			return
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
+			release()
 			continue
 		}
-		if !s.dispatch(ctx, c, br, line) {
+		// The line's bytes stay reserved while its call runs: they are still held.
+		ok = s.dispatch(ctx, c, br, line)
+		release()
+		if !ok {
 			return
 		}
 	}
+}
+
+// readRequest waits for the next request line under the idle deadline, then reads it under
+// the line deadline and the server's pending-bytes budget, answering a line it refuses.
+// The line's budget is returned with release; ok is false when the connection must close.
+func (s *Server) readRequest(ctx context.Context, c net.Conn, br *bufio.Reader, lim Limits) (line []byte, release func(), ok bool) {
+	if !readDeadline(ctx, c, time.Now().Add(lim.IdleTimeout)) {
+		return nil, nil, false
+	}
+	if _, err := br.Peek(1); err != nil {
+		if isTimeout(err) && ctx.Err() == nil {
+			s.Logger.Info("rpc connection closed: idle", append(peerAttrs(c), "idle_timeout", lim.IdleTimeout.String())...)
+		}
+		return nil, nil, false
+	}
+	// A request has begun: all of its line must arrive within the line deadline.
+	if !readDeadline(ctx, c, time.Now().Add(lim.LineTimeout)) {
+		return nil, nil, false
+	}
+	grow, release := s.reserveLine(lim.PendingBytes)
+	line, err := readLine(br, MaxLineBytes, grow)
+	if err == nil {
+		// The call itself (and a stream it turns into) runs without a read deadline.
+		if readDeadline(ctx, c, time.Time{}) {
+			return line, release, true
+		}
+	}
+	release()
+	id := opid.New()
+	switch {
+	case errors.Is(err, errBusy):
+		s.Logger.Warn("rpc request refused", append(peerAttrs(c), "op_id", id, "error", err.Error(), "pending_bytes_limit", lim.PendingBytes)...)
+		writeResponse(c, &Response{OpID: id, Error: newError(CodeUnavailable, id, "server busy: %v (limit %d bytes); send shorter requests or retry", err, lim.PendingBytes)})
+	case errors.Is(err, ErrLineTooLong):
+		s.Logger.Warn("rpc request rejected", append(peerAttrs(c), "op_id", id, "error", err.Error())...)
+		writeResponse(c, &Response{OpID: id, Error: newError(CodeBadRequest, id, "request line exceeds %d bytes", MaxLineBytes)})
+	case isTimeout(err) && ctx.Err() == nil:
+		s.Logger.Warn("rpc connection dropped: request line incomplete", append(peerAttrs(c), "line_timeout", lim.LineTimeout.String())...)
+	}
+	return nil, nil, false
 }
 
 // readDeadline sets c's read deadline unless the server is shutting down: shutdown's

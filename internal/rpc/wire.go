@@ -164,11 +164,23 @@ var ErrLineTooLong = errors.New("line too long")
 // beyond, so a peer pays memory only for bytes it actually sent. At EOF a final line
 // without '\n' is returned as is (callers that need the terminator check for it).
 func ReadLine(br *bufio.Reader, max int) ([]byte, error) {
+	return readLine(br, max, nil)
+}
+
+// readLine is ReadLine calling grow, when set, with the line's length before the line
+// buffer grows past readBufSize; an error from grow ends the read.
+func readLine(br *bufio.Reader, max int, grow func(n int) error) ([]byte, error) {
 	var buf []byte
 	for {
 		frag, err := br.ReadSlice('\n')
-		if max > 0 && len(buf)+len(frag) > max {
+		n := len(buf) + len(frag)
+		if max > 0 && n > max {
 			return nil, ErrLineTooLong
+		}
+		if grow != nil && n > readBufSize {
+			if gerr := grow(n); gerr != nil {
+				return nil, gerr
+			}
 		}
 		buf = append(buf, frag...)
 		if err == nil {
