@@ -68,7 +68,7 @@ func decodeStrict(data []byte, v any, root string) error {
 		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return BadRequest("%s: trailing data after the JSON value", nameOr(root, "request"))
+		return BadRequest("%strailing data after the JSON value", at(root))
 	}
 	dec = json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -78,11 +78,12 @@ func decodeStrict(data []byte, v any, root string) error {
 	return nil
 }
 
-func nameOr(s, def string) string {
-	if s == "" {
-		return def
+// at prefixes a message with the field it is about ("params.vm: "), nothing at the top.
+func at(path string) string {
+	if path == "" {
+		return ""
 	}
-	return s
+	return path + ": "
 }
 
 func join(path, key string) string {
@@ -95,13 +96,9 @@ func join(path, key string) string {
 func describeDecodeError(err error, root string) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		field := join(root, te.Field)
-		if te.Field == "" {
-			field = nameOr(root, "request")
-		}
-		return fmt.Sprintf("%s: must be %s (got a JSON %s)", field, describeType(te.Type), te.Value)
+		return fmt.Sprintf("%smust be %s (got a JSON %s)", at(join(root, te.Field)), describeType(te.Type), te.Value)
 	}
-	return fmt.Sprintf("%s: malformed JSON: %v", nameOr(root, "request"), err)
+	return fmt.Sprintf("%smalformed JSON: %v", at(root), err)
 }
 
 func describeType(t reflect.Type) string {
@@ -149,7 +146,7 @@ func (w *walker) top(t reflect.Type, path string) error {
 			return err
 		}
 		if tok != json.Delim('{') {
-			return BadRequest("%s: must be a JSON object (got %s)", nameOr(path, "request"), describeToken(tok))
+			return BadRequest("%smust be a JSON object (got %s)", at(path), describeToken(tok))
 		}
 		return w.object(t, path)
 	}
@@ -162,7 +159,7 @@ func (w *walker) token(path string) (json.Token, error) {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, BadRequest("%s: malformed JSON: %v", nameOr(path, "request"), err)
+		return nil, BadRequest("%smalformed JSON: %v", at(path), err)
 	}
 	return tok, nil
 }
@@ -188,7 +185,7 @@ func (w *walker) value(t reflect.Type, path string) error {
 	}
 	if tok == json.Delim('{') || tok == json.Delim('[') {
 		if w.depth++; w.depth > maxDepth {
-			return BadRequest("%s: nested deeper than %d levels", nameOr(path, "request"), maxDepth)
+			return BadRequest("%snested deeper than %d levels", at(path), maxDepth)
 		}
 		defer func() { w.depth-- }()
 	}
@@ -208,7 +205,7 @@ func (w *walker) value(t reflect.Type, path string) error {
 			elem = t.Elem()
 		}
 		for i := 0; w.dec.More(); i++ {
-			if err := w.value(elem, fmt.Sprintf("%s[%d]", nameOr(path, "request"), i)); err != nil {
+			if err := w.value(elem, fmt.Sprintf("%s[%d]", path, i)); err != nil {
 				return err
 			}
 		}
@@ -262,7 +259,7 @@ func (w *walker) key(path string, seen map[string]bool) (string, error) {
 	}
 	key, ok := tok.(string)
 	if !ok {
-		return "", BadRequest("%s: malformed JSON: object key %v is not a string", nameOr(path, "request"), tok)
+		return "", BadRequest("%smalformed JSON: object key %v is not a string", at(path), tok)
 	}
 	if seen[key] {
 		return "", BadRequest("%s: duplicate key %q", join(path, key), key)
