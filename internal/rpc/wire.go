@@ -1,6 +1,11 @@
 // Package rpc is banger's wire protocol: one JSON object per line over a unix socket, with an
 // operation id on every request and every error. It is the single boundary where error kinds
 // (internal/errdefs) become wire codes and back. The daemon and the root helper both serve it.
+//
+// It is also the one wire toolkit for every JSON-lines peer, the guest agent protocol
+// included: ReadLine (bounded line reader), DecodeStrict/DecodeParams/NoParams (exact-case
+// keys, no duplicates, no unknown fields, no trailing data), CodeOf/KindOf (the code
+// table), and a Server that recovers panics and bounds its clients (Limits).
 package rpc
 
 import (
