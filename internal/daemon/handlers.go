@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -17,10 +16,10 @@ import (
 // register wires every method to its handler. Handlers decode params, call one daemon
 // operation, and shape the result; the logic lives in the vm_*.go and images.go files.
 func (d *Daemon) register(s *rpc.Server) {
-	s.Handle(api.MethodPing, func(ctx context.Context, _ json.RawMessage) (any, error) {
+	s.Handle(api.MethodPing, noParams(func(ctx context.Context) (any, error) {
 		return api.PingResult{Version: Version, Protocol: rpc.Version,
 			UptimeSeconds: time.Since(d.started).Seconds(), PID: os.Getpid()}, nil
-	})
+	}))
 	s.Handle(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams) (any, error) {
 		vm, err := d.createVM(ctx, p, noProgress{})
 		if err != nil {
@@ -47,7 +46,7 @@ func (d *Daemon) register(s *rpc.Server) {
 	})
 	s.Handle(api.MethodVMCreateStatus, status)
 	s.Handle(api.MethodOpStatus, status)
-	s.Handle(api.MethodVMList, func(ctx context.Context, _ json.RawMessage) (any, error) {
+	s.Handle(api.MethodVMList, noParams(func(ctx context.Context) (any, error) {
 		vms, err := d.store.ListVMs(ctx)
 		if err != nil {
 			return nil, err
@@ -56,7 +55,7 @@ func (d *Daemon) register(s *rpc.Server) {
 			vms = []model.VM{}
 		}
 		return api.VMListResult{VMs: vms}, nil
-	})
+	}))
 	s.Handle(api.MethodVMShow, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
 		vm, err := d.store.ResolveVM(ctx, p.VM)
 		if err != nil {
@@ -88,7 +87,7 @@ func (d *Daemon) register(s *rpc.Server) {
 	s.Handle(api.MethodImageImport, withParams(func(ctx context.Context, p api.ImageImportParams) (any, error) {
 		return imageResult(d.importImage(ctx, p))
 	}))
-	s.Handle(api.MethodImageList, func(ctx context.Context, _ json.RawMessage) (any, error) {
+	s.Handle(api.MethodImageList, noParams(func(ctx context.Context) (any, error) {
 		ims, err := d.store.ListImages(ctx)
 		if err != nil {
 			return nil, err
@@ -97,7 +96,7 @@ func (d *Daemon) register(s *rpc.Server) {
 			ims = []model.Image{}
 		}
 		return api.ImageListResult{Images: ims}, nil
-	})
+	}))
 	s.Handle(api.MethodImageShow, withParams(func(ctx context.Context, p api.ImageRef) (any, error) {
 		return imageResult(d.store.ResolveImage(ctx, p.Image))
 	}))
@@ -120,26 +119,33 @@ func (d *Daemon) register(s *rpc.Server) {
 			return d.buildImage(ctx, p, prog)
 		})
 	}))
-	s.Handle(api.MethodImageCatalog, func(ctx context.Context, _ json.RawMessage) (any, error) {
+	s.Handle(api.MethodImageCatalog, noParams(func(ctx context.Context) (any, error) {
 		return d.catalogEntries(ctx)
-	})
-	s.Handle(api.MethodDoctor, func(ctx context.Context, _ json.RawMessage) (any, error) {
+	}))
+	s.Handle(api.MethodDoctor, noParams(func(ctx context.Context) (any, error) {
 		return d.doctor(ctx), nil
-	})
+	}))
 }
 
-// withParams decodes params into P (unknown fields are an error, so typos are caught).
+// withParams decodes params into P with rpc.DecodeParams (unknown, case-variant and
+// duplicate keys are refused, so typos are caught).
 func withParams[P any](fn func(ctx context.Context, p P) (any, error)) rpc.HandlerFunc {
 	return func(ctx context.Context, raw json.RawMessage) (any, error) {
 		var p P
-		if len(raw) > 0 && string(raw) != "null" {
-			dec := json.NewDecoder(bytes.NewReader(raw))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&p); err != nil {
-				return nil, errdefs.New(errdefs.ErrInvalidArgument, "params: %v", err)
-			}
+		if err := rpc.DecodeParams(raw, &p); err != nil {
+			return nil, err
 		}
 		return fn(ctx, p)
+	}
+}
+
+// noParams serves a method that takes no params: any params but {} or null are refused.
+func noParams(fn func(ctx context.Context) (any, error)) rpc.HandlerFunc {
+	return func(ctx context.Context, raw json.RawMessage) (any, error) {
+		if err := rpc.NoParams(raw); err != nil {
+			return nil, err
+		}
+		return fn(ctx)
 	}
 }
 

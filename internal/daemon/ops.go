@@ -80,7 +80,7 @@ func (o *operation) status(ctx context.Context, after int, wait time.Duration) a
 		o.mu.Lock()
 	}
 	defer o.mu.Unlock()
-	return api.OpStatusResult{OpID: o.id, Kind: o.kind, Stages: append([]api.Stage(nil), o.stages...),
+	return api.OpStatusResult{OpID: o.id, Kind: o.kind, Stages: append([]api.Stage{}, o.stages...),
 		Done: o.done, VM: o.vm, Image: o.image, Error: o.err}
 }
 
@@ -92,19 +92,12 @@ type opRegistry struct {
 
 const opRetention = 30 * time.Minute
 
-// add registers o. An id still in use is refused: a client that reuses an op id for a
-// second async call would otherwise lose track of the first.
+// add registers o. An id still known is refused: a client that reuses an op id for a
+// second async call would otherwise lose track of the first, or (once it ended) replace
+// the result a late poller is about to read.
 func (r *opRegistry) add(o *operation) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old, ok := r.ops[o.id]; ok {
-		old.mu.Lock()
-		running := !old.done
-		old.mu.Unlock()
-		if running {
-			return errdefs.New(errdefs.ErrConflict, "operation %s is already running; use a new op id", o.id)
-		}
-	}
 	if r.ops == nil {
 		r.ops = map[string]*operation{}
 	}
@@ -115,6 +108,15 @@ func (r *opRegistry) add(o *operation) error {
 		if expired {
 			delete(r.ops, id)
 		}
+	}
+	if old, ok := r.ops[o.id]; ok {
+		old.mu.Lock()
+		running := !old.done
+		old.mu.Unlock()
+		if running {
+			return errdefs.New(errdefs.ErrConflict, "operation %s is already running; use a new op id", o.id)
+		}
+		return errdefs.New(errdefs.ErrAlreadyExists, "operation %s already ran and its result is kept for op.status; use a new op id", o.id)
 	}
 	r.ops[o.id] = o
 	return nil

@@ -17,7 +17,7 @@ import (
 // end to end. The daemon stays a byte pipe, so exec, shell and copy need no daemon code.
 func (d *Daemon) agentStream(ctx context.Context, params json.RawMessage, s *rpc.Stream) error {
 	var p api.VMRef
-	if err := decodeParams(params, &p); err != nil {
+	if err := rpc.DecodeParams(params, &p); err != nil {
 		return err
 	}
 	vm, err := d.store.ResolveVM(ctx, p.VM)
@@ -58,15 +58,5 @@ func (d *Daemon) agentStream(ctx context.Context, params json.RawMessage, s *rpc
 	}
 	s.Close()
 	st.Close()
-	return nil
-}
-
-func decodeParams(raw json.RawMessage, v any) error {
-	if len(raw) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(raw, v); err != nil {
-		return errdefs.New(errdefs.ErrInvalidArgument, "params: %v", err)
-	}
 	return nil
 }

@@ -18,7 +18,7 @@ import (
 // the client hangs up.
 func (d *Daemon) logsStream(ctx context.Context, params json.RawMessage, s *rpc.Stream) error {
 	var p api.VMLogsParams
-	if err := decodeParams(params, &p); err != nil {
+	if err := rpc.DecodeParams(params, &p); err != nil {
 		return err
 	}
 	vm, err := d.store.ResolveVM(ctx, p.VM)

@@ -21,8 +21,10 @@
 //
 // op_id is optional; the agent tags every log line of the request with it. A reply is one
 // JSON line {"ok":true, …} or {"ok":false,"error":"message","code":"kind"}, where code is
-// one of "invalid_argument", "not_found", "command_not_found", "permission_denied",
-// "unavailable", "conflict" or "" (anything else). After a header or reply the stream
+// "command_not_found" or one of the daemon protocol's codes from rpc's table
+// ("invalid_argument", "not_found", "permission_denied", "unavailable", "conflict", …;
+// docs/protocol.md §5), or "" (anything else). Header and reply lines are decoded
+// strictly (rpc.DecodeStrict): unknown, case-variant and duplicate keys are refused. After a header or reply the stream
 // carries binary frames:
 //
 //	kind    uint8
@@ -99,6 +101,7 @@ import (
 	"unicode/utf8"
 
 	"banger/internal/errdefs"
+	"banger/internal/rpc"
 )
 
 // ProtocolVersion is reported by ping; it changes when a change breaks older hosts or agents.
@@ -196,40 +199,24 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return e.Message }
 
-// Is maps the wire code back to the errdefs kinds, so callers never compare strings.
+// Is maps the wire code back to the errdefs kinds (rpc's one code table), so callers never
+// compare strings.
 func (e *RemoteError) Is(target error) bool {
-	switch e.Code {
-	case CodeInvalidArgument:
-		return target == errdefs.ErrInvalidArgument
-	case CodeNotFound:
-		return target == errdefs.ErrNotFound
-	case CodeCommandNotFound:
+	if e.Code == CodeCommandNotFound {
 		return target == errdefs.ErrNotFound || target == ErrCommandNotFound
-	case CodePermissionDenied:
-		return target == errdefs.ErrPermissionDenied
-	case CodeUnavailable:
-		return target == errdefs.ErrUnavailable
-	case CodeConflict:
-		return target == errdefs.ErrConflict
 	}
-	return false
+	k := rpc.KindOf(e.Code)
+	return k != nil && k == target
 }
 
-// codeOf picks the wire code for an agent-side error.
+// codeOf picks the wire code for an agent-side error from rpc's code table; an
+// unclassified error is "" on this protocol.
 func codeOf(err error) string {
-	switch {
-	case errors.Is(err, ErrCommandNotFound):
+	if errors.Is(err, ErrCommandNotFound) {
 		return CodeCommandNotFound
-	case errors.Is(err, errdefs.ErrInvalidArgument):
-		return CodeInvalidArgument
-	case errors.Is(err, errdefs.ErrNotFound):
-		return CodeNotFound
-	case errors.Is(err, errdefs.ErrPermissionDenied):
-		return CodePermissionDenied
-	case errors.Is(err, errdefs.ErrUnavailable):
-		return CodeUnavailable
-	case errors.Is(err, errdefs.ErrConflict):
-		return CodeConflict
+	}
+	if c := rpc.CodeOf(err); c != rpc.CodeInternal {
+		return c
 	}
 	return ""
 }
@@ -282,28 +269,22 @@ func writeJSONLine(w io.Writer, v any) error {
 	return err
 }
 
-// readJSONLine reads one line from br into v. The line must not exceed maxHeaderLine.
+// readJSONLine reads one line from br into v with rpc's line reader and strict decoder:
+// at most maxHeaderLine bytes, exact-case known keys only, no duplicates, no trailing data.
 func readJSONLine(br *bufio.Reader, v any) error {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		line = append(line, chunk...)
-		if len(line) > maxHeaderLine {
-			return fmt.Errorf("json line longer than %d bytes", maxHeaderLine)
-		}
-		if err == nil {
-			break
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if errors.Is(err, io.EOF) && len(line) > 0 {
-			return io.ErrUnexpectedEOF
-		}
+	line, err := rpc.ReadLine(br, maxHeaderLine)
+	if errors.Is(err, rpc.ErrLineTooLong) {
+		return fmt.Errorf("json line longer than %d bytes", maxHeaderLine)
+	}
+	if err != nil {
 		return err
 	}
-	if err := json.Unmarshal(line, v); err != nil {
-		return fmt.Errorf("decoding json line: %w", err)
+	if line[len(line)-1] != '\n' {
+		return io.ErrUnexpectedEOF
+	}
+	if err := rpc.DecodeStrict(line, v); err != nil {
+		// %v: a malformed line from the peer is not a bad request of whoever called us.
+		return fmt.Errorf("decoding json line: %v", err)
 	}
 	return nil
 }

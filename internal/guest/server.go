@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/errdefs"
+	"banger/internal/rpc"
 )
 
 // Agent answers requests on yamux sessions. The zero value is not usable; use NewAgent.
@@ -87,6 +89,7 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 	if req.OpID != "" {
 		log = log.With("op_id", req.OpID)
 	}
+	defer recoverRequest(conn, req, log)
 	// Every request is logged with its op id, pings too: the host sends one pending ping
 	// per boot rather than polling, and it ties the guest's log to the create's op id.
 	level := slog.LevelInfo
@@ -114,6 +117,16 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 		return
 	}
 	log.Log(context.Background(), level, "request done", "duration_ms", ms)
+}
+
+// recoverRequest, deferred, turns a panic in a request into an internal error reply naming
+// the op id and logs the stack: a bug in one request must not take PID 1 (and the VM) down.
+func recoverRequest(w io.Writer, req Request, log *slog.Logger) {
+	if p := recover(); p != nil {
+		log.Error("agent request panic", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		_ = writeJSONLine(w, Reply{OK: false, Code: rpc.CodeInternal,
+			Error: fmt.Sprintf("guest agent internal error in %s request %s; the guest log has the details", req.Type, req.OpID)})
+	}
 }
 
 // reply sends r, or the error reply for err; it returns err so handlers can end with it.

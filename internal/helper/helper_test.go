@@ -273,8 +273,8 @@ func TestHelperEndToEnd(t *testing.T) {
 		wantCode(t, raw(MethodCreateTap, map[string]string{"tap": "bgr1", "mac": "zz:zz"}), rpc.CodeInvalidArgument, "zz:zz")
 		wantCode(t, raw(MethodCreateTap, map[string]string{"tap": "bgr1", "mac": "01:00:5e:00:00:01"}), rpc.CodeInvalidArgument, "01:00:5e:00:00:01")
 		// The bridge (and the tap owner) come from the helper's config only.
-		wantCode(t, raw(MethodCreateTap, map[string]string{"tap": "bgr1", "bridge": "eth0"}), rpc.CodeInvalidArgument, "bridge")
-		wantCode(t, raw(MethodEnsureBridge, map[string]string{"bridge": "eth0"}), rpc.CodeInvalidArgument, "eth0")
+		wantCode(t, raw(MethodCreateTap, map[string]string{"tap": "bgr1", "bridge": "eth0"}), rpc.CodeBadRequest, "bridge")
+		wantCode(t, raw(MethodEnsureBridge, map[string]string{"bridge": "eth0"}), rpc.CodeBadRequest, "eth0")
 		wantCode(t, raw(MethodCreateTap, nil), rpc.CodeInvalidArgument, "params")
 		if out := netnstest.Run(t, "ip", "-n", h.ns, "-o", "link", "show"); strings.Contains(out, "bgr1") {
 			t.Errorf("a refused call created a tap:\n%s", out)

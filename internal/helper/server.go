@@ -41,7 +41,15 @@ type Config struct {
 	// kernel requires a non-root opener to match both.
 	TapOwnerUID, TapOwnerGID int
 	Logger                   *slog.Logger
+	// Limits bound the helper's clients (connections, request line and idle deadlines);
+	// zero fields take rpc.DefaultLimits, except MaxConns, which defaults to
+	// DefaultMaxConns: the daemon needs a handful at once.
+	Limits rpc.Limits
 }
+
+// DefaultMaxConns caps the helper's concurrent connections unless Config.Limits says
+// otherwise; the daemon opens one per call and makes few calls at once.
+const DefaultMaxConns = 32
 
 // Server is the root helper's RPC server.
 type Server struct {
@@ -77,8 +85,15 @@ func NewServer(cfg Config) (*Server, error) {
 	rs := rpc.NewServer(slog.New(&dropOperationRecords{log.Handler()}))
 	s := &Server{cfg: cfg, log: log, rpc: rs}
 	rs.Authorize = s.authorize
+	rs.Limits = cfg.Limits
+	if rs.Limits.MaxConns <= 0 {
+		rs.Limits.MaxConns = DefaultMaxConns
+	}
 
-	s.wrap(MethodPing, func(context.Context, json.RawMessage) (any, error) {
+	s.wrap(MethodPing, func(_ context.Context, raw json.RawMessage) (any, error) {
+		if err := rpc.NoParams(raw); err != nil {
+			return nil, err
+		}
 		return PingResult{PID: os.Getpid(), Bridge: cfg.Net.Bridge, Prefix: cfg.Net.Prefix.String()}, nil
 	})
 	s.wrap(MethodEnsureBridge, func(ctx context.Context, raw json.RawMessage) (any, error) {
@@ -215,7 +230,8 @@ func (s *Server) wrap(method string, h rpc.HandlerFunc) {
 				attrs = append(attrs, "params", truncate(string(raw), 256))
 			}
 			if err != nil {
-				s.log.Error("helper rpc failed", append(attrs, "error", err.Error())...)
+				code := rpc.CodeOf(err)
+				s.log.Log(ctx, rpc.LogLevel(code), "helper rpc failed", append(attrs, "code", code, "error", err.Error())...)
 			} else {
 				s.log.Info("helper rpc completed", attrs...)
 			}
@@ -224,31 +240,18 @@ func (s *Server) wrap(method string, h rpc.HandlerFunc) {
 	})
 }
 
-// decodeParams decodes a params object strictly: unknown fields are refused, so a caller
-// cannot believe it chose something (a bridge, an owner) that the helper ignores.
+// decodeParams decodes a required params object strictly (rpc.DecodeParams): unknown
+// fields are refused, so a caller cannot believe it chose something (a bridge, an owner)
+// that the helper ignores.
 func decodeParams(raw json.RawMessage, v any, shape string) error {
-	if len(raw) == 0 || string(raw) == "null" {
+	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
 		return errdefs.InvalidArgument("params", "", "must be an object "+shape)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return errdefs.InvalidArgument("params", truncate(string(raw), 128), fmt.Sprintf("must be an object %s: %v", shape, err))
-	}
-	if dec.More() {
-		return errdefs.InvalidArgument("params", truncate(string(raw), 128), "trailing data after the object")
-	}
-	return nil
+	return rpc.DecodeParams(raw, v)
 }
 
 // noParams refuses parameters for methods that take none.
-func noParams(raw json.RawMessage) error {
-	t := strings.TrimSpace(string(raw))
-	if t == "" || t == "null" || t == "{}" {
-		return nil
-	}
-	return errdefs.InvalidArgument("params", truncate(t, 128), "this method takes no parameters")
-}
+func noParams(raw json.RawMessage) error { return rpc.NoParams(raw) }
 
 func (s *Server) tapParams(raw json.RawMessage, allowMAC bool) (TapParams, error) {
 	var p TapParams

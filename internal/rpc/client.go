@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -77,7 +78,11 @@ func (c *Client) receive(ctx context.Context, method string, out any) error {
 	// Unblock the read when ctx ends; the connection is unusable afterwards.
 	stop := context.AfterFunc(ctx, func() { c.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	line, err := c.br.ReadBytes('\n')
+	// Responses have no size limit (a vm.list can be long).
+	line, err := ReadLine(c.br, 0)
+	if err == nil && !bytes.HasSuffix(line, []byte("\n")) {
+		err = io.EOF
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: %w", method, ctx.Err())

@@ -38,8 +38,15 @@ func FuzzDecodeRequest(f *testing.F) {
 		if (req == nil) == (werr == nil) {
 			t.Fatalf("want exactly one of request and error, got %+v and %+v", req, werr)
 		}
-		var strict rpc.Request
+		// op_id may be any JSON value (a non-string one is replaced by a fresh id), so the
+		// reference parse takes it as raw JSON.
+		var strict struct {
+			rpc.Request
+			OpID string          `json:"-"`
+			Raw  json.RawMessage `json:"op_id"`
+		}
 		strictErr := json.Unmarshal(line, &strict)
+		json.Unmarshal(strict.Raw, &strict.OpID)
 		if werr != nil {
 			if !codes[werr.Code] {
 				t.Fatalf("unknown error code %q", werr.Code)

@@ -379,7 +379,10 @@ func TestResolveVM(t *testing.T) {
 	// A VM named like a prefix of alpha's and beta's ids.
 	c := testVM("abc", 3, im)
 	c.ID = "ffff" + c.ID[4:]
-	for _, vm := range []*model.VM{a, b, c} {
+	// A VM named exactly like alpha's full id: the id is tried first.
+	d := testVM(a.ID, 4, im)
+	d.ID = "eeee" + d.ID[4:]
+	for _, vm := range []*model.VM{a, b, c, d} {
 		mustVM(t, s, vm)
 	}
 
@@ -388,7 +391,8 @@ func TestResolveVM(t *testing.T) {
 		want string // vm name, or "" for an error
 		kind error
 	}{
-		{ref: a.ID, want: "alpha"},
+		{ref: a.ID, want: "alpha"}, // full id beats exact name
+		{ref: d.ID, want: a.ID},
 		{ref: "beta", want: "beta"},
 		{ref: "abc", want: "abc"}, // exact name beats id prefix
 		{ref: "abc1", want: "alpha"},
