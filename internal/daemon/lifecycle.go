@@ -18,7 +18,7 @@ import (
 // lowDiskBytes is the free space below which a failed boot is blamed on a full disk: the
 // VMM's sockets and logs in the VM directory need a little, and QEMU's own complaint may
 // never reach its log there.
-const lowDiskBytes = 4 << 20
+var lowDiskBytes uint64 = 4 << 20
 
 // explainStartFailure adds the likely cause to a failed boot when the VM directory's
 // filesystem is (nearly) full.

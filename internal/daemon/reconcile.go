@@ -149,7 +149,11 @@ func (d *Daemon) sweepVMMs(ctx context.Context) error {
 				return // the VM's own VMM, or one its start or stop in progress owns
 			}
 			opid.Logger(ctx, d.log).Warn("reconcile: killing VMM with no live row", "pid", o.PID, "vm_id", o.VMID)
-			errs = append(errs, vmm.KillOwned(o, d.cfg.VMsDir(), d.vmmBinaries(), 10*time.Second))
+			err := vmm.KillOwned(o, d.cfg.VMsDir(), d.vmmBinaries(), 10*time.Second)
+			errs = append(errs, err)
+			if err == nil && vm != nil && !vm.State.Live() && vm.PID != 0 {
+				errs = append(errs, d.move(ctx, vm, vm.State, func(v *model.VM) { v.PID, v.PIDStart = 0, 0 }))
+			}
 		})
 	}
 	return errors.Join(errs...)
