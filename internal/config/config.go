@@ -62,6 +62,10 @@ type DNS struct {
 	// Listen are extra addresses for the host (the bridge IP:53 is added when networking is on).
 	Listen    []string `yaml:"listen"`
 	Upstreams []string `yaml:"upstreams"` // empty: the host's /etc/resolv.conf
+	// FixedPorts makes a taken listen port an error. By default a daemon whose listen port is
+	// held (by another bangerd started side by side) serves on a free port of the same IP,
+	// logged and shown by `banger doctor`.
+	FixedPorts bool `yaml:"fixed_ports"`
 }
 
 // Defaults are used when vm create leaves a value out.

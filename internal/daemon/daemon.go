@@ -206,10 +206,6 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 }
 
 func (d *Daemon) startDNS(ctx context.Context) error {
-	addrs := append([]string(nil), d.cfg.DNS.Listen...)
-	if d.dnsOnBridge {
-		addrs = append(addrs, net.JoinHostPort(d.prefix.Addr().String(), "53"))
-	}
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		return err
@@ -219,11 +215,23 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 			d.dns.Set(vm.Name, ip)
 		}
 	}
-	if len(addrs) == 0 {
+	// Guests are told the bridge's :53, so that address never moves.
+	if d.dnsOnBridge {
+		addr := net.JoinHostPort(d.prefix.Addr().String(), "53")
+		if err := d.dns.ListenAndServe(ctx, []string{addr}); err != nil {
+			return fmt.Errorf("starting DNS on %s: %w", addr, err)
+		}
+	}
+	host := d.cfg.DNS.Listen
+	if len(host) == 0 {
 		return nil
 	}
-	if err := d.dns.ListenAndServe(ctx, addrs); err != nil {
-		return fmt.Errorf("starting DNS on %v: %w", addrs, err)
+	listen := d.dns.ListenAndServeMovable
+	if d.cfg.DNS.FixedPorts {
+		listen = d.dns.ListenAndServe
+	}
+	if err := listen(ctx, host); err != nil {
+		return fmt.Errorf("starting DNS on %v (dns.listen): %w", host, err)
 	}
 	return nil
 }

@@ -3,9 +3,10 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"os"
+	"strings"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/internal/imagebuild"
 	"banger/internal/model"
 	"banger/internal/vmm"
@@ -48,8 +49,11 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 			"set defaults.image to an image from `banger image ls` or `banger image catalog`")
 	}
 	agent := d.agentPath()
-	_, err = os.Stat(agent)
-	add("guest-agent", err == nil, agent, "build it: CGO_ENABLED=0 go build -o "+agent+" ./cmd/banger-agent")
+	if err := imagebuild.CheckAgent(agent); err != nil {
+		add("guest-agent", false, err.Error(), errdefs.HintOf(err))
+	} else {
+		add("guest-agent", true, agent, "")
+	}
 	for _, m := range imagebuild.CheckTinyPrereqs() {
 		add("builder:"+m.What, false, m.What+" is missing: "+m.Why, "apt-get install "+m.Package)
 	}
@@ -64,12 +68,13 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 			tunDetail = tunErr.Error()
 		}
 		add("tun", tunErr == nil, tunDetail, vmm.TunHint)
-		add("dns", true, fmt.Sprintf("VM names resolve as NAME.%s at %s:53 and %v", d.cfg.DNS.Domain, d.prefix.Addr(), d.cfg.DNS.Listen),
-			"")
 		add("host-resolver", true, fmt.Sprintf("to resolve VM names on this host: resolvectl dns %s %s && resolvectl domain %s ~%s",
 			d.cfg.Network.Bridge, d.prefix.Addr(), d.cfg.Network.Bridge, d.cfg.DNS.Domain), "")
 	} else {
 		add("network", true, "networking is off: VMs get no NIC (exec/shell/cp still work over the agent channel)", "")
+	}
+	if addrs := d.dns.Addrs(); len(addrs) > 0 {
+		add("dns", true, fmt.Sprintf("VM names resolve as NAME.%s at %s", d.cfg.DNS.Domain, strings.Join(addrs, ", ")), "")
 	}
 	return out
 }

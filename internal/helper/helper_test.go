@@ -20,6 +20,7 @@ import (
 	"banger/internal/netnstest"
 	"banger/internal/opid"
 	"banger/internal/rpc"
+	"banger/internal/testkit"
 )
 
 var testNet = hostnet.Net{Bridge: "bgtbr0", Prefix: netip.MustParsePrefix("172.30.0.1/24")}
@@ -62,14 +63,7 @@ type helperUnderTest struct {
 // of the test binary that unprivileged callers can execute.
 func startHelper(t *testing.T, a serveArgs) *helperUnderTest {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "banger-helper-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := testkit.WorldDir(t, "banger-helper-test-")
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

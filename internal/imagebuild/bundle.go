@@ -22,13 +22,14 @@ type BootFiles struct {
 }
 
 // CheckAgent reports whether path is an existing regular file that can serve as the guest
-// agent. Builders call it before any slow step so a missing agent fails fast.
+// agent: not a dynamically linked ELF, which the initramfs (no loader) could never execute.
+// Builders call it before any slow step so a missing or unusable agent fails fast.
 func CheckAgent(path string) error {
 	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
 		return errdefs.WithHint(errdefs.InvalidArgument("agent", path, "is not an existing file"),
 			"build the guest agent (go build ./cmd/banger-agent) or set agent_path in the config")
 	}
-	return nil
+	return imagestore.CheckStaticAgent("agent", path)
 }
 
 // KernelAndInitrd gives a bundle the part every banger image shares: the current Debian

@@ -141,7 +141,8 @@ func CheckExt4(path string) error {
 }
 
 // CheckInitrd checks that path looks like an initramfs: a newc cpio archive, or one compressed
-// with a method the Linux kernel can unpack.
+// with a method the Linux kernel can unpack, whose /init (when it can be read: uncompressed
+// or gzip) is not a dynamically linked ELF that the guest could never execute.
 func CheckInitrd(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -163,7 +164,7 @@ func CheckInitrd(path string) error {
 		{0x89, 'L', 'Z', 'O'},            // lzop
 	} {
 		if bytes.HasPrefix(b[:], magic) {
-			return nil
+			return checkInitrdInit(path, b[:])
 		}
 	}
 	return errdefs.InvalidArgument("initrd", path, "is not a cpio archive or a compressed one")

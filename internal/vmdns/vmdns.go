@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -119,6 +120,18 @@ func (s *Server) Remove(name string) {
 //
 // An address with port 0 gets a random port, the same for UDP and TCP; Addrs reports it.
 func (s *Server) ListenAndServe(ctx context.Context, addrs []string) error {
+	return s.listenAndServe(ctx, addrs, false)
+}
+
+// ListenAndServeMovable is ListenAndServe for addresses whose port is a preference: one that
+// is already taken (another bangerd on this host serves there) is bound on a free port of the
+// same IP instead, with a warning, so daemons can run side by side. Addrs reports where each
+// ended up. Addresses guests rely on (the bridge's :53) must not be movable.
+func (s *Server) ListenAndServeMovable(ctx context.Context, addrs []string) error {
+	return s.listenAndServe(ctx, addrs, true)
+}
+
+func (s *Server) listenAndServe(ctx context.Context, addrs []string, movable bool) error {
 	if len(addrs) == 0 {
 		return errors.New("dns: no listen addresses")
 	}
@@ -137,6 +150,13 @@ func (s *Server) ListenAndServe(ctx context.Context, addrs []string) error {
 	var bound []string
 	for _, addr := range addrs {
 		pc, l, err := listenBoth(addr)
+		if err != nil && movable && errors.Is(err, syscall.EADDRINUSE) {
+			host, _, _ := net.SplitHostPort(addr)
+			if pc, l, err = listenBoth(net.JoinHostPort(host, "0")); err == nil {
+				s.log.Warn("dns address in use (another bangerd?); serving on a free port instead",
+					"wanted", addr, "addr", pc.LocalAddr().String())
+			}
+		}
 		if err != nil {
 			return fail(err)
 		}

@@ -351,3 +351,26 @@ func TestDig(t *testing.T) {
 		t.Errorf("dig -x: %v: %q", err, out)
 	}
 }
+
+// A second daemon's DNS whose preferred address is taken moves to a free port of the same IP
+// and answers there with its own records, while the first keeps its address.
+func TestMovableAddressInUseMovesToFreePort(t *testing.T) {
+	first, addr := startServer(t, nil)
+	first.Set("one", netip.MustParseAddr("172.30.0.2"))
+	second := New(domain, nil, nil)
+	t.Cleanup(func() { _ = second.Close() })
+	second.Set("two", netip.MustParseAddr("172.30.0.3"))
+	if err := second.ListenAndServeMovable(context.Background(), []string{addr}); err != nil {
+		t.Fatalf("movable listen on a taken address: %v", err)
+	}
+	moved := second.Addrs()
+	if len(moved) != 1 || moved[0] == addr || !strings.HasPrefix(moved[0], "127.0.0.1:") {
+		t.Fatalf("second server bound %v, want a different port of 127.0.0.1 than %s", moved, addr)
+	}
+	if got := answerA(t, query(t, moved[0], "two.banger.internal.", dns.TypeA, "tcp")); !slices.Equal(got, []string{"172.30.0.3"}) {
+		t.Fatalf("second server answered %v", got)
+	}
+	if got := answerA(t, query(t, addr, "one.banger.internal.", dns.TypeA, "udp")); !slices.Equal(got, []string{"172.30.0.2"}) {
+		t.Fatalf("first server answered %v", got)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"banger/internal/imagebuild"
+	"banger/internal/testkit"
 )
 
 // env is the shared test environment, set up once in TestMain.
@@ -181,7 +182,7 @@ func setup() (*env, error) {
 
 	// The daemon runs in a namespace with no route to Debian's mirror, so the kernel package
 	// the tiny builder needs is fetched here, in the host namespace, into a shared cache.
-	cacheDir := filepath.Join(os.TempDir(), "banger-test-cache")
+	cacheDir := testkit.CacheDir()
 	if _, err := imagebuild.DebianKernel(context.Background(), cacheDir, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 		return x, fmt.Errorf("fetching the Debian kernel for the tiny image: %w", err)
 	}

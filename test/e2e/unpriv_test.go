@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/testkit"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -183,7 +184,7 @@ func startUnprivEnv(t *testing.T, bin string) *unprivEnv {
 	suffix := strconv.Itoa(os.Getpid())
 	u.netns, u.peerns = "bgr-up-"+suffix, "bgr-upx-"+suffix
 	var err error
-	if u.dir, err = os.MkdirTemp("", "banger-unpriv-"); err != nil {
+	if u.dir, err = os.MkdirTemp(testkit.WorldTempBase(t), "banger-unpriv-"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(u.teardown)
@@ -191,12 +192,21 @@ func startUnprivEnv(t *testing.T, bin string) *unprivEnv {
 	if err := os.Chmod(u.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The binaries too: the checkout they were built in may be private to root.
+	u.bin = filepath.Join(u.dir, "bin")
+	if err := os.Mkdir(u.bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"banger", "bangerd", "banger-agent"} {
+		copyFile(t, filepath.Join(bin, name), filepath.Join(u.bin, name), 0o755)
+	}
+	bin = u.bin
 	u.home = filepath.Join(u.dir, "home")
 	for _, d := range []string{u.home, filepath.Join(u.home, "state"), filepath.Join(u.home, "run")} {
 		mkdirOwned(t, d)
 	}
 	// A private, daemon-owned cache seeded from the shared one (which stays untouched).
-	seedCache(t, filepath.Join(os.TempDir(), "banger-test-cache"), filepath.Join(u.home, "cache"))
+	seedCache(t, testkit.CacheDir(), filepath.Join(u.home, "cache"))
 
 	if err := linkedNamespaces(u.netns, u.peerns, "up0", "upx0", upHostIP, upPeerIP); err != nil {
 		t.Fatal(err)
@@ -489,4 +499,16 @@ func procStatus(t *testing.T, pid int) map[string]string {
 func idLine(id int) string {
 	s := strconv.Itoa(id)
 	return s + "\t" + s + "\t" + s + "\t" + s
+}
+
+// copyFile copies src to dst with mode.
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, mode); err != nil {
+		t.Fatal(err)
+	}
 }

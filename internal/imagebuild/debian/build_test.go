@@ -11,6 +11,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/imagestore"
+	"banger/internal/testkit"
 )
 
 func agentFile(t *testing.T) string {
@@ -122,7 +123,7 @@ func TestBuildDebian(t *testing.T) {
 		t.Fatal("BANGER_TEST_DEBIAN=1 needs root")
 	}
 	tmp := t.TempDir()
-	cache := filepath.Join(os.TempDir(), "banger-test-cache")
+	cache := testkit.CacheDir()
 	dir, err := Build(context.Background(), Options{Suite: "bookworm", Mirror: os.Getenv("BANGER_DEBIAN_MIRROR"),
 		CacheDir: cache, WorkDir: filepath.Join(tmp, "work"), AgentPath: agentFile(t)})
 	if err != nil {

@@ -9,13 +9,14 @@ import (
 
 	"banger/internal/imagebuild"
 	"banger/internal/imagestore"
+	"banger/internal/testkit"
 )
 
 // requireKernel makes sure the Debian cloud kernel can be had through the shared test
 // cache (the imagebuild tests fill the same one), skipping outside CI when it cannot.
 func requireKernel(t *testing.T) string {
 	t.Helper()
-	cache := filepath.Join(os.TempDir(), "banger-test-cache")
+	cache := testkit.CacheDir()
 	if _, err := imagebuild.DebianKernel(context.Background(), cache, slog.New(slog.DiscardHandler)); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("Debian kernel unavailable: %v", err)

@@ -16,14 +16,6 @@ import (
 	"banger/internal/vmm"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if kernelPath != "" {
-		_ = os.RemoveAll(filepath.Dir(kernelPath))
-	}
-	os.Exit(code)
-}
-
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

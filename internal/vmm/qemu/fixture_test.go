@@ -1,45 +1,22 @@
 package qemu
 
 import (
+	"banger/internal/testkit"
+	"banger/internal/testkit/testkernel"
 	"bytes"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
-
-	"github.com/pierrec/lz4/v4"
 )
 
-const (
-	devKernel  = "/var/cache/banger-dev/root/boot/vmlinuz-6.1.0-56-cloud-amd64"
-	devModules = "/var/cache/banger-dev/root/lib/modules/6.1.0-56-cloud-amd64"
-	busybox    = "/bin/busybox"
-)
-
-// requireBoot skips (or fails, under CI=true) when this host cannot boot a test guest.
+// requireBoot skips (or fails, under CI=true) when this host cannot boot a test guest. The
+// kernel is Debian's current cloud kernel, fetched through apt into the shared test cache.
 func requireBoot(t *testing.T) {
 	t.Helper()
-	var missing []string
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		missing = append(missing, "qemu-system-x86_64")
-	}
-	for _, p := range []string{devKernel, devModules, busybox} {
-		if _, err := os.Stat(p); err != nil {
-			missing = append(missing, p)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("booting a guest needs %v", missing)
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	testkit.Tool(t, "qemu-system-x86_64")
+	testkit.Tool(t, "busybox")
+	testkernel.Get(t)
 }
 
 // cpioWriter writes a "newc" cpio archive, the format the kernel unpacks as an initramfs.
@@ -110,7 +87,7 @@ reboot -f
 // buildInitrd writes the test initramfs into dir and returns its path.
 func buildInitrd(t *testing.T, dir string) string {
 	t.Helper()
-	bb, err := os.ReadFile(busybox)
+	bb, err := os.ReadFile(testkit.Tool(t, "busybox"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,9 +96,10 @@ func buildInitrd(t *testing.T, dir string) string {
 	w.dir("modules")
 	w.file("bin/busybox", bb)
 	w.symlink("bin/sh", "busybox")
+	k, _ := testkernel.Get(t)
 	var names string
 	for _, m := range testModules {
-		b, err := os.ReadFile(filepath.Join(devModules, m.path))
+		b, err := os.ReadFile(filepath.Join(k.ModulesDir, m.path))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,83 +114,9 @@ func buildInitrd(t *testing.T, dir string) string {
 	return path
 }
 
-var (
-	kernelOnce sync.Once
-	kernelPath string
-	kernelErr  error
-)
-
-// testKernel returns the dev kernel as a vmlinux ELF (PVH boot, the faster path), extracted
-// once per test run; if extraction fails it falls back to the bzImage.
+// testKernel returns the guest kernel as a vmlinux ELF (PVH boot), as images carry it.
 func testKernel(t *testing.T) string {
 	t.Helper()
-	kernelOnce.Do(func() {
-		var elf []byte
-		elf, kernelErr = extractVmlinux(devKernel)
-		if kernelErr != nil {
-			return
-		}
-		dir, err := os.MkdirTemp("", "banger-qemu-test-")
-		if err != nil {
-			kernelErr = err
-			return
-		}
-		kernelPath = filepath.Join(dir, "vmlinux")
-		kernelErr = os.WriteFile(kernelPath, elf, 0o644)
-	})
-	if kernelErr != nil {
-		t.Logf("using bzImage: extracting vmlinux: %v", kernelErr)
-		return devKernel
-	}
-	return kernelPath
-}
-
-// extractVmlinux unpacks the ELF from a bzImage whose payload is LZ4 in the legacy frame
-// format the kernel uses: a magic, then blocks each preceded by a 32-bit compressed size,
-// and finally the 32-bit uncompressed size.
-func extractVmlinux(bzImage string) ([]byte, error) {
-	img, err := os.ReadFile(bzImage)
-	if err != nil {
-		return nil, err
-	}
-	if len(img) < 0x250 || string(img[0x202:0x206]) != "HdrS" {
-		return nil, errors.New("not a bzImage")
-	}
-	setupSects := int(img[0x1f1])
-	if setupSects == 0 {
-		setupSects = 4
-	}
-	off := (setupSects+1)*512 + int(binary.LittleEndian.Uint32(img[0x248:]))
-	n := int(binary.LittleEndian.Uint32(img[0x24c:]))
-	if off+n > len(img) {
-		return nil, errors.New("payload outside the image")
-	}
-	p := img[off : off+n]
-	const legacyMagic = 0x184C2102
-	if len(p) < 4 || binary.LittleEndian.Uint32(p) != legacyMagic {
-		return nil, errors.New("payload is not LZ4 legacy")
-	}
-	p = p[4:]
-	var out []byte
-	block := make([]byte, 8<<20)
-	for len(p) > 4 {
-		size := int(binary.LittleEndian.Uint32(p))
-		p = p[4:]
-		if size == legacyMagic {
-			continue
-		}
-		if size > len(p) {
-			break
-		}
-		k, err := lz4.UncompressBlock(p[:size], block)
-		if err != nil {
-			return nil, fmt.Errorf("lz4 block: %w", err)
-		}
-		out = append(out, block[:k]...)
-		p = p[size:]
-	}
-	if !bytes.HasPrefix(out, []byte("\x7fELF")) {
-		return nil, errors.New("payload is not an ELF")
-	}
-	return out, nil
+	_, vmlinux := testkernel.Get(t)
+	return vmlinux
 }
