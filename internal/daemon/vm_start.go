@@ -303,10 +303,15 @@ func (d *Daemon) lockVM(ctx context.Context, ref string) (*model.VM, *vmRuntime,
 	if err != nil {
 		return nil, nil, err
 	}
-	rt := d.runtime(vm.ID)
+	id := vm.ID
+	rt := d.runtime(id)
 	rt.mu.Lock()
 	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
 		rt.mu.Unlock()
+		if errors.Is(err, errdefs.ErrNotFound) {
+			// Deleted while we waited (vm run --rm's VM, removed by the daemon itself).
+			d.dropRuntime(id)
+		}
 		return nil, nil, err
 	}
 	return vm, rt, nil
