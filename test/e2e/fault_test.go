@@ -26,10 +26,10 @@ import (
 // process appears and right after the tap is made), restarted, and the host's ground
 // truth checked each time; then the root helper is killed mid-call and the daemon must
 // converge once it is back. BANGER_FAULT_ITERATIONS sets the number of daemon kills
-// (default 24, a few minutes of TCG boots on two cores); BANGER_FAULT_SEED replays a run.
+// (default 40, about three minutes of TCG boots on two cores); BANGER_FAULT_SEED replays a run.
 func TestFaultInjection(t *testing.T) {
 	x := need(t)
-	iters := envInt(t, "BANGER_FAULT_ITERATIONS", 24)
+	iters := envInt(t, "BANGER_FAULT_ITERATIONS", 40)
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("BANGER_FAULT_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
@@ -59,7 +59,7 @@ func TestFaultInjection(t *testing.T) {
 		x.removeFaultVMs()
 	}
 
-	helperKills := max(4, iters/6)
+	helperKills := max(4, iters/5)
 	for i := range helperKills {
 		name := fmt.Sprintf("fi-h%d", i)
 		point := x.killHelperDuring(t, rng, i, name)
