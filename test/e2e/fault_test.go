@@ -26,7 +26,8 @@ import (
 // process appears and right after the tap is made), restarted, and the host's ground
 // truth checked each time; then the root helper is killed mid-call and the daemon must
 // converge once it is back. BANGER_FAULT_ITERATIONS sets the number of daemon kills
-// (default 40, about three minutes of TCG boots on two cores); BANGER_FAULT_SEED replays a run.
+// (default 40, about three minutes of TCG boots on two cores); BANGER_FAULT_SEED replays a run;
+// BANGER_FAULT_STAGE pins the boot kills to one stage.
 func TestFaultInjection(t *testing.T) {
 	x := need(t)
 	iters := envInt(t, "BANGER_FAULT_ITERATIONS", 40)
@@ -116,6 +117,11 @@ func (x *env) killDaemonDuring(t *testing.T, rng *rand.Rand, i int, sc, name str
 		point = "network_ready"
 	case boots:
 		point = fmt.Sprintf("%dms", rng.IntN(6000))
+	}
+	// BANGER_FAULT_STAGE pins every boot's kill to one stage (e.g. network_ready, which
+	// older daemons log too, to run this test against them).
+	if st := os.Getenv("BANGER_FAULT_STAGE"); st != "" && boots {
+		point = st
 	}
 	offset := fileSize(x.daemonLog.Name())
 	cli, out := x.startCLI(args...)
