@@ -22,7 +22,8 @@ func splitRemote(s string) (vm, path string) {
 }
 
 // Copy copies files between the host and a VM: exactly one of src and dst is NAME:/path.
-func Copy(ctx context.Context, g *Globals, src, dst string) error {
+// opts bound the copy (see guest.CopyOptions); copying out treats the guest as hostile.
+func Copy(ctx context.Context, g *Globals, src, dst string, opts guest.CopyOptions) error {
 	ctx, id := opid.Ensure(ctx)
 	svm, spath := splitRemote(src)
 	dvm, dpath := splitRemote(dst)
@@ -44,9 +45,9 @@ func Copy(ctx context.Context, g *Globals, src, dst string) error {
 	}
 	defer stream.Close()
 	if dvm != "" {
-		err = guest.Put(ctx, stream, id, spath, dpath)
+		err = guest.Put(ctx, stream, id, spath, dpath, opts)
 	} else {
-		err = guest.Get(ctx, stream, id, spath, dpath)
+		err = guest.Get(ctx, stream, id, spath, dpath, opts)
 	}
 	if err != nil {
 		return fmt.Errorf("copying %s to %s: %w (%s)", src, dst, err, id)

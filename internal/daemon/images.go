@@ -87,8 +87,19 @@ func (d *Daemon) produceBundle(ctx context.Context, entry imagecat.Entry, report
 	return dir, cleanup, nil
 }
 
-// publishBundle imports a bundle into the image store and records it, under imageMu.
+// publishBundle imports a bundle into the image store and records it. The bundle is copied
+// and hashed without imageMu; only the publication takes it.
 func (d *Daemon) publishBundle(ctx context.Context, bundle, name, source string) (*model.Image, error) {
+	if name != "" {
+		if im, err := d.store.ResolveImage(ctx, name); err == nil && im.Name == name {
+			return im, nil
+		}
+	}
+	staged, err := imagestore.PrepareBundle(ctx, d.cfg.ImagesDir(), bundle, name)
+	if err != nil {
+		return nil, err
+	}
+	defer staged.Discard()
 	d.imageMu.Lock()
 	defer d.imageMu.Unlock()
 	if name != "" {
@@ -96,13 +107,39 @@ func (d *Daemon) publishBundle(ctx context.Context, bundle, name, source string)
 			return im, nil
 		}
 	}
-	im, err := imagestore.ImportBundle(ctx, d.cfg.ImagesDir(), bundle, name)
+	im, err := staged.Commit()
 	if err != nil {
 		return nil, err
 	}
 	// The bundle was a temporary directory; where it came from is the catalog entry.
 	im.Source = source
 	return d.recordImage(ctx, im, source)
+}
+
+// publishStaged publishes an image prepared without the lock: under imageMu it re-checks
+// that the requested name is still free, renames the files into place and records the row,
+// so publications and removals stay ordered while the slow copying is not.
+func (d *Daemon) publishStaged(ctx context.Context, staged *imagestore.Staged, name string) (*model.Image, error) {
+	d.imageMu.Lock()
+	defer d.imageMu.Unlock()
+	if err := d.checkNameFree(ctx, name); err != nil {
+		return nil, err
+	}
+	im, err := staged.Commit()
+	if err != nil {
+		return nil, err
+	}
+	return d.recordImage(ctx, im, "import")
+}
+
+func (d *Daemon) checkNameFree(ctx context.Context, name string) error {
+	if name == "" {
+		return nil
+	}
+	if existing, err := d.store.ResolveImage(ctx, name); err == nil && existing.Name == name {
+		return errdefs.New(errdefs.ErrAlreadyExists, "image name %q already exists", name)
+	}
+	return nil
 }
 
 func (d *Daemon) recordImage(ctx context.Context, im *model.Image, source string) (*model.Image, error) {
@@ -131,26 +168,26 @@ func (d *Daemon) agentPath() string {
 	return filepath.Join(filepath.Dir(exe), "banger-agent")
 }
 
+// importImage is image.import. The files named are untrusted input (a FIFO, a device, a
+// huge sparse file): they are checked, copied and hashed with no lock held and under ctx,
+// which ends when the client hangs up; only the publication takes imageMu.
 func (d *Daemon) importImage(ctx context.Context, p api.ImageImportParams) (*model.Image, error) {
 	if p.Name != "" {
 		if err := model.ValidateName("name", p.Name); err != nil {
 			return nil, err
 		}
 	}
-	var (
-		im  *model.Image
-		err error
-	)
-	d.imageMu.Lock()
-	defer d.imageMu.Unlock()
-	if p.Name != "" {
-		if existing, err := d.store.ResolveImage(ctx, p.Name); err == nil && existing.Name == p.Name {
-			return nil, errdefs.New(errdefs.ErrAlreadyExists, "image name %q already exists", p.Name)
-		}
+	// Fail fast on a taken name; publishStaged checks again under the lock.
+	if err := d.checkNameFree(ctx, p.Name); err != nil {
+		return nil, err
 	}
+	var (
+		staged *imagestore.Staged
+		err    error
+	)
 	switch {
 	case p.Bundle != "":
-		im, err = imagestore.ImportBundle(ctx, d.cfg.ImagesDir(), p.Bundle, p.Name)
+		staged, err = imagestore.PrepareBundle(ctx, d.cfg.ImagesDir(), p.Bundle, p.Name)
 	case p.Kernel != "" || p.Rootfs != "":
 		if p.Name == "" {
 			return nil, errdefs.InvalidArgument("name", "", "is required when importing loose files")
@@ -161,14 +198,15 @@ func (d *Daemon) importImage(ctx context.Context, p api.ImageImportParams) (*mod
 		if p.Rootfs == "" {
 			return nil, errdefs.InvalidArgument("rootfs", "", "is required")
 		}
-		im, err = imagestore.ImportFiles(ctx, d.cfg.ImagesDir(), p.Name, p.Kernel, p.Initrd, p.Rootfs)
+		staged, err = imagestore.PrepareFiles(ctx, d.cfg.ImagesDir(), p.Name, p.Kernel, p.Initrd, p.Rootfs)
 	default:
 		return nil, errdefs.InvalidArgument("bundle", "", "give a bundle path, or --kernel and --rootfs")
 	}
 	if err != nil {
 		return nil, err
 	}
-	return d.recordImage(ctx, im, "import")
+	defer staged.Discard()
+	return d.publishStaged(ctx, staged, p.Name)
 }
 
 func (d *Daemon) deleteImage(ctx context.Context, ref string) (*model.Image, error) {

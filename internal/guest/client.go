@@ -57,11 +57,11 @@ func bindContext(ctx context.Context, conn io.Closer) func() bool {
 	})
 }
 
-// failure prefers the context's error: once ctx closed the stream, the I/O error it caused
+// failure prefers the context's cause: once ctx closed the stream, the I/O error it caused
 // says nothing useful.
 func failure(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", what, ctx.Err())
+		return fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -81,6 +81,10 @@ func roundTrip(ctx context.Context, conn io.ReadWriter, br *bufio.Reader, req Re
 	return r, nil
 }
 
+// maxPingField bounds each string of a ping reply (a hostname is at most 64 bytes, a
+// kernel release 65).
+const maxPingField = 256
+
 // Ping asks the agent who it is; it is also the readiness check after boot.
 func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, error) {
 	defer conn.Close()
@@ -92,10 +96,11 @@ func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, 
 	if err := r.err(); err != nil {
 		return PingInfo{}, fmt.Errorf("ping: %w", err)
 	}
+	// These strings come from the guest and are printed in progress lines and logs.
 	return PingInfo{
-		Hostname:      r.Hostname,
-		Kernel:        r.Kernel,
-		AgentVersion:  r.AgentVersion,
+		Hostname:      peerText(r.Hostname, maxPingField),
+		Kernel:        peerText(r.Kernel, maxPingField),
+		AgentVersion:  peerText(r.AgentVersion, maxPingField),
 		UptimeSeconds: r.UptimeSeconds,
 	}, nil
 }
@@ -160,6 +165,11 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 			}
 			return -1, failure(ctx, "exec "+req.Argv[0], err)
 		}
+		if ctx.Err() != nil {
+			// A read already waiting when ctx ended may still deliver a frame, typically
+			// the exit of the process the cancellation hung up: the call was cancelled.
+			return -1, failure(ctx, "exec "+req.Argv[0], ctx.Err())
+		}
 		switch kind {
 		case FrameStdout:
 			if _, err := stdout.Write(payload); err != nil {
@@ -176,7 +186,7 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 			}
 			return int(code), nil
 		case FrameError:
-			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], payload)
+			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], peerText(string(payload), maxPeerMessage))
 		default:
 			return -1, fmt.Errorf("exec %s: unexpected frame kind %d from the guest agent", req.Argv[0], kind)
 		}
@@ -235,8 +245,9 @@ func pumpControl(fw *frameWriter, resize <-chan [2]uint16, signals <-chan syscal
 
 // Put copies a host file or directory into the guest; see the package documentation for
 // where it lands.
-func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGuestPath string) error {
+func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGuestPath string, opts CopyOptions) error {
 	defer conn.Close()
+	opts = opts.withDefaults()
 	if dstGuestPath == "" {
 		return errdefs.InvalidArgument("destination", dstGuestPath, "a guest path is required")
 	}
@@ -250,7 +261,10 @@ func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGue
 	if !fi.IsDir() && !fi.Mode().IsRegular() {
 		return errdefs.InvalidArgument("source", srcHostPath, "only regular files and directories can be copied")
 	}
+	ctx, idle := watchIdle(ctx, opts.IdleTimeout)
+	defer idle.stop()
 	defer bindContext(ctx, conn)()
+	conn = progressConn{conn, idle}
 	if err := writeJSONLine(conn, Request{Type: TypePut, OpID: opID, Path: dstGuestPath, Mode: unixMode(fi.Mode())}); err != nil {
 		return failure(ctx, "sending put request to the guest agent", err)
 	}
@@ -308,33 +322,36 @@ func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGue
 	return nil
 }
 
-// Get copies a guest file or directory to the host. The guest is not trusted: entries that
-// would land outside dstHostPath are refused just as the agent refuses them on Put.
-func Get(ctx context.Context, conn io.ReadWriteCloser, opID, srcGuestPath, dstHostPath string) error {
+// Get copies a guest file or directory to the host. The guest is not trusted: the archive
+// must hold only srcGuestPath's base name at its top level, it is capped at opts.MaxBytes,
+// its modes are masked (no setuid, setgid or sticky; umask applied), and nothing may land
+// outside dstHostPath, go through a symlink, or replace anything but the named target;
+// see extractTar.
+func Get(ctx context.Context, conn io.ReadWriteCloser, opID, srcGuestPath, dstHostPath string, opts CopyOptions) error {
 	defer conn.Close()
-	if srcGuestPath == "" {
-		return errdefs.InvalidArgument("source", srcGuestPath, "a guest path is required")
-	}
+	opts = opts.withDefaults()
 	if dstHostPath == "" {
 		return errdefs.InvalidArgument("destination", dstHostPath, "a host path is required")
 	}
-	defer bindContext(ctx, conn)()
+	pol, err := hostPolicy(srcGuestPath, opts.MaxBytes)
+	if err != nil {
+		return err
+	}
 	what := fmt.Sprintf("copying guest %s to %s", srcGuestPath, dstHostPath)
+	ctx, idle := watchIdle(ctx, opts.IdleTimeout)
+	defer idle.stop()
+	defer bindContext(ctx, conn)()
+	conn = progressConn{conn, idle}
 	br := bufio.NewReader(conn)
 	r, err := roundTrip(ctx, conn, br, Request{Type: TypeGet, OpID: opID, Path: srcGuestPath})
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if err := r.err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	dr := &dataReader{r: br}
-	if err := extractTar(dr, dstHostPath); err != nil {
-		return failure(ctx, what, err)
-	}
-	// tar.Reader stops at the end-of-archive marker; the data_eof after it must still
-	// arrive, or the archive was cut short by an agent error.
-	if _, err := io.Copy(io.Discard, dr); err != nil {
+	// extractTar reads up to data_eof, so an archive cut short by an agent error fails.
+	if err := extractTar(&dataReader{r: br}, dstHostPath, pol); err != nil {
 		return failure(ctx, what, err)
 	}
 	return nil

@@ -65,13 +65,18 @@
 // existing directory (or ends in "/", which creates it) the archive is extracted into it;
 // otherwise that first component is renamed to path, so a single file becomes path and a
 // directory becomes path. Entries that would land outside the destination ("..", absolute
-// names, or through a symlink) are refused. Ownership is not preserved (the agent's user
-// owns the files); permission bits and modification times are. The agent replies one JSON
+// names, or through a symlink) are refused, and so are hard links, devices and fifos.
+// Ownership is not preserved (the agent's user owns the files); permission bits and
+// modification times are, except that directories that already existed keep theirs. The agent replies one JSON
 // line {"ok":true} or an error after data_eof, or earlier on an error, and closes.
 //
 // get (guest→host copy): header field "path". The agent replies one JSON line, then sends a
 // tar archive of path (same naming as put: first component is path's base name) as data
-// frames and data_eof, or an error frame if reading fails midway, and closes.
+// frames and data_eof, or an error frame if reading fails midway, and closes. The host
+// trusts none of it: only path's base name is accepted at the top level, and see
+// extractTar and hostPolicy for the rest (confinement, masked modes, size cap).
+//
+// Only the host opens streams; a stream opened by the guest ends the host's session.
 //
 // shutdown: header {"type":"shutdown"}. The agent replies {"ok":true} and then, in the
 // background, powers the VM off: as PID 1 it prints "guest shutdown" on the console, stops
@@ -88,7 +93,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"banger/internal/errdefs"
 )
@@ -230,12 +238,33 @@ func errorReply(err error) Reply {
 	return Reply{OK: false, Error: err.Error(), Code: codeOf(err)}
 }
 
+// maxPeerMessage bounds an error message from the peer, which ends up in terminals, logs
+// and stored errors.
+const maxPeerMessage = 4096
+
+// peerText makes text from the peer safe to print: control characters (terminal escapes
+// included) and invalid UTF-8 become U+FFFD, and it is cut at max bytes.
+func peerText(s string, max int) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			r = utf8.RuneError
+		}
+		if b.Len()+utf8.RuneLen(r) > max {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 // err turns a failed reply into a RemoteError.
 func (r Reply) err() error {
 	if r.OK {
 		return nil
 	}
-	msg := r.Error
+	msg := peerText(r.Error, maxPeerMessage)
 	if msg == "" {
 		msg = "agent reported failure without a message"
 	}
@@ -379,7 +408,7 @@ func (d *dataReader) Read(p []byte) (int, error) {
 		case FrameDataEOF:
 			d.done = true
 		case FrameError:
-			return 0, fmt.Errorf("peer aborted the transfer: %s", payload)
+			return 0, fmt.Errorf("peer aborted the transfer: %s", peerText(string(payload), maxPeerMessage))
 		default:
 			return 0, fmt.Errorf("unexpected frame kind %d in an archive stream", kind)
 		}

@@ -95,7 +95,7 @@ func TestPutGetRoundTrip(t *testing.T) {
 	guestDir := t.TempDir()
 
 	// Into an existing directory: lands under its own name.
-	if err := Put(ctx, openStream(t, s), "op-put1", src, guestDir); err != nil {
+	if err := Put(ctx, openStream(t, s), "op-put1", src, guestDir, CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, filepath.Join(guestDir, "proj"))
@@ -106,18 +106,18 @@ func TestPutGetRoundTrip(t *testing.T) {
 
 	// To a new path: the directory becomes that path.
 	renamed := filepath.Join(guestDir, "copy")
-	if err := Put(ctx, openStream(t, s), "", src, renamed); err != nil {
+	if err := Put(ctx, openStream(t, s), "", src, renamed, CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, renamed)
 
 	// Back to the host.
 	back := t.TempDir()
-	if err := Get(ctx, openStream(t, s), "op-get1", renamed, back); err != nil {
+	if err := Get(ctx, openStream(t, s), "op-get1", renamed, back, CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, filepath.Join(back, "copy"))
-	if err := Get(ctx, openStream(t, s), "", renamed, filepath.Join(back, "again")); err != nil {
+	if err := Get(ctx, openStream(t, s), "", renamed, filepath.Join(back, "again"), CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, filepath.Join(back, "again"))
@@ -139,26 +139,26 @@ func TestPutGetSingleFile(t *testing.T) {
 			t.Errorf("%s: content %q mode %v (%v, %v), want %q 0604", p, b, fi.Mode(), err, serr, "hello\n")
 		}
 	}
-	if err := Put(ctx, openStream(t, s), "", src, guestDir); err != nil {
+	if err := Put(ctx, openStream(t, s), "", src, guestDir, CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check(filepath.Join(guestDir, "notes.txt"))
 	// A file path that does not exist, then one that does (overwritten).
 	target := filepath.Join(guestDir, "renamed.txt")
 	for range 2 {
-		if err := Put(ctx, openStream(t, s), "", src, target); err != nil {
+		if err := Put(ctx, openStream(t, s), "", src, target, CopyOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		check(target)
 	}
 	// A trailing slash asks for a directory, created on demand.
-	if err := Put(ctx, openStream(t, s), "", src, filepath.Join(guestDir, "newdir")+"/"); err != nil {
+	if err := Put(ctx, openStream(t, s), "", src, filepath.Join(guestDir, "newdir")+"/", CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check(filepath.Join(guestDir, "newdir", "notes.txt"))
 
 	hostOut := filepath.Join(t.TempDir(), "out.txt")
-	if err := Get(ctx, openStream(t, s), "", target, hostOut); err != nil {
+	if err := Get(ctx, openStream(t, s), "", target, hostOut, CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check(hostOut)
@@ -180,11 +180,11 @@ func TestTransferErrors(t *testing.T) {
 		err  error
 		kind error
 	}{
-		{"get missing", Get(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), t.TempDir()), errdefs.ErrNotFound},
-		{"get relative", Get(ctx, openStream(t, s), "", "relative/path", t.TempDir()), errdefs.ErrInvalidArgument},
-		{"put missing source", Put(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), dir), errdefs.ErrNotFound},
-		{"put dir onto file", Put(ctx, openStream(t, s), "", srcDir, file), errdefs.ErrConflict},
-		{"put into missing parent", Put(ctx, openStream(t, s), "", file, filepath.Join(dir, "no", "such", "x")), errdefs.ErrNotFound},
+		{"get missing", Get(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), t.TempDir(), CopyOptions{}), errdefs.ErrNotFound},
+		{"get relative", Get(ctx, openStream(t, s), "", "relative/path", t.TempDir(), CopyOptions{}), errdefs.ErrInvalidArgument},
+		{"put missing source", Put(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), dir, CopyOptions{}), errdefs.ErrNotFound},
+		{"put dir onto file", Put(ctx, openStream(t, s), "", srcDir, file, CopyOptions{}), errdefs.ErrConflict},
+		{"put into missing parent", Put(ctx, openStream(t, s), "", file, filepath.Join(dir, "no", "such", "x"), CopyOptions{}), errdefs.ErrNotFound},
 	}
 	for _, c := range cases {
 		if c.err == nil {
@@ -311,7 +311,7 @@ func TestExtractRefusesExistingSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	archive := buildTar(t, []tarEntry{{name: "x/", typ: tar.TypeDir}, {name: "x/evil", typ: tar.TypeReg, body: "pwned"}})
-	err := extractTar(bytes.NewReader(archive), dst)
+	err := extractTar(bytes.NewReader(archive), dst, extractPolicy{})
 	if !errors.Is(err, errdefs.ErrPermissionDenied) && !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("err %v, want a refusal", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 
 	"banger/internal/errdefs"
 )
@@ -26,15 +25,15 @@ const (
 // KernelFormat reports whether path is an x86_64 vmlinux ELF or a bzImage. Anything else is
 // an invalid-argument error naming the file, since a wrong --kernel is the usual cause.
 func KernelFormat(path string) (string, error) {
-	f, err := os.Open(path)
+	f, _, err := openInput("kernel", path, true)
 	if err != nil {
-		return "", openError("kernel", path, err)
+		return "", err
 	}
 	defer f.Close()
 	var hdr [0x210]byte
 	n, err := io.ReadFull(f, hdr[:])
 	if err != nil && err != io.ErrUnexpectedEOF {
-		return "", fmt.Errorf("reading kernel %s: %w", path, err)
+		return "", readError("kernel", path, err)
 	}
 	b := hdr[:n]
 	if len(b) >= 20 && bytes.Equal(b[:4], []byte("\x7fELF")) {
@@ -84,24 +83,17 @@ const (
 // superblock magic, sane block size, known incompatible features, no pending journal
 // recovery, and a file at least as long as the file system claims to be.
 func CheckExt4(path string) error {
-	f, err := os.Open(path)
+	f, st, err := openInput("rootfs", path, true)
 	if err != nil {
-		return openError("rootfs", path, err)
+		return err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat rootfs: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return errdefs.InvalidArgument("rootfs", path, "is not a regular file")
-	}
 	var sb [1024]byte
 	if _, err := f.ReadAt(sb[:], sbOffset); err != nil {
 		if err == io.EOF {
 			return errdefs.InvalidArgument("rootfs", path, "is too small to be an ext4 file system")
 		}
-		return fmt.Errorf("reading rootfs superblock: %w", err)
+		return readError("rootfs", path, err)
 	}
 	le := binary.LittleEndian
 	if le.Uint16(sb[sbMagic:]) != ext4Magic {
@@ -144,14 +136,17 @@ func CheckExt4(path string) error {
 // with a method the Linux kernel can unpack, whose /init (when it can be read: uncompressed
 // or gzip) is not a dynamically linked ELF that the guest could never execute.
 func CheckInitrd(path string) error {
-	f, err := os.Open(path)
+	f, _, err := openInput("initrd", path, true)
 	if err != nil {
-		return openError("initrd", path, err)
+		return err
 	}
 	defer f.Close()
 	var b [6]byte
 	if _, err := io.ReadFull(f, b[:]); err != nil {
-		return errdefs.InvalidArgument("initrd", path, "is too small to be an initramfs")
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return errdefs.InvalidArgument("initrd", path, "is too small to be an initramfs")
+		}
+		return readError("initrd", path, err)
 	}
 	for _, magic := range [][]byte{
 		[]byte("07070"),                  // cpio newc / crc
@@ -164,7 +159,7 @@ func CheckInitrd(path string) error {
 		{0x89, 'L', 'Z', 'O'},            // lzop
 	} {
 		if bytes.HasPrefix(b[:], magic) {
-			return checkInitrdInit(path, b[:])
+			return checkInitrdInit(f, path, b[:])
 		}
 	}
 	return errdefs.InvalidArgument("initrd", path, "is not a cpio archive or a compressed one")

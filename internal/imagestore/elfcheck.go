@@ -44,9 +44,9 @@ func DynamicELF(r io.ReaderAt) string {
 // builds and packs fine, and every VM of the image then panics at boot with "Failed to
 // execute /init (error -2)" and no word about the cause.
 func CheckStaticAgent(field, path string) error {
-	f, err := os.Open(path)
+	f, _, err := openInput(field, path, true)
 	if err != nil {
-		return openError(field, path, err)
+		return err
 	}
 	defer f.Close()
 	if why := DynamicELF(f); why != "" {
@@ -62,15 +62,11 @@ const maxInitScan = 256 << 20
 // checkInitrdInit looks for /init in an uncompressed or gzip-compressed newc initramfs and
 // refuses it when it is a dynamically linked ELF. Other compressions, or an /init that is not
 // a regular file, are not inspected (the kernel's own diagnostics apply then).
-func checkInitrdInit(path string, magic []byte) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return openError("initrd", path, err)
-	}
-	defer f.Close()
-	var r io.Reader = f
+func checkInitrdInit(f *os.File, path string, magic []byte) error {
+	// f is the initrd CheckInitrd opened (and checked is a regular file), read from the start.
+	var r io.Reader = io.NewSectionReader(f, 0, 1<<62)
 	if bytes.HasPrefix(magic, []byte{0x1f, 0x8b}) {
-		zr, err := gzip.NewReader(f)
+		zr, err := gzip.NewReader(r)
 		if err != nil {
 			return errdefs.InvalidArgument("initrd", path, "is not valid gzip: "+err.Error())
 		}

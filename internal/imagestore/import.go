@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +25,11 @@ const ImportVersion = "import"
 // "vmlinux" when it is an ELF and as "vmlinuz" when it is a bzImage, so the file name says
 // which boot path it needs.
 func ImportFiles(ctx context.Context, imagesDir, name, kernel, initrd, rootfs string) (*model.Image, error) {
+	return commitStaged(PrepareFiles(ctx, imagesDir, name, kernel, initrd, rootfs))
+}
+
+// PrepareFiles is ImportFiles up to the Commit (see Prepare).
+func PrepareFiles(ctx context.Context, imagesDir, name, kernel, initrd, rootfs string) (*Staged, error) {
 	if err := model.ValidateName("name", name); err != nil {
 		return nil, err
 	}
@@ -71,11 +75,15 @@ func ImportFiles(ctx context.Context, imagesDir, name, kernel, initrd, rootfs st
 	if err := add(model.RoleRootfs, RootfsName, rootfs); err != nil {
 		return nil, err
 	}
-	return Publish(ctx, imagesDir, BundleSource{Manifest: m, Paths: paths, Source: "import:" + paths[kernelName]}, "")
+	return Prepare(ctx, imagesDir, BundleSource{Manifest: m, Paths: paths, Source: "import:" + paths[kernelName]}, "")
 }
 
 // maxBundleFiles bounds what a tarball may make us write before the manifest is checked.
 const maxBundleFiles = 8
+
+// maxBundleEntries bounds the tar headers (directories included) read from one bundle, so
+// an endless stream of empty entries ends too.
+const maxBundleEntries = 64
 
 const maxManifestBytes = 1 << 20
 
@@ -83,21 +91,23 @@ const maxManifestBytes = 1 << 20
 // one (files at the top level or under a single directory). Every file must match the
 // manifest's size and sha256. A non-empty name replaces the manifest's name.
 func ImportBundle(ctx context.Context, imagesDir, path, name string) (*model.Image, error) {
+	return commitStaged(PrepareBundle(ctx, imagesDir, path, name))
+}
+
+// PrepareBundle is ImportBundle up to the Commit (see Prepare).
+func PrepareBundle(ctx context.Context, imagesDir, path, name string) (*Staged, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, errdefs.InvalidArgument("bundle", path, "does not exist")
-		}
-		return nil, fmt.Errorf("opening bundle: %w", err)
+		return nil, openError("bundle", path, err)
 	}
 	if fi.IsDir() {
 		src, err := OpenBundleDir(path)
 		if err != nil {
 			return nil, err
 		}
-		return Publish(ctx, imagesDir, src, name)
+		return Prepare(ctx, imagesDir, src, name)
 	}
-	if !fi.Mode().IsRegular() {
+	if err := checkRegular("bundle", path, fi); err != nil {
 		return nil, errdefs.InvalidArgument("bundle", path, "is neither a directory nor a tarball")
 	}
 	if name != "" {
@@ -109,9 +119,9 @@ func ImportBundle(ctx context.Context, imagesDir, path, name string) (*model.Ima
 	if err != nil {
 		return nil, fmt.Errorf("resolving bundle path: %w", err)
 	}
-	f, err := os.Open(abs)
+	f, _, err := openInput("bundle", abs, true)
 	if err != nil {
-		return nil, fmt.Errorf("opening bundle: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	return importTar(ctx, imagesDir, f, abs, name)
@@ -125,10 +135,10 @@ func ImportTar(ctx context.Context, imagesDir string, r io.Reader, source, name 
 			return nil, err
 		}
 	}
-	return importTar(ctx, imagesDir, r, source, name)
+	return commitStaged(importTar(ctx, imagesDir, r, source, name))
 }
 
-func importTar(ctx context.Context, imagesDir string, r io.Reader, source, name string) (*model.Image, error) {
+func importTar(ctx context.Context, imagesDir string, r io.Reader, source, name string) (_ *Staged, err error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var rd io.Reader = br
 	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
@@ -143,13 +153,26 @@ func importTar(ctx context.Context, imagesDir string, r io.Reader, source, name 
 	if err != nil {
 		return nil, err
 	}
-	defer st.discard()
+	defer func() {
+		if err != nil {
+			st.discard()
+		}
+	}()
 
 	tr := tar.NewReader(rd)
-	var manifest []byte
+	var (
+		manifest []byte
+		parsed   *Manifest
+	)
 	prefix := "" // the single top-level directory the entries live in, if any
 	first := true
-	for {
+	for entries := 0; ; entries++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if entries > maxBundleEntries {
+			return nil, errdefs.InvalidArgument("bundle", source, fmt.Sprintf("has more than %d tar entries", maxBundleEntries))
+		}
 		h, err := tr.Next()
 		if err == io.EOF {
 			break
@@ -187,26 +210,60 @@ func importTar(ctx context.Context, imagesDir string, r io.Reader, source, name 
 			if len(manifest) > maxManifestBytes {
 				return nil, errdefs.InvalidArgument("bundle entry", h.Name, "manifest is too large")
 			}
+			m, err := ParseManifest(manifest)
+			if err != nil {
+				return nil, fmt.Errorf("bundle %s: %w", source, err)
+			}
+			if err := checkLimits(m); err != nil {
+				return nil, err
+			}
+			// Files already extracted are checked against it when the stage is sealed.
+			parsed = &m
 			continue
 		}
 		if len(st.got) >= maxBundleFiles {
 			return nil, errdefs.InvalidArgument("bundle", source, fmt.Sprintf("has more than %d files", maxBundleFiles))
 		}
+		if err := checkEntrySize(parsed, h); err != nil {
+			return nil, err
+		}
 		if err := st.add(ctx, base, tr); err != nil {
-			return nil, fmt.Errorf("extracting %s from bundle: %w", h.Name, err)
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "bundle %s: extracting %s: %v", source, h.Name, err)
 		}
 	}
-	if manifest == nil {
+	if parsed == nil {
 		return nil, errdefs.InvalidArgument("bundle", source, "has no "+ManifestName)
 	}
-	m, err := ParseManifest(manifest)
-	if err != nil {
-		return nil, fmt.Errorf("bundle %s: %w", source, err)
-	}
+	m := *parsed
 	if name != "" {
 		m.Name = name
 	}
-	return st.commit(m, true, source)
+	return st.seal(m, true, source)
+}
+
+// checkEntrySize refuses a tar entry by its header alone, before any of its (possibly
+// sparse, so nearly free to send) bytes are read: once the manifest has been seen the entry
+// must have exactly the size it gives; before, at most the largest file limit.
+func checkEntrySize(m *Manifest, h *tar.Header) error {
+	if m == nil {
+		if h.Size > MaxRootfsBytes {
+			return errdefs.InvalidArgument("bundle entry", h.Name,
+				fmt.Sprintf("is %d bytes, more than any image file may be (%d)", h.Size, int64(MaxRootfsBytes)))
+		}
+		return nil
+	}
+	_, base, _ := splitEntry(h.Name)
+	want, ok := manifestFileByName(*m, base)
+	if !ok {
+		return errdefs.InvalidArgument("bundle", base, "file is not listed in the manifest")
+	}
+	if h.Size != want.Size {
+		return errdefs.New(errdefs.ErrInvalidArgument, "%s %s: size mismatch: manifest says %d bytes, tar entry has %d", want.Role, want.Name, want.Size, h.Size)
+	}
+	return nil
 }
 
 // splitEntry splits a tar entry name into its directory (at most one level) and base name.

@@ -4,8 +4,12 @@
 // optional initrd and an ext4 root filesystem. Publishing copies the files into a private
 // temporary directory under the store, hashes them while copying, checks them against the
 // manifest, and only then renames the directory to <imagesDir>/<id>. The id is the sha256 of
-// the stored manifest bytes, so an image is immutable and re-importing it is a no-op. The
-// package writes files only; recording images in the database is the daemon's job.
+// the stored manifest bytes, so an image is immutable and re-importing it is a no-op.
+// Preparing (the slow part, reading untrusted input under a context) and committing (the
+// rename) are separate steps, so a caller can hold its lock for the commit alone. Input files
+// must be regular files within size limits; nothing blocks on a FIFO or follows a symlink
+// inside a bundle. The package writes files only; recording images in the database is the
+// daemon's job.
 package imagestore
 
 import (

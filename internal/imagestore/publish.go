@@ -37,21 +37,28 @@ func OpenBundleDir(dir string) (BundleSource, error) {
 	if err != nil {
 		return BundleSource{}, fmt.Errorf("resolving bundle path: %w", err)
 	}
-	m, err := ReadManifest(filepath.Join(abs, ManifestName))
+	mp := filepath.Join(abs, ManifestName)
+	if _, err := os.Lstat(mp); errors.Is(err, os.ErrNotExist) {
+		return BundleSource{}, errdefs.InvalidArgument("bundle", dir, "has no "+ManifestName)
+	}
+	b, err := readManifestFile(mp)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return BundleSource{}, errdefs.InvalidArgument("bundle", dir, "has no "+ManifestName)
-		}
 		return BundleSource{}, err
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		return BundleSource{}, fmt.Errorf("manifest %s: %w", mp, err)
 	}
 	return BundleSource{Manifest: m, Dir: abs, Verify: true, Source: abs}, nil
 }
 
-func (s BundleSource) path(name string) string {
+// path says where the file called name is and whether a symlink there may be followed: a
+// loose file is a path the user gave, a bundle's file is named by the bundle.
+func (s BundleSource) path(name string) (string, bool) {
 	if p, ok := s.Paths[name]; ok {
-		return p
+		return p, true
 	}
-	return filepath.Join(s.Dir, name)
+	return filepath.Join(s.Dir, name), false
 }
 
 var imageIDRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -59,14 +66,19 @@ var imageIDRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // ValidID reports whether id has the form of an image id (64 lowercase hex digits).
 func ValidID(id string) bool { return imageIDRe.MatchString(id) }
 
-// Publish copies src's files into the store and returns the stored image. Files are copied
-// sparsely and hashed on the way into a temporary directory under imagesDir (same file
-// system, so the final rename is atomic), checked (kernel format, ext4 superblock, initrd
-// magic, digests when src.Verify), and only then renamed to <imagesDir>/<id>. On any failure
-// the temporary directory is removed, so the store never holds a half-published image.
-// Publishing an image that is already stored returns the stored one.
-// A non-empty name replaces the manifest's name (and so changes the id).
+// Publish copies src's files into the store and returns the stored image: Prepare, then
+// Commit.
 func Publish(ctx context.Context, imagesDir string, src BundleSource, name string) (*model.Image, error) {
+	return commitStaged(Prepare(ctx, imagesDir, src, name))
+}
+
+// Prepare copies src's files into a temporary directory under imagesDir (same file system,
+// so the final rename is atomic), sparsely and hashing on the way, and checks them (kernel
+// format, ext4 superblock, initrd magic, sizes and digests when src.Verify). This is the
+// slow part and it reads untrusted input, so it takes no lock: the result is private until
+// Commit. ctx ends the copy. A non-empty name replaces the manifest's name (and so changes
+// the id).
+func Prepare(ctx context.Context, imagesDir string, src BundleSource, name string) (_ *Staged, err error) {
 	m := src.Manifest
 	if name != "" {
 		if err := model.ValidateName("name", name); err != nil {
@@ -77,17 +89,85 @@ func Publish(ctx context.Context, imagesDir string, src BundleSource, name strin
 	if err := m.Validate(src.Verify); err != nil {
 		return nil, err
 	}
+	if src.Verify {
+		if err := checkLimits(m); err != nil {
+			return nil, err
+		}
+	}
 	st, err := newStage(imagesDir)
 	if err != nil {
 		return nil, err
 	}
-	defer st.discard()
+	defer func() {
+		if err != nil {
+			st.discard()
+		}
+	}()
 	for _, f := range m.Files {
-		if err := st.addFile(ctx, f.Name, src.path(f.Name), f.Role); err != nil {
+		p, follow := src.path(f.Name)
+		want := int64(-1)
+		if src.Verify {
+			want = f.Size
+		}
+		if err := st.addFile(ctx, f.Name, p, f.Role, follow, want); err != nil {
 			return nil, err
 		}
 	}
-	return st.commit(m, src.Verify, src.Source)
+	return st.seal(m, src.Verify, src.Source)
+}
+
+// Staged is an image copied and checked into the store's private temporary area, not yet
+// published. Commit publishes it; Discard (always safe to defer) removes it if it was not.
+type Staged struct {
+	st     *stage
+	m      Manifest
+	id     string
+	source string
+}
+
+// ID is the id the image will have once committed.
+func (s *Staged) ID() string { return s.id }
+
+// Name is the image's name (the manifest's, or the one given to Prepare).
+func (s *Staged) Name() string { return s.m.Name }
+
+// Discard removes the staged files unless they were committed.
+func (s *Staged) Discard() { s.st.discard() }
+
+// Commit renames the staged directory to <imagesDir>/<id>: cheap, so the caller may hold the
+// lock that orders publications and removals around it. Committing an image that is already
+// stored returns the stored one. On failure nothing is left in the store.
+func (s *Staged) Commit() (*model.Image, error) {
+	defer s.st.discard()
+	if err := os.Chmod(s.st.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("publishing image: %w", err)
+	}
+	final := filepath.Join(s.st.imagesDir, s.id)
+	if _, err := os.Stat(final); err == nil {
+		return loadExisting(s.st.imagesDir, s.id, s.source)
+	}
+	if err := os.Rename(s.st.dir, final); err != nil {
+		// A concurrent publish of the same bundle won the race; its result is ours.
+		if _, serr := os.Stat(final); serr == nil {
+			return loadExisting(s.st.imagesDir, s.id, s.source)
+		}
+		return nil, fmt.Errorf("publishing image %s: %w", s.id, err)
+	}
+	s.st.committed = true
+	syncDir(s.st.imagesDir)
+	im := imageFromManifest(s.id, final, s.m)
+	im.Source = s.source
+	im.CreatedAt = time.Now().UTC()
+	return im, nil
+}
+
+// commitStaged is Commit for callers that do not need to do anything in between.
+func commitStaged(s *Staged, err error) (*model.Image, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer s.Discard()
+	return s.Commit()
 }
 
 // stage is a temporary image directory being filled.
@@ -120,25 +200,31 @@ func (s *stage) discard() {
 	}
 }
 
-// addFile copies the file at path into the stage under name.
-func (s *stage) addFile(ctx context.Context, name, path, role string) error {
-	f, err := os.Open(path)
+// addFile copies the file at path into the stage under name. want is the size the manifest
+// gives it, or -1 when there is no manifest to trust; either way the file is checked
+// against its role's limit before a byte is read, and only the size it had when opened is
+// copied.
+func (s *stage) addFile(ctx context.Context, name, path, role string, follow bool, want int64) error {
+	f, fi, err := openInput(role, path, follow)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return errdefs.InvalidArgument(role, path, "does not exist")
-		}
-		return fmt.Errorf("opening %s %s: %w", role, path, err)
+		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat %s: %w", path, err)
+	size := fi.Size()
+	if max := maxFileBytes(role); size > max {
+		return errdefs.InvalidArgument(role, path, fmt.Sprintf("is %d bytes, more than the %d-byte limit for a %s", size, max, role))
 	}
-	if !fi.Mode().IsRegular() {
-		return errdefs.InvalidArgument(role, path, "is not a regular file")
+	if want >= 0 && size != want {
+		return errdefs.New(errdefs.ErrInvalidArgument, "%s %s: size mismatch: manifest says %d bytes, file has %d", role, name, want, size)
 	}
-	if err := s.add(ctx, name, f); err != nil {
-		return fmt.Errorf("copying %s %s: %w", role, path, err)
+	if err := s.add(ctx, name, io.LimitReader(f, size)); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return readError(role, path, err)
+	}
+	if got := s.got[name].Size; got != size {
+		return errdefs.InvalidArgument(role, path, fmt.Sprintf("shrank from %d to %d bytes while being read", size, got))
 	}
 	return nil
 }
@@ -170,9 +256,9 @@ func (s *stage) add(ctx context.Context, name string, r io.Reader) error {
 	return nil
 }
 
-// commit checks the staged files against m, writes the manifest and moves the stage into
-// place as <imagesDir>/<id>.
-func (s *stage) commit(m Manifest, verify bool, source string) (*model.Image, error) {
+// seal checks the staged files against m and writes the final manifest, so that only the
+// rename to <imagesDir>/<id> is left.
+func (s *stage) seal(m Manifest, verify bool, source string) (*Staged, error) {
 	if len(s.got) != len(m.Files) {
 		for name := range s.got {
 			if _, ok := manifestFileByName(m, name); !ok {
@@ -209,26 +295,7 @@ func (s *stage) commit(m Manifest, verify bool, source string) (*model.Image, er
 	if err := writeFileSync(filepath.Join(s.dir, ManifestName), mb); err != nil {
 		return nil, fmt.Errorf("writing manifest: %w", err)
 	}
-	if err := os.Chmod(s.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("publishing image: %w", err)
-	}
-	final := filepath.Join(s.imagesDir, id)
-	if _, err := os.Stat(final); err == nil {
-		return loadExisting(s.imagesDir, id, source)
-	}
-	if err := os.Rename(s.dir, final); err != nil {
-		// A concurrent publish of the same bundle won the race; its result is ours.
-		if _, serr := os.Stat(final); serr == nil {
-			return loadExisting(s.imagesDir, id, source)
-		}
-		return nil, fmt.Errorf("publishing image %s: %w", id, err)
-	}
-	s.committed = true
-	syncDir(s.imagesDir)
-	im := imageFromManifest(id, final, m)
-	im.Source = source
-	im.CreatedAt = time.Now().UTC()
-	return im, nil
+	return &Staged{st: s, m: m, id: id, source: source}, nil
 }
 
 func loadExisting(imagesDir, id, source string) (*model.Image, error) {

@@ -296,11 +296,11 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 		return false
 	}
 
-	// The request's context ends when the server shuts down. A client hanging up is not
-	// noticed until the response write fails (EOF on a request connection may be a mere
-	// half-close, as `socat` sends), so callers that may give up use the *.begin methods.
-	rctx, cancel := context.WithCancel(octx)
-	defer cancel()
+	// The request's context ends when the server shuts down or the client hangs up (closes
+	// the connection entirely; a half-close after the request, as `socat` sends, is not a
+	// hang-up). Work that must outlive its client goes through the *.begin methods.
+	rctx, stop := cancelOnHangup(octx, c)
+	defer stop()
 	result, err := h(rctx, req.Params)
 	finish(err)
 	if err != nil {

@@ -197,6 +197,16 @@ func TestCopyBothWaysAndTTY(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dst, "out", "r.txt")); err != nil || string(b) != "from-guest\n" {
 		t.Fatalf("copied back: %q %v", b, err)
 	}
+	// A single file out to a new name: the guest's setuid bit does not come along.
+	x.mustCLI(t, "vm", "exec", "e2e-cp", "--", "chmod", "4755", "/root/out/r.txt")
+	single := filepath.Join(dst, "single.txt")
+	x.mustCLI(t, "vm", "cp", "e2e-cp:/root/out/r.txt", single)
+	if b, err := os.ReadFile(single); err != nil || string(b) != "from-guest\n" {
+		t.Fatalf("single file copied back: %q %v", b, err)
+	}
+	if fi, err := os.Stat(single); err != nil || fi.Mode()&os.ModeSetuid != 0 || fi.Mode().Perm()&0o100 == 0 {
+		t.Fatalf("single file mode %v (%v), want executable without setuid", fi.Mode(), err)
+	}
 	// Bad copies are refused with the field named.
 	if _, errOut, code := x.cli(nil, "vm", "cp", "a", "b"); code == 0 || !strings.Contains(errOut, "NAME:/path") {
 		t.Fatalf("cp without a VM side: %d %s", code, errOut)

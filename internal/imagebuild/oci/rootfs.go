@@ -119,7 +119,18 @@ func BuildRootfs(ctx context.Context, ref string, opts Options) error {
 	}
 	defer os.RemoveAll(staging) // staged directories always keep owner rwx, so this works
 
-	flat := mutate.Extract(img)
+	// Blobs live next to the staging tree (same file system as the output) and go with it.
+	blobs, err := os.MkdirTemp(filepath.Dir(opts.Out), ".oci-blobs-")
+	if err != nil {
+		return fmt.Errorf("creating blob dir: %w", err)
+	}
+	defer os.RemoveAll(blobs)
+	verified, err := fetchVerified(ctx, img, blobs)
+	if err != nil {
+		return fmt.Errorf("pulling %s: %w", r, err)
+	}
+
+	flat := mutate.Extract(verified)
 	defer flat.Close()
 	tree, err := unpack(ctx, flat, staging)
 	if err != nil {
@@ -237,6 +248,11 @@ func unpack(ctx context.Context, r io.Reader, dir string) (*unpacked, error) {
 		}
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
+			// mutate.Extract writes the end marker even when a layer failed and reports the
+			// failure only as the stream's final error: read it.
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return nil, fmt.Errorf("reading layer stream: %w", err)
+			}
 			break
 		}
 		if err != nil {

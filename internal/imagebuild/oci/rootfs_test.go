@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -127,13 +128,53 @@ func testLayers(t *testing.T) []v1.Layer {
 // pushTestImage serves an in-process registry on loopback and pushes the image to it.
 func pushTestImage(t *testing.T, layers []v1.Layer) string {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	return pushImage(t, layers, nil, nil)
+}
+
+// pushImage is pushTestImage with hooks: editConfig changes the config before the push, and
+// a non-nil serve replaces the body of every blob and manifest download (what is the blob
+// digest or the manifest tag, after "/blobs/" or "/manifests/") as a hostile registry or
+// network path would.
+func pushImage(t *testing.T, layers []v1.Layer, editConfig func(*v1.ConfigFile), serve func(what string, body []byte) []byte) string {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, what, ok := strings.Cut(r.URL.Path, "/blobs/")
+		if !ok {
+			_, what, ok = strings.Cut(r.URL.Path, "/manifests/")
+		}
+		if serve == nil || !ok || r.Method != http.MethodGet {
+			reg.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		reg.ServeHTTP(rec, r)
+		for k, v := range rec.Header() {
+			if k != "Content-Length" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(rec.Code)
+		// Flushing first makes the response chunked: no Content-Length for the client to
+		// refuse early, so only digest checks can catch the swap.
+		w.(http.Flusher).Flush()
+		w.Write(serve(what, rec.Body.Bytes()))
+	}))
 	t.Cleanup(srv.Close)
 	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: "amd64"})
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	if editConfig != nil {
+		editConfig(cfg)
+	}
+	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
