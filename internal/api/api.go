@@ -55,6 +55,10 @@ type VMCreateParams struct {
 	WorkDiskSize      string `json:"work_disk_size,omitempty"`
 	NAT               bool   `json:"nat,omitempty"`
 	NoStart           bool   `json:"no_start,omitempty"`
+	// AutoRemove (vm run --rm) hands the VM's removal to the daemon: it deletes the VM when
+	// the first vm.agent stream to it ends, when none attaches within a grace period after
+	// the create, or at its next start if it crashed meanwhile.
+	AutoRemove bool `json:"auto_remove,omitempty"`
 }
 
 // VMResult carries one VM.

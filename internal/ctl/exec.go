@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/opid"
 )
@@ -138,12 +139,16 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	// The first Ctrl-C during create cancels it; cleanup still runs.
 	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	var begin api.BeginResult
-	err := g.call(createCtx, api.MethodVMCreateBegin, o.Create.VMCreateParams, &begin)
+	params := o.Create.VMCreateParams
+	// The daemon owns --rm: it removes the VM even if this process dies.
+	params.AutoRemove = o.Remove
+	err := g.call(createCtx, api.MethodVMCreateBegin, params, &begin)
 	if err != nil {
 		stop()
 		return err
 	}
-	st, err := Follow(createCtx, g, api.MethodVMCreateStatus, begin.OpID, createPrinter(g, o.Create.Quiet))
+	name := params.Name
+	st, err := Follow(createCtx, g, api.MethodVMCreateStatus, begin.OpID, nameOf(&name, createPrinter(g, o.Create.Quiet)))
 	interrupted := createCtx.Err() != nil
 	stop()
 	if interrupted && o.Remove {
@@ -161,7 +166,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		return &ExitError{Code: 130}
 	}
 	if err != nil {
-		return err
+		return lostVM(ctx, g, err, "vm run", name)
 	}
 	vm := st.VM
 	o.Exec.VM = vm.ID
@@ -172,8 +177,11 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	return execErr
 }
 
+// removeVM deletes the VM and waits for it; the daemon may already be removing it (the
+// run's stream ended), in which case it is simply gone.
 func removeVM(ctx context.Context, g *Globals, id string) {
-	if err := g.call(ctx, api.MethodVMDelete, api.VMDeleteParams{VM: id, Force: true}, nil); err != nil {
+	err := g.call(ctx, api.MethodVMDelete, api.VMDeleteParams{VM: id, Force: true}, nil)
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		fmt.Fprintf(g.Stderr, "banger: removing vm %s: %v\n", shortID(id), err)
 	}
 }

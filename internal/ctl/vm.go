@@ -30,9 +30,10 @@ func CreateVM(ctx context.Context, g *Globals, o CreateOptions) (*model.VM, erro
 	if err := g.call(ctx, api.MethodVMCreateBegin, o.VMCreateParams, &begin); err != nil {
 		return nil, err
 	}
-	st, err := Follow(ctx, g, api.MethodVMCreateStatus, begin.OpID, createPrinter(g, o.Quiet || g.JSON))
+	name := o.Name
+	st, err := Follow(ctx, g, api.MethodVMCreateStatus, begin.OpID, nameOf(&name, createPrinter(g, o.Quiet || g.JSON)))
 	if err != nil {
-		return nil, err
+		return nil, lostVM(ctx, g, err, "create", name)
 	}
 	if st.VM == nil {
 		return nil, fmt.Errorf("vm.create finished without a VM (%s)", begin.OpID)
@@ -74,6 +75,17 @@ func Follow(ctx context.Context, g *Globals, method, id string, onStage func(api
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+	}
+}
+
+// nameOf wraps a stage printer to learn the VM's name from the "persisted" stage (its
+// message starts with the name), for errors after a lost connection.
+func nameOf(name *string, next func(api.Stage, bool)) func(api.Stage, bool) {
+	return func(s api.Stage, update bool) {
+		if s.Name == "persisted" && *name == "" {
+			*name, _, _ = strings.Cut(s.Message, " ")
+		}
+		next(s, update)
 	}
 }
 

@@ -12,13 +12,13 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"banger/internal/config"
 	"banger/internal/helper"
 	"banger/internal/imagecat"
 	"banger/internal/imagestore"
-	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -58,6 +58,13 @@ type Daemon struct {
 	vms   map[string]*vmRuntime // by VM id
 
 	ops opRegistry
+
+	// netPending is set when a teardown or reconcile step could not finish (helper down, VM
+	// busy): the periodic reconcile then runs every reconcileInterval until all settles.
+	netPending        atomic.Bool
+	reconcileInterval time.Duration
+	// rmGrace is how long a vm run --rm VM may wait for its run to attach after the create.
+	rmGrace time.Duration
 
 	// bg tracks async operations so shutdown can wait for them; bgCtx ends them at shutdown.
 	bg       sync.WaitGroup
@@ -116,14 +123,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		return nil, fmt.Errorf("loading image catalogs: %w", err)
 	}
 	d := &Daemon{
-		cfg:     cfg,
-		log:     log,
-		store:   st,
-		prefix:  prefix,
-		catalog: cat,
-		fetch:   &imagecat.Group{},
-		started: time.Now(),
-		vms:     map[string]*vmRuntime{},
+		cfg:               cfg,
+		log:               log,
+		store:             st,
+		prefix:            prefix,
+		catalog:           cat,
+		fetch:             &imagecat.Group{},
+		started:           time.Now(),
+		vms:               map[string]*vmRuntime{},
+		reconcileInterval: reconcileEvery,
+		rmGrace:           autoRemoveGrace,
 		drivers: map[string]vmm.Driver{
 			"qemu": qemu.New(qemu.Config{Binary: cfg.Qemu.Binary, Accel: cfg.Qemu.Accel,
 				Machine: cfg.Qemu.Machine, Logger: log}),
@@ -169,6 +178,11 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		d.reconcileLoop(d.bgCtx)
+	}()
 	srv := rpc.NewServer(d.log)
 	srv.Observe = d.metrics.observeRPC
 	d.register(srv)
@@ -242,7 +256,7 @@ func (d *Daemon) cleanup(ctx context.Context) {
 		log.Error("cleanup: listing vms failed", "error", err.Error())
 	}
 	for _, vm := range vms {
-		if vm.State != model.VMRunning && vm.State != model.VMStarting {
+		if !vm.State.Live() {
 			continue
 		}
 		if _, err := d.stopVM(ctx, vm.ID, 10*time.Second); err != nil {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -40,6 +42,19 @@ type fakeHelper struct {
 	nat   map[netip.Addr]bool
 	// failEnableNAT makes NAT fail after the tap exists (a half-done network setup).
 	failEnableNAT bool
+	// down makes every call fail as when the helper is not running.
+	down bool
+	// dieInCreateTap makes create_tap create the tap and then fail, as a helper killed
+	// mid-call, and the helper go down.
+	dieInCreateTap bool
+}
+
+var errHelperDown = errors.New("dial unix /run/banger-helper.sock: connect: connection refused")
+
+func (h *fakeHelper) setDown(down bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.down = down
 }
 
 func newFakeHelper() *fakeHelper {
@@ -61,13 +76,23 @@ func (h *fakeHelper) CreateTap(ctx context.Context, tap string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.record(ctx, "create_tap "+tap)
+	if h.down {
+		return errHelperDown
+	}
 	h.taps[tap] = true
+	if h.dieInCreateTap {
+		h.down, h.dieInCreateTap = true, false
+		return errors.New("create_tap: server closed the connection")
+	}
 	return nil
 }
 func (h *fakeHelper) DeleteTap(ctx context.Context, tap string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.record(ctx, "delete_tap "+tap)
+	if h.down {
+		return errHelperDown
+	}
 	delete(h.taps, tap)
 	return nil
 }
@@ -75,6 +100,9 @@ func (h *fakeHelper) EnableNAT(ctx context.Context, ip netip.Addr) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.record(ctx, "enable_nat "+ip.String())
+	if h.down {
+		return errHelperDown
+	}
 	if h.failEnableNAT {
 		return errors.New("nft says no")
 	}
@@ -85,6 +113,9 @@ func (h *fakeHelper) DisableNAT(ctx context.Context, ip netip.Addr) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.record(ctx, "disable_nat "+ip.String())
+	if h.down {
+		return errHelperDown
+	}
 	delete(h.nat, ip)
 	return nil
 }
@@ -98,6 +129,9 @@ func (h *fakeHelper) Cleanup(ctx context.Context) error {
 func (h *fakeHelper) State(ctx context.Context) (helper.StateResult, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.down {
+		return helper.StateResult{}, errHelperDown
+	}
 	var st helper.StateResult
 	for t := range h.taps {
 		st.Taps = append(st.Taps, t)
@@ -115,11 +149,16 @@ func (h *fakeHelper) snapshot() (taps int, nat int) {
 }
 
 // fakeDriver starts fakeMachines; failStart makes Start fail like a VMM that cannot load
-// the kernel.
+// the kernel. Each machine is a real process (a shell loop run as the configured qemu
+// binary on the VM's directory), launched and recorded as a real driver does it, so
+// reconcile's process checks see ground truth.
 type fakeDriver struct {
 	mu        sync.Mutex
 	failStart bool
-	started   []vmm.Spec
+	// hang makes Start block after the process exists, as a VMM that never answers QMP.
+	hang    bool
+	started []vmm.Spec
+	binary  string
 	// console, if set, writes the "guest's" console log, and the machine then exits
 	// before its agent answers, like a guest that panics at boot.
 	console func(logPath string)
@@ -131,37 +170,87 @@ func (f *fakeDriver) Probe(context.Context) vmm.Info {
 }
 func (f *fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.failStart {
+		f.mu.Unlock()
 		return nil, errors.New("cannot load kernel")
 	}
 	f.started = append(f.started, spec)
-	m := newFakeMachine()
-	if f.console != nil {
-		f.console(spec.LogPath)
+	hang, console := f.hang, f.console
+	f.mu.Unlock()
+	proc, err := launchFakeVMM(f.binary, spec.Dir, spec.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.Launched(proc); err != nil {
+		return nil, err
+	}
+	if hang {
+		<-ctx.Done()
+		proc.Kill()
+		<-proc.Done()
+		return nil, ctx.Err()
+	}
+	m := newFakeMachine(proc)
+	if console != nil {
 		m.stop()
+		<-proc.Done()
+		console(spec.LogPath)
 	}
 	return m, nil
 }
-func (f *fakeDriver) Recover(context.Context, vmm.Spec, int) (vmm.Machine, error) {
-	return nil, vmm.ErrNotRunning
+func (f *fakeDriver) Recover(_ context.Context, spec vmm.Spec, pid int) (vmm.Machine, error) {
+	proc, err := vmm.Adopt(pid, spec.PIDStart, vmm.MatchCmdline(f.binary, spec.Dir))
+	if err != nil {
+		return nil, err
+	}
+	return newFakeMachine(proc), nil
+}
+
+// fakeVMMBinary writes the fake VMM: a shell script named like the configured qemu binary,
+// so the daemon's ownership checks (binary + VM directory in the command line) apply.
+func fakeVMMBinary(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "qemu-system-x86_64")
+	if err := os.WriteFile(path, []byte("while :; do sleep 0.2; done\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// fakeVMMs lists the fake VMM processes running on VM directories under vmsDir.
+func fakeVMMs(t *testing.T, vmsDir, binary string) []vmm.Owned {
+	t.Helper()
+	owned, err := vmm.FindOwned(vmsDir, []string{binary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return owned
+}
+
+func killFakeVMMs(t *testing.T, vmsDir, binary string) {
+	for _, o := range fakeVMMs(t, vmsDir, binary) {
+		vmm.KillOwned(o, vmsDir, []string{binary}, 5*time.Second)
+	}
+}
+
+func launchFakeVMM(binary, dir, logPath string) (*vmm.Process, error) {
+	return vmm.Launch(exec.Command("sh", binary, "-qmp", "unix:"+filepath.Join(dir, "qmp.sock")+",server"), logPath, 0, dir)
 }
 
 // fakeMachine's guest is guest.Agent serving on the other end of an in-memory pipe;
-// a shutdown request "powers off" by ending the machine.
+// a shutdown request "powers off" by ending the machine's process.
 type fakeMachine struct {
-	done     chan struct{}
-	once     sync.Once
+	proc     *vmm.Process
 	agentLog *slog.Logger
 }
 
-func newFakeMachine() *fakeMachine {
-	return &fakeMachine{done: make(chan struct{}), agentLog: slog.New(slog.NewTextHandler(io.Discard, nil))}
+func newFakeMachine(proc *vmm.Process) *fakeMachine {
+	return &fakeMachine{proc: proc, agentLog: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
-func (m *fakeMachine) PID() int      { return 4242 }
+func (m *fakeMachine) PID() int      { return m.proc.PID() }
 func (m *fakeMachine) Accel() string { return "none" }
-func (m *fakeMachine) stop()         { m.once.Do(func() { close(m.done) }) }
+func (m *fakeMachine) stop()         { m.proc.Kill() }
 func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 	host, guestEnd := net.Pipe()
 	sess, err := yamux.Server(guestEnd, nil)
@@ -170,19 +259,31 @@ func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 	}
 	agent := guest.NewAgent(m.agentLog, func(*slog.Logger) { m.stop() })
 	go agent.Serve(context.Background(), sess)
-	go func() { <-m.done; sess.Close() }()
+	go func() { <-m.proc.Done(); sess.Close() }()
 	return host, nil
 }
 func (m *fakeMachine) Shutdown(context.Context) error { m.stop(); return nil }
-func (m *fakeMachine) Kill() error                    { m.stop(); return nil }
-func (m *fakeMachine) Done() <-chan struct{}          { return m.done }
+func (m *fakeMachine) Kill() error                    { return m.proc.Kill() }
+func (m *fakeMachine) Done() <-chan struct{}          { return m.proc.Done() }
 
 func startFakeDaemon(t *testing.T) (*testDaemon, *fakeHelper, *fakeDriver) {
 	t.Helper()
-	h, drv := newFakeHelper(), &fakeDriver{}
-	td := startDaemonWith(t, t.TempDir(), func(c *config.Config) {
+	h, drv := newFakeHelper(), &fakeDriver{binary: fakeVMMBinary(t)}
+	td := startFakeDaemonAt(t, t.TempDir(), h, drv, nil)
+	td.addImage(t, "img")
+	return td, h, drv
+}
+
+// startFakeDaemonAt runs a daemon on stateDir with the fake helper and driver; hook
+// tunes it further before it serves.
+func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDriver, hook func(*Daemon)) *testDaemon {
+	t.Helper()
+	// VMMs outlive their daemon by design; the test's must not outlive the test.
+	t.Cleanup(func() { killFakeVMMs(t, filepath.Join(stateDir, "vms"), drv.binary) })
+	return startDaemonWith(t, stateDir, func(c *config.Config) {
 		c.Network.Enabled = true
 		c.VMM = "qemu"
+		c.Qemu.Binary = drv.binary
 	}, func(d *Daemon) {
 		d.helper = h
 		d.dnsOnBridge = false
@@ -190,9 +291,11 @@ func startFakeDaemon(t *testing.T) (*testDaemon, *fakeHelper, *fakeDriver) {
 		// is what records and reconcile use.
 		d.drivers["qemu"] = drv
 		d.drivers["fake"] = drv
+		d.reconcileInterval = 20 * time.Millisecond
+		if hook != nil {
+			hook(d)
+		}
 	})
-	td.addImage(t, "img")
-	return td, h, drv
 }
 
 func TestLifecycleWithFakeVMM(t *testing.T) {

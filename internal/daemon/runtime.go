@@ -21,6 +21,12 @@ type vmRuntime struct {
 	// different VMs overlaps fully.
 	mu sync.Mutex
 
+	// rmMu guards the vm run --rm bookkeeping: attached vm.agent streams and the grace
+	// timer of a VM no run has attached to yet.
+	rmMu     sync.Mutex
+	attached int
+	lease    *time.Timer
+
 	machMu  sync.Mutex
 	machine vmm.Machine
 	sess    *yamux.Session

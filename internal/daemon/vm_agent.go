@@ -34,6 +34,9 @@ func (d *Daemon) agentStream(ctx context.Context, params json.RawMessage, s *rpc
 		return errdefs.New(errdefs.ErrUnavailable, "connecting to the guest agent of %s: %w", vm.Name, err)
 	}
 	defer st.Close()
+	if vm.AutoRemove {
+		defer d.attachRun(vm.ID)()
+	}
 	if err := s.Accept(api.VMResult{VM: *vm}); err != nil {
 		return err
 	}

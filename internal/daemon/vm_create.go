@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -27,11 +26,12 @@ type createPlan struct {
 	work    int64
 	nat     bool
 	noStart bool
+	rm      bool
 }
 
 // validateCreate checks params without holding any lock. Resolving the image may pull it.
 func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog progress) (*createPlan, error) {
-	plan := &createPlan{name: p.Name, nat: p.NAT, noStart: p.NoStart}
+	plan := &createPlan{name: p.Name, nat: p.NAT, noStart: p.NoStart, rm: p.AutoRemove}
 	if p.Name != "" {
 		if err := model.ValidateName("name", p.Name); err != nil {
 			return nil, err
@@ -124,7 +124,7 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		SystemOverlayBytes: plan.overlay, WorkDiskBytes: plan.work, NAT: plan.nat,
 		GuestIP: ip.String(), MAC: model.MACForIP(ip), CID: model.CIDForIP(ip),
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
-		CreatedAt: now, UpdatedAt: now,
+		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm,
 	}
 	// The VM's lifecycle lock is taken before its row becomes visible, so no start or
 	// delete can slip in between the reservation and the rest of the create.
@@ -168,15 +168,14 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	rt := d.runtime(vm.ID)
 	defer rt.mu.Unlock()
 	fail := func(cause error) (*model.VM, error) {
-		// startLocked undid its own steps; what is left is the reservation. A cancelled
-		// request still cleans up, so the undo gets a context of its own.
+		// startLocked undid its own steps; what is left is the reservation, removed by the
+		// same recorded delete a crash would be resumed with. A cancelled request still
+		// cleans up, so the undo gets a context of its own.
 		undo := context.WithoutCancel(ctx)
-		os.RemoveAll(vm.Dir)
-		d.dns.Remove(vm.Name)
-		if err := d.store.DeleteVM(undo, vm.ID); err != nil {
-			rpc.Logger(ctx, d.log).Error("undo create: deleting row failed", "vm_id", vm.ID, "error", err.Error())
+		if err := d.destroy(undo, rt, vm, "create failed: "+cause.Error()); err != nil {
+			rpc.Logger(ctx, d.log).Error("undo create failed", "vm_id", vm.ID, "error", err.Error())
+			return nil, fmt.Errorf("%w (undoing the create: %w)", cause, err)
 		}
-		d.dropRuntime(vm.ID)
 		return nil, cause
 	}
 	if err := d.prepareDisks(ctx, vm); err != nil {
@@ -185,8 +184,7 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	prog.stage("disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)), 0, 0)
 	rpc.Stage(ctx, d.log, "disks_ready")
 	if plan.noStart {
-		vm.State = model.VMStopped
-		if err := d.store.UpdateVM(ctx, vm); err != nil {
+		if err := d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.Creating = false }); err != nil {
 			return fail(err)
 		}
 		prog.stage("created", "not started (--no-start)", 0, 0)
@@ -194,6 +192,9 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	}
 	if err := d.startLocked(ctx, rt, vm, prog); err != nil {
 		return fail(err)
+	}
+	if vm.AutoRemove {
+		d.armAutoRemove(vm.ID)
 	}
 	return vm, nil
 }
@@ -237,5 +238,3 @@ func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.Beg
 	}()
 	return api.BeginResult{OpID: id}, nil
 }
-
-var _ = errors.New

@@ -22,6 +22,9 @@ func (d *Daemon) renameVM(ctx context.Context, ref, name string) (*model.VM, err
 	if vm.Name == name {
 		return vm, nil
 	}
+	if vm.State == model.VMDeleting {
+		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is being deleted", vm.Name)
+	}
 	// Names are reserved under the create lock; the store's UNIQUE constraint backs it.
 	d.reserveMu.Lock()
 	defer d.reserveMu.Unlock()

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -107,26 +108,40 @@ func (d *Daemon) setupNetwork(ctx context.Context, vm *model.VM) error {
 	return nil
 }
 
-// teardownNetwork removes what setupNetwork made; it is best effort and logs failures,
-// since reconcile removes leftovers on the next start.
-func (d *Daemon) teardownNetwork(ctx context.Context, vm *model.VM) {
+// teardownNetwork removes what setupNetwork made. Both helper calls are idempotent; their
+// failures are returned (joined), since a NAT rule left behind would follow the guest IP
+// to its next owner: callers keep the row (and so the IP) until this succeeds.
+func (d *Daemon) teardownNetwork(ctx context.Context, vm *model.VM) error {
 	if d.helper == nil {
-		return
+		return nil
 	}
-	log := rpc.Logger(ctx, d.log)
+	var errs []error
 	if vm.NAT {
 		ip, _ := netip.ParseAddr(vm.GuestIP)
 		if err := d.helper.DisableNAT(ctx, ip); err != nil {
-			log.Warn("disabling NAT failed", "vm", vm.Name, "error", err.Error())
+			errs = append(errs, fmt.Errorf("disabling NAT for %s: %w", vm.GuestIP, err))
 		}
 	}
 	if err := d.helper.DeleteTap(ctx, vm.Tap); err != nil {
-		log.Warn("deleting tap failed", "vm", vm.Name, "tap", vm.Tap, "error", err.Error())
+		errs = append(errs, fmt.Errorf("deleting tap %s: %w", vm.Tap, err))
 	}
+	if err := errors.Join(errs...); err != nil {
+		d.netPending.Store(true)
+		rpc.Logger(ctx, d.log).Warn("network teardown failed; reconcile retries", "vm", vm.Name, "error", err.Error())
+		return fmt.Errorf("%s: %w", netTeardownNote, err)
+	}
+	return nil
 }
 
-// startLocked boots vm and waits for its agent. The caller holds rt.mu. On failure it
-// undoes its own work (VMM killed, tap and NAT removed), so callers only record the outcome.
+// netTeardownNote starts every error about network objects left behind.
+const netTeardownNote = "network teardown failed"
+
+// startLocked boots vm and waits for its agent. The caller holds rt.mu. Every step is
+// recorded before it is taken: the state moves to starting before the tap exists, and the
+// VMM's pid and start time are stored the moment the process exists (before QMP or the
+// agent answer), so a crash at any point leaves a row that reconcile can act on. On
+// failure it undoes its own work (VMM killed, tap and NAT removed) and leaves vm in
+// starting; callers record the outcome.
 func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, prog progress) (err error) {
 	im, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
@@ -142,23 +157,27 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	}
 	// Stale sockets from a previous run would make the VMM fail to bind.
 	os.Remove(spec.ChannelPath)
-	vm.State = model.VMStarting
-	vm.VMM, vm.Accel, vm.LastError = drv.Name(), info.Accel, ""
-	if err := d.store.UpdateVM(ctx, vm); err != nil {
+	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) {
+		v.VMM, v.Accel, v.LastError, v.PID, v.PIDStart = drv.Name(), info.Accel, "", 0, 0
+	}); err != nil {
 		return err
 	}
 	// undo grows with each step taken; it runs once, on failure, with a context that
 	// outlives a cancelled request.
-	var undo []func(context.Context)
+	var undo []func(context.Context) error
 	defer func() {
 		if err != nil {
 			uctx := context.WithoutCancel(ctx)
+			var uerrs []error
 			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i](uctx)
+				uerrs = append(uerrs, undo[i](uctx))
+			}
+			if uerr := errors.Join(uerrs...); uerr != nil {
+				err = fmt.Errorf("%w (undoing: %w)", err, uerr)
 			}
 		}
 	}()
-	undo = append(undo, func(c context.Context) { d.teardownNetwork(c, vm) })
+	undo = append(undo, func(c context.Context) error { return d.teardownNetwork(c, vm) })
 	if err := d.setupNetwork(ctx, vm); err != nil {
 		return err
 	}
@@ -166,22 +185,21 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		prog.stage("network_ready", fmt.Sprintf("tap %s, %s", vm.Tap, vm.GuestIP), 0, 0)
 		rpc.Stage(ctx, d.log, "network_ready", "tap", vm.Tap)
 	}
+	undo = append(undo, func(c context.Context) error { return d.killVMMs(c, rt, vm) })
+	spec.OnLaunch = func(pid int, start uint64) error {
+		if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.PIDStart = pid, start }); err != nil {
+			return err
+		}
+		rpc.Stage(ctx, d.log, "vmm_launched", "pid", pid)
+		return nil
+	}
 	started := time.Now()
 	m, err := drv.Start(ctx, spec)
 	if err != nil {
-		return fmt.Errorf("starting %s: %w", drv.Name(), err)
+		return d.explainStartFailure(vm, fmt.Errorf("starting %s: %w", drv.Name(), err))
 	}
-	undo = append(undo, func(c context.Context) {
-		m.Kill()
-		wctx, cancel := context.WithTimeout(c, 10*time.Second)
-		defer cancel()
-		vmm.Wait(wctx, m)
-		rt.resetSession()
-		rt.setMachine(nil)
-	})
 	rt.setMachine(m)
-	vm.PID, vm.Accel = m.PID(), m.Accel()
-	if err := d.store.UpdateVM(ctx, vm); err != nil {
+	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.Accel = m.PID(), m.Accel() }); err != nil {
 		return err
 	}
 	prog.stage("vmm_started", fmt.Sprintf("%s/%s pid %d", drv.Name(), m.Accel(), m.PID()), 0, 0)
@@ -196,14 +214,15 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		if tail != "" {
 			msg += "\nlast console lines:\n" + tail
 		}
-		return errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "%s", msg),
+		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(errdefs.ErrUnavailable, "%s", msg)),
 			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
 	}
 	boot := time.Since(started)
 	d.metrics.bootTime.WithLabelValues(drv.Name(), m.Accel()).Observe(boot.Seconds())
-	vm.State = model.VMRunning
-	vm.StartedAt = time.Now().UTC()
-	if err := d.store.UpdateVM(ctx, vm); err != nil {
+	// Reaching running also ends a create: from here a crash keeps the VM.
+	if err := d.move(ctx, vm, model.VMRunning, func(v *model.VM) {
+		v.StartedAt, v.Creating = time.Now().UTC(), false
+	}); err != nil {
 		return err
 	}
 	prog.stage("agent_ready", fmt.Sprintf("%s answered after %.1fs (kernel %s)", pinfo.Hostname, boot.Seconds(), pinfo.Kernel), 0, 0)
@@ -232,12 +251,20 @@ func (d *Daemon) watchExit(id string, m vmm.Machine) {
 		if err != nil || vm.State != model.VMRunning {
 			return
 		}
-		d.log.Info("vm exited on its own", "op_id", opid.From(ctx), "vm", vm.Name, "pid", vm.PID)
+		log := d.log.With("op_id", opid.From(ctx), "vm", vm.Name)
+		log.Info("vm exited on its own", "pid", vm.PID)
 		rt.resetSession()
 		rt.setMachine(nil)
-		d.teardownNetwork(ctx, vm)
-		vm.State, vm.PID = model.VMStopped, 0
-		d.store.UpdateVM(ctx, vm)
+		note := ""
+		if err := d.teardownNetwork(ctx, vm); err != nil {
+			note = err.Error()
+		}
+		if err := d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.PID, v.PIDStart, v.LastError = 0, 0, note }); err != nil {
+			log.Error("recording vm exit failed", "error", err.Error())
+		}
+		if vm.AutoRemove {
+			d.autoRemove(id, "its VMM exited")
+		}
 	}()
 }
 
@@ -248,9 +275,8 @@ func (d *Daemon) startVM(ctx context.Context, ref string) (*model.VM, error) {
 		return nil, err
 	}
 	defer rt.mu.Unlock()
-	switch vm.State {
-	case model.VMRunning, model.VMStarting:
-		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is already %s", vm.Name, vm.State)
+	if err := model.CheckTransition(vm.State, model.VMStarting); err != nil || vm.State == model.VMStarting {
+		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is %s; it can be started only when stopped", vm.Name, vm.State)
 	}
 	if err := d.startRecorded(ctx, rt, vm); err != nil {
 		return nil, err
@@ -263,10 +289,13 @@ func (d *Daemon) startVM(ctx context.Context, ref string) (*model.VM, error) {
 func (d *Daemon) startRecorded(ctx context.Context, rt *vmRuntime, vm *model.VM) error {
 	err := d.startLocked(ctx, rt, vm, noProgress{})
 	if err != nil {
-		vm.State, vm.PID, vm.LastError = model.VMStopped, 0, model.CapLastError(err.Error())
 		rt.setMachine(nil)
 		rt.resetSession()
-		d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+		if merr := d.move(ctx, vm, model.VMStopped, func(v *model.VM) {
+			v.PID, v.PIDStart, v.LastError = 0, 0, model.CapLastError(err.Error())
+		}); merr != nil {
+			return fmt.Errorf("%w (recording the failure: %w)", err, merr)
+		}
 	}
 	return err
 }
@@ -278,10 +307,15 @@ func (d *Daemon) lockVM(ctx context.Context, ref string) (*model.VM, *vmRuntime,
 	if err != nil {
 		return nil, nil, err
 	}
-	rt := d.runtime(vm.ID)
+	id := vm.ID
+	rt := d.runtime(id)
 	rt.mu.Lock()
 	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
 		rt.mu.Unlock()
+		if errors.Is(err, errdefs.ErrNotFound) {
+			// Deleted while we waited (vm run --rm's VM, removed by the daemon itself).
+			d.dropRuntime(id)
+		}
 		return nil, nil, err
 	}
 	return vm, rt, nil

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"banger/internal/errdefs"
@@ -23,43 +24,49 @@ func (d *Daemon) stopVM(ctx context.Context, ref string, timeout time.Duration) 
 		return nil, err
 	}
 	defer rt.mu.Unlock()
-	if vm.State != model.VMRunning && vm.State != model.VMStarting && vm.State != model.VMStopping {
+	if !vm.State.Live() {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.State)
 	}
-	if err := d.stopLocked(ctx, rt, vm, timeout, true); err != nil {
+	if err := d.stopLocked(ctx, rt, vm, timeout); err != nil {
 		return nil, err
 	}
 	return vm, nil
 }
 
-// stopLocked stops vm; graceful false kills the VMM at once, for a VM whose disks are
-// about to be deleted, where a clean guest shutdown would only cost time.
-func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, timeout time.Duration, graceful bool) error {
+// stopLocked stops vm: stopping is recorded first, then the guest is halted, then the
+// network torn down and stopped recorded. A teardown the root helper cannot do leaves the
+// VM stopped with the reason as its last error; reconcile removes the leftovers when the
+// helper answers again (the row keeps holding the guest IP meanwhile).
+func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = defaultStopTimeout
 	}
 	log := rpc.Logger(ctx, d.log).With("vm", vm.Name)
-	vm.State = model.VMStopping
-	d.store.UpdateVM(ctx, vm)
-	m := rt.getMachine()
-	if m != nil {
-		how := "killed (discarded)"
-		if graceful {
-			how = d.haltMachine(ctx, rt, m, timeout)
-		} else {
-			m.Kill()
-			waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			vmm.Wait(waitCtx, m)
-			cancel()
-		}
+	if err := d.move(ctx, vm, model.VMStopping, nil); err != nil {
+		return err
+	}
+	if m := rt.getMachine(); m != nil {
+		how := d.haltMachine(ctx, rt, m, timeout)
 		log.Info("vm stopped", "how", how)
 		rpc.Stage(ctx, d.log, "vmm_exited", "how", how)
 	}
-	rt.resetSession()
-	rt.setMachine(nil)
-	d.teardownNetwork(ctx, vm)
-	vm.State, vm.PID = model.VMStopped, 0
-	return d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+	// A VMM this daemon does not hold (its start was interrupted) must not outlive the stop.
+	if err := d.killVMMs(ctx, rt, vm); err != nil {
+		return d.recordError(ctx, vm, fmt.Errorf("stopping vm %s: %w", vm.Name, err))
+	}
+	note := ""
+	if err := d.teardownNetwork(ctx, vm); err != nil {
+		note = err.Error() + " (bangerd retries)"
+	}
+	return d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.PID, v.PIDStart, v.LastError = 0, 0, note })
+}
+
+// recordError moves vm to error with cause as its last error and returns cause.
+func (d *Daemon) recordError(ctx context.Context, vm *model.VM, cause error) error {
+	if err := d.move(ctx, vm, model.VMError, func(v *model.VM) { v.LastError = cause.Error() }); err != nil {
+		return fmt.Errorf("%w (recording it: %w)", cause, err)
+	}
+	return cause
 }
 
 // haltMachine escalates from a guest shutdown to a kill and reports which step worked.
@@ -97,8 +104,8 @@ func (d *Daemon) restartVM(ctx context.Context, ref string, timeout time.Duratio
 		return nil, err
 	}
 	defer rt.mu.Unlock()
-	if vm.State == model.VMRunning || vm.State == model.VMStarting {
-		if err := d.stopLocked(ctx, rt, vm, timeout, true); err != nil {
+	if vm.State.Live() {
+		if err := d.stopLocked(ctx, rt, vm, timeout); err != nil {
 			return nil, err
 		}
 	}

@@ -16,33 +16,42 @@ const (
 	VMRunning  VMState = "running"
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
-	VMError    VMState = "error"
+	VMError    VMState = "error" // a failure left it needing attention; last_error says why
 )
 
 // VM is the stored record of one microVM. JSON names are the wire's (snake_case).
 type VM struct {
-	ID                 string    `json:"id"`
-	Name               string    `json:"name"`
-	ImageID            string    `json:"image_id"`
-	ImageName          string    `json:"image_name"`
-	State              VMState   `json:"state"`
-	VCPU               int       `json:"vcpu"`
-	MemoryMiB          int       `json:"memory_mib"`
-	SystemOverlayBytes int64     `json:"system_overlay_bytes"`
-	WorkDiskBytes      int64     `json:"work_disk_bytes"`
-	NAT                bool      `json:"nat"`
-	GuestIP            string    `json:"guest_ip"`
-	MAC                string    `json:"mac"`
-	CID                uint32    `json:"cid"`
-	Tap                string    `json:"tap"`
-	Dir                string    `json:"dir"`
-	VMM                string    `json:"vmm"`   // driver the VM runs on: qemu, firecracker
-	Accel              string    `json:"accel"` // kvm or tcg
-	PID                int       `json:"pid"`
-	LastError          string    `json:"last_error,omitempty"`
-	CreatedAt          time.Time `json:"created_at"`
-	UpdatedAt          time.Time `json:"updated_at"`
-	StartedAt          time.Time `json:"started_at,omitzero"`
+	ID                 string  `json:"id"`
+	Name               string  `json:"name"`
+	ImageID            string  `json:"image_id"`
+	ImageName          string  `json:"image_name"`
+	State              VMState `json:"state"`
+	VCPU               int     `json:"vcpu"`
+	MemoryMiB          int     `json:"memory_mib"`
+	SystemOverlayBytes int64   `json:"system_overlay_bytes"`
+	WorkDiskBytes      int64   `json:"work_disk_bytes"`
+	NAT                bool    `json:"nat"`
+	GuestIP            string  `json:"guest_ip"`
+	MAC                string  `json:"mac"`
+	CID                uint32  `json:"cid"`
+	Tap                string  `json:"tap"`
+	Dir                string  `json:"dir"`
+	VMM                string  `json:"vmm"`   // driver the VM runs on: qemu, firecracker
+	Accel              string  `json:"accel"` // kvm or tcg
+	PID                int     `json:"pid"`
+	// PIDStart is the VMM process's start time (clock ticks since boot, /proc/PID/stat),
+	// recorded with PID the moment the process exists: with it a recycled pid is never
+	// mistaken for the VM's VMM.
+	PIDStart uint64 `json:"pid_start,omitempty"`
+	// Creating marks a create in progress; a create interrupted by a daemon crash is undone.
+	Creating bool `json:"creating,omitempty"`
+	// AutoRemove is vm run --rm: the daemon deletes the VM when the run's command ends, its
+	// connection drops, or it never attaches.
+	AutoRemove bool      `json:"auto_remove,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
 }
 
 // Image is a stored, verified image bundle.

@@ -88,7 +88,7 @@ func (c *Client) receive(ctx context.Context, method string, out any) error {
 			return fmt.Errorf("%s: %w", method, ctx.Err())
 		}
 		if err == io.EOF {
-			return fmt.Errorf("%s: server closed the connection", method)
+			return fmt.Errorf("%s: %w", method, ErrConnectionLost)
 		}
 		return fmt.Errorf("reading %s response: %w", method, err)
 	}
@@ -132,6 +132,10 @@ func (s *ClientStream) CloseWrite() error {
 	}
 	return nil
 }
+
+// ErrConnectionLost is a call whose connection the server closed before answering (the
+// daemon exited or crashed).
+var ErrConnectionLost = errors.New("server closed the connection")
 
 // Call dials socket, makes one call and closes the connection.
 func Call(ctx context.Context, socket, method string, params, out any) error {

@@ -69,6 +69,13 @@ CREATE INDEX vms_image_id ON vms (image_id);
 CREATE INDEX vms_created_at ON vms (created_at, name);
 CREATE INDEX images_created_at ON images (created_at, name);
 `},
+	// Lifecycle intent: the VMM's identity (pid start time) and the in-progress create and
+	// --rm flags that reconcile acts on after a crash.
+	{version: 2, sql: `
+ALTER TABLE vms ADD COLUMN pid_start INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN creating INTEGER NOT NULL DEFAULT 0 CHECK (creating IN (0, 1));
+ALTER TABLE vms ADD COLUMN auto_remove INTEGER NOT NULL DEFAULT 0 CHECK (auto_remove IN (0, 1));
+`},
 }
 
 // migrate creates the bookkeeping table and applies each migration in migs that the database

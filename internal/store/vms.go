@@ -17,7 +17,7 @@ import (
 // vmColumns lists the vms columns in the order scanVM and vmValues use.
 const vmColumns = `id, name, image_id, image_name, state, vcpu, memory_mib, system_overlay_bytes,
 	work_disk_bytes, nat, guest_ip, mac, cid, tap, dir, vmm, accel, pid, last_error,
-	created_at, updated_at, started_at`
+	created_at, updated_at, started_at, pid_start, creating, auto_remove`
 
 const vmOrder = ` ORDER BY created_at, name`
 
@@ -35,7 +35,7 @@ func (s *Store) InsertVM(ctx context.Context, vm *model.VM) error {
 		vm.UpdatedAt = vm.CreatedAt
 	}
 	_, err := s.db.ExecContext(ctx,
-		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vmValues(vm)...)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -47,7 +47,7 @@ func (s *Store) InsertVM(ctx context.Context, vm *model.VM) error {
 }
 
 // UpdateVM overwrites every field of the VM with vm.ID except CreatedAt, and sets UpdatedAt
-// (in the database and on vm) to now.
+// (in the database and on vm) to now. Lifecycle moves go through TransitionVM instead.
 func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 	if err := validateVM(vm); err != nil {
 		return err
@@ -56,11 +56,13 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET
 	name = ?, image_id = ?, image_name = ?, state = ?, vcpu = ?, memory_mib = ?,
 	system_overlay_bytes = ?, work_disk_bytes = ?, nat = ?, guest_ip = ?, mac = ?, cid = ?,
-	tap = ?, dir = ?, vmm = ?, accel = ?, pid = ?, last_error = ?, updated_at = ?, started_at = ?
+	tap = ?, dir = ?, vmm = ?, accel = ?, pid = ?, last_error = ?, updated_at = ?, started_at = ?,
+	pid_start = ?, creating = ?, auto_remove = ?
 WHERE id = ?`,
 		vm.Name, vm.ImageID, vm.ImageName, string(vm.State), vm.VCPU, vm.MemoryMiB,
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError, formatTime(now), formatTime(vm.StartedAt),
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove),
 		vm.ID)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -70,6 +72,40 @@ WHERE id = ?`,
 	}
 	if err := expectOneRow(res, "vm", vm.ID); err != nil {
 		return err
+	}
+	vm.UpdatedAt = now
+	return nil
+}
+
+// TransitionVM moves the VM with vm.ID from state from to vm.State, writing its lifecycle
+// fields (pid, pid start, vmm, accel, last error, started at, creating) in the same
+// statement, as a compare-and-set: the row changes only if it is still in from. A move the
+// state machine (model.CheckTransition) forbids, or a row no longer in from because another
+// operation or a crash moved it, is ErrConflict; a missing row is ErrNotFound.
+func (s *Store) TransitionVM(ctx context.Context, vm *model.VM, from model.VMState) error {
+	if err := model.CheckTransition(from, vm.State); err != nil {
+		return fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	now := time.Now()
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET
+	state = ?, pid = ?, pid_start = ?, vmm = ?, accel = ?, last_error = ?, started_at = ?, creating = ?,
+	updated_at = ?
+WHERE id = ? AND state = ?`,
+		string(vm.State), vm.PID, int64(vm.PIDStart), vm.VMM, vm.Accel, vm.LastError,
+		formatTime(vm.StartedAt), boolInt(vm.Creating), formatTime(now), vm.ID, string(from))
+	if err != nil {
+		return fmt.Errorf("moving vm %s from %s to %s: %w", vm.Name, from, vm.State, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("moving vm %s: reading affected rows: %w", vm.Name, err)
+	}
+	if n == 0 {
+		cur, gerr := s.GetVM(ctx, vm.ID)
+		if gerr != nil {
+			return gerr
+		}
+		return errdefs.New(errdefs.ErrConflict, "vm %s is %s, not %s: another operation moved it", vm.Name, cur.State, from)
 	}
 	vm.UpdatedAt = now
 	return nil
@@ -202,6 +238,7 @@ func vmValues(vm *model.VM) []any {
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError,
 		formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), formatTime(vm.StartedAt),
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove),
 	}
 }
 
@@ -209,18 +246,21 @@ func scanVM(sc scanner) (*model.VM, error) {
 	var (
 		vm                          model.VM
 		state                       string
-		nat                         int
+		nat, creating, autoRemove   int
+		pidStart                    int64
 		cid                         int64
 		created, updated, startedAt string
 	)
 	if err := sc.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.ImageName, &state, &vm.VCPU, &vm.MemoryMiB,
 		&vm.SystemOverlayBytes, &vm.WorkDiskBytes, &nat, &vm.GuestIP, &vm.MAC, &cid,
 		&vm.Tap, &vm.Dir, &vm.VMM, &vm.Accel, &vm.PID, &vm.LastError,
-		&created, &updated, &startedAt); err != nil {
+		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove); err != nil {
 		return nil, err
 	}
 	vm.State = model.VMState(state)
 	vm.NAT = nat != 0
+	vm.PIDStart = uint64(pidStart)
+	vm.Creating, vm.AutoRemove = creating != 0, autoRemove != 0
 	vm.CID = uint32(cid)
 	var err error
 	if vm.CreatedAt, err = parseTime("created_at", created); err != nil {

@@ -24,6 +24,7 @@ const PIDFileName = "vmm.pid"
 // by Adopt after the daemon restarted. Its Done channel closes when the process exits.
 type Process struct {
 	pid     int
+	start   uint64 // start time in clock ticks since boot: with pid, the process's identity
 	cmdline []string
 	done    chan struct{}
 
@@ -69,6 +70,8 @@ func Launch(cmd *exec.Cmd, logPath string, logMax int64, dir string) (*Process, 
 		cmd:     cmd,
 		console: c,
 	}
+	// Read before Wait can reap the child, so the pid still names it.
+	p.start, _ = StartTime(p.pid)
 	go func() {
 		_ = cmd.Wait()
 		p.drainConsole()
@@ -83,9 +86,10 @@ func Launch(cmd *exec.Cmd, logPath string, logMax int64, dir string) (*Process, 
 }
 
 // Adopt finds a VMM process started earlier, possibly by another daemon. match decides
-// from the process's command line whether it is the expected VMM; a process that is gone,
-// a zombie, or does not match gives ErrNotRunning.
-func Adopt(pid int, match func(argv []string) bool) (*Process, error) {
+// from the process's command line whether it is the expected VMM, and a nonzero start must
+// equal the process's start time (so a recycled pid is never adopted); a process that is
+// gone, a zombie, or does not match gives ErrNotRunning.
+func Adopt(pid int, start uint64, match func(argv []string) bool) (*Process, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("pid %d: %w", pid, ErrNotRunning)
 	}
@@ -101,13 +105,14 @@ func Adopt(pid int, match func(argv []string) bool) (*Process, error) {
 		return nil, fmt.Errorf("opening pidfd for %d: %w", pid, err)
 	}
 	argv, err := readCmdline(pid)
-	if err != nil || isZombie(pid) || !match(argv) {
+	got, serr := StartTime(pid)
+	if err != nil || serr != nil || isZombie(pid) || !match(argv) || (start != 0 && got != start) {
 		if fd >= 0 {
 			_ = unix.Close(fd)
 		}
 		return nil, fmt.Errorf("pid %d is not this VM's VMM: %w", pid, ErrNotRunning)
 	}
-	p := &Process{pid: pid, cmdline: argv, done: make(chan struct{}), pidfd: fd}
+	p := &Process{pid: pid, start: got, cmdline: argv, done: make(chan struct{}), pidfd: fd}
 	go p.watch()
 	return p, nil
 }
@@ -185,6 +190,9 @@ func (p *Process) pollUntilGone() {
 
 // PID returns the process id.
 func (p *Process) PID() int { return p.pid }
+
+// StartTime returns the process's start time in clock ticks since boot.
+func (p *Process) StartTime() uint64 { return p.start }
 
 // Cmdline returns the process's argument vector.
 func (p *Process) Cmdline() []string { return p.cmdline }
@@ -306,6 +314,30 @@ func readCmdline(pid int) ([]string, error) {
 		return nil, errors.New("empty command line")
 	}
 	return strings.Split(string(b), "\x00"), nil
+}
+
+// StartTime reads pid's start time (field 22 of /proc/PID/stat, clock ticks since boot):
+// together with the pid it names one process for the host's uptime.
+func StartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading start time of pid %d: %w", pid, err)
+	}
+	// The command name is in parentheses and may contain anything; fields follow the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("pid %d: malformed stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After the name: state is field 3, starttime field 22, so index 22-3 here.
+	if len(f) < 20 {
+		return 0, fmt.Errorf("pid %d: short stat", pid)
+	}
+	v, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: start time %q: %w", pid, f[19], err)
+	}
+	return v, nil
 }
 
 // isZombie reports whether pid has exited but not been reaped (its /proc entry remains).

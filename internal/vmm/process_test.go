@@ -65,13 +65,20 @@ func TestLaunchAdoptKill(t *testing.T) {
 	}
 
 	// sleep's argv is "sleep 60": adopt it by its binary, and refuse a wrong needle.
-	if _, err := Adopt(p.PID(), MatchCmdline("sleep", "no-such-arg")); !errors.Is(err, ErrNotRunning) {
+	if _, err := Adopt(p.PID(), 0, MatchCmdline("sleep", "no-such-arg")); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("Adopt with a non-matching needle: %v", err)
 	}
-	if _, err := Adopt(p.PID(), MatchCmdline("qemu-system-x86_64")); !errors.Is(err, ErrNotRunning) {
+	if _, err := Adopt(p.PID(), 0, MatchCmdline("qemu-system-x86_64")); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("Adopt of another binary: %v", err)
 	}
-	a, err := Adopt(p.PID(), MatchCmdline("/usr/bin/sleep", "60"))
+	// A recorded start time that differs is another process that reused the pid.
+	if p.StartTime() == 0 {
+		t.Fatal("Launch recorded no start time")
+	}
+	if _, err := Adopt(p.PID(), p.StartTime()+1, MatchCmdline("sleep", "60")); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Adopt with another start time: %v", err)
+	}
+	a, err := Adopt(p.PID(), p.StartTime(), MatchCmdline("/usr/bin/sleep", "60"))
 	if err != nil {
 		t.Fatalf("Adopt: %v", err)
 	}
@@ -83,10 +90,10 @@ func TestLaunchAdoptKill(t *testing.T) {
 	if err := a.Kill(); err != nil {
 		t.Errorf("Kill after exit: %v", err)
 	}
-	if _, err := Adopt(p.PID(), MatchCmdline("sleep")); !errors.Is(err, ErrNotRunning) {
+	if _, err := Adopt(p.PID(), 0, MatchCmdline("sleep")); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("Adopt of a dead pid: %v", err)
 	}
-	if _, err := Adopt(0, MatchCmdline("sleep")); !errors.Is(err, ErrNotRunning) {
+	if _, err := Adopt(0, 0, MatchCmdline("sleep")); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("Adopt of pid 0: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 )
@@ -47,6 +48,26 @@ type Spec struct {
 	// ChannelPath is the unix socket of the host↔guest agent channel: firecracker's hybrid
 	// vsock socket, or qemu's virtio-serial chardev.
 	ChannelPath string
+	// OnLaunch, if set, is called as soon as the VMM process exists, before the driver waits
+	// for it to answer, so the caller can record the process durably first; an error kills
+	// the process and fails Start.
+	OnLaunch func(pid int, start uint64) error
+	// PIDStart is, for Recover, the start time recorded by OnLaunch; nonzero makes Recover
+	// refuse a process that started at another time (a recycled pid).
+	PIDStart uint64
+}
+
+// Launched runs OnLaunch for p, killing p if it fails.
+func (s Spec) Launched(p *Process) error {
+	if s.OnLaunch == nil {
+		return nil
+	}
+	if err := s.OnLaunch(p.PID(), p.StartTime()); err != nil {
+		_ = p.Kill()
+		<-p.Done()
+		return fmt.Errorf("recording VMM pid %d: %w", p.PID(), err)
+	}
+	return nil
 }
 
 // Info describes a driver on this host.

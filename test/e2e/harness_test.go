@@ -215,18 +215,37 @@ console_log_max: 256K
 		return x, err
 	}
 	x.helperLog, _ = os.Create(filepath.Join(x.dir, "helper.log"))
-	x.helper = exec.Command("ip", "netns", "exec", x.netns, filepath.Join(x.bin, "bangerd"), "helper", "--config", x.config)
-	x.helper.Stdout, x.helper.Stderr = x.helperLog, x.helperLog
-	if err := x.helper.Start(); err != nil {
+	if err := x.startHelper(); err != nil {
 		return x, err
-	}
-	if err := waitFor(func() bool { _, err := os.Stat(x.helperSock); return err == nil }, 20*time.Second); err != nil {
-		return x, fmt.Errorf("root helper did not create its socket: %s", readFile(x.helperLog.Name()))
 	}
 	if err := x.startDaemon(); err != nil {
 		return x, err
 	}
 	return x, nil
+}
+
+// startHelper runs the root helper in the test namespace and waits for its socket.
+func (x *env) startHelper() error {
+	os.Remove(x.helperSock) // a killed helper leaves its socket behind
+	x.helper = exec.Command("ip", "netns", "exec", x.netns, filepath.Join(x.bin, "bangerd"), "helper", "--config", x.config)
+	x.helper.Stdout, x.helper.Stderr = x.helperLog, x.helperLog
+	if err := x.helper.Start(); err != nil {
+		return err
+	}
+	if err := waitFor(func() bool { _, err := os.Stat(x.helperSock); return err == nil }, 20*time.Second); err != nil {
+		return fmt.Errorf("root helper did not create its socket: %s", readFile(x.helperLog.Name()))
+	}
+	return nil
+}
+
+// killHelper ends the root helper with SIGKILL, as a crash.
+func (x *env) killHelper() {
+	if x.helper == nil || x.helper.Process == nil {
+		return
+	}
+	x.helper.Process.Kill()
+	x.helper.Wait()
+	x.helper = nil
 }
 
 func (x *env) startDaemon() error {

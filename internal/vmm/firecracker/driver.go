@@ -209,6 +209,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
 	}
+	if err := spec.Launched(proc); err != nil {
+		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
+	}
 	m := &Machine{proc: proc, spec: spec, api: NewClient(apiSock), log: log}
 	if err := m.configure(ctx, spec, logPath, metricsPath); err != nil {
 		_ = proc.Kill()
@@ -225,7 +228,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 // Recover re-adopts the Firecracker of spec running as pid.
 func (d *Driver) Recover(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machine, error) {
 	apiSock := filepath.Join(spec.Dir, APISocketName)
-	proc, err := vmm.Adopt(pid, vmm.MatchCmdline(d.cfg.Binary, apiSock))
+	proc, err := vmm.Adopt(pid, spec.PIDStart, vmm.MatchCmdline(d.cfg.Binary, apiSock))
 	if err != nil {
 		return nil, fmt.Errorf("recovering firecracker of VM %s: %w", spec.ID, err)
 	}

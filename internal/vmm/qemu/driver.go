@@ -238,6 +238,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
 	}
+	if err := spec.Launched(proc); err != nil {
+		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
+	}
 	m := &Machine{proc: proc, spec: spec, accel: accel, qmpPath: p.QMPPath, log: log}
 	if err := m.waitRunning(ctx); err != nil {
 		_ = proc.Kill()
@@ -263,7 +266,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 // Recover re-adopts the QEMU of spec running as pid.
 func (d *Driver) Recover(ctx context.Context, spec vmm.Spec, pid int) (vmm.Machine, error) {
 	qmpPath := filepath.Join(spec.Dir, QMPSocketName)
-	proc, err := vmm.Adopt(pid, vmm.MatchCmdline(d.cfg.Binary, "unix:"+qmpPath+","))
+	proc, err := vmm.Adopt(pid, spec.PIDStart, vmm.MatchCmdline(d.cfg.Binary, "unix:"+qmpPath+","))
 	if err != nil {
 		return nil, fmt.Errorf("recovering qemu of VM %s: %w", spec.ID, err)
 	}
