@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/rpc"
+	"banger/internal/testkit"
 )
 
 // importCall is image.import through the daemon's socket.
@@ -22,30 +22,6 @@ func (td *testDaemon) importCall(ctx context.Context, p api.ImageImportParams) e
 
 // returnsWithin runs fn, failing the test if it is still blocked after a bound far beyond
 // what the call takes when it works.
-func returnsWithin(t *testing.T, what string, fn func() error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- fn() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: still blocked after 30s", what)
-		return nil
-	}
-}
-
-func wantInvalidArg(t *testing.T, what string, err error, mentions ...string) {
-	t.Helper()
-	if !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Fatalf("%s: want invalid_argument, got %v", what, err)
-	}
-	for _, m := range mentions {
-		if !strings.Contains(err.Error(), m) {
-			t.Errorf("%s: error %q does not name %q", what, err, m)
-		}
-	}
-}
 
 // stagingDirs lists the import staging directories in the image store.
 func (td *testDaemon) stagingDirs() []string {
@@ -74,14 +50,14 @@ func TestImageImportNonFilesAreInvalidArguments(t *testing.T) {
 	ctx := context.Background()
 	for _, bad := range []string{t.TempDir(), "/proc/self/mem"} {
 		err := td.importCall(ctx, api.ImageImportParams{Name: "x", Kernel: bad, Rootfs: rootfs})
-		wantInvalidArg(t, "kernel "+bad, err, "kernel", bad)
+		testkit.WantInvalidArgument(t, "kernel "+bad, err, "kernel", bad)
 		err = td.importCall(ctx, api.ImageImportParams{Name: "x", Kernel: kernel, Rootfs: bad})
-		wantInvalidArg(t, "rootfs "+bad, err, "rootfs", bad)
+		testkit.WantInvalidArgument(t, "rootfs "+bad, err, "rootfs", bad)
 		err = td.importCall(ctx, api.ImageImportParams{Name: "x", Kernel: kernel, Initrd: bad, Rootfs: rootfs})
-		wantInvalidArg(t, "initrd "+bad, err, "initrd", bad)
+		testkit.WantInvalidArgument(t, "initrd "+bad, err, "initrd", bad)
 	}
 	err := td.importCall(ctx, api.ImageImportParams{Bundle: "/proc/self/mem"})
-	wantInvalidArg(t, "bundle /proc/self/mem", err, "bundle", "/proc/self/mem")
+	testkit.WantInvalidArgument(t, "bundle /proc/self/mem", err, "bundle", "/proc/self/mem")
 }
 
 // Importing a FIFO used to block forever in open(2) holding the image lock, and then the
@@ -102,15 +78,15 @@ func TestImageImportFIFOIsRefusedPromptly(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	err := returnsWithin(t, "FIFO kernel", func() error {
+	err := testkit.Within(t, "FIFO kernel", func() error {
 		return td.importCall(ctx, api.ImageImportParams{Name: "fifo", Kernel: fifo, Rootfs: filepath.Join(src, "rootfs.ext4")})
 	})
-	wantInvalidArg(t, "FIFO kernel", err, "kernel", fifo, "FIFO")
-	err = returnsWithin(t, "FIFO bundle", func() error {
+	testkit.WantInvalidArgument(t, "FIFO kernel", err, "kernel", fifo, "FIFO")
+	err = testkit.Within(t, "FIFO bundle", func() error {
 		return td.importCall(ctx, api.ImageImportParams{Bundle: fifo})
 	})
-	wantInvalidArg(t, "FIFO bundle", err, "bundle", fifo)
-	err = returnsWithin(t, "import after the FIFOs", func() error {
+	testkit.WantInvalidArgument(t, "FIFO bundle", err, "bundle", fifo)
+	err = testkit.Within(t, "import after the FIFOs", func() error {
 		return td.importCall(ctx, api.ImageImportParams{Name: "ok", Kernel: filepath.Join(src, "vmlinux"), Rootfs: filepath.Join(src, "rootfs.ext4")})
 	})
 	if err != nil {
@@ -160,13 +136,13 @@ func TestImageImportHoldsNoLockAndStopsOnHangup(t *testing.T) {
 	})
 
 	bg := context.Background()
-	err := returnsWithin(t, "a second import during the huge one", func() error {
+	err := testkit.Within(t, "a second import during the huge one", func() error {
 		return td.importCall(bg, api.ImageImportParams{Name: "small", Kernel: kernel, Rootfs: filepath.Join(src, "rootfs.ext4")})
 	})
 	if err != nil {
 		t.Fatalf("second import: %v", err)
 	}
-	err = returnsWithin(t, "image rm during the huge import", func() error {
+	err = testkit.Within(t, "image rm during the huge import", func() error {
 		return rpc.Call(bg, td.cfg.Socket, api.MethodImageDelete, api.ImageRef{Image: "small"}, nil)
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package imagestore
 
 import (
+	"banger/internal/testkit"
 	"bytes"
 	"context"
 	"errors"
@@ -11,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"banger/internal/errdefs"
 )
 
 // mkfifo makes a FIFO at p. Whatever blocks opening it for reading is released at cleanup
@@ -31,30 +30,6 @@ func mkfifo(t *testing.T, p string) {
 
 // within runs fn and fails the test if it has not returned after a bound far beyond what
 // a refusal takes, instead of hanging the whole test binary.
-func within(t *testing.T, what string, fn func() error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- fn() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: still blocked after 30s", what)
-		return nil
-	}
-}
-
-func wantInvalid(t *testing.T, what string, err error, mentions ...string) {
-	t.Helper()
-	if !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Fatalf("%s: want an invalid argument, got %v", what, err)
-	}
-	for _, m := range mentions {
-		if !strings.Contains(err.Error(), m) {
-			t.Errorf("%s: error %q does not mention %q", what, err, m)
-		}
-	}
-}
 
 func TestImportRefusesFIFOsWithoutBlocking(t *testing.T) {
 	ctx := context.Background()
@@ -71,8 +46,8 @@ func TestImportRefusesFIFOsWithoutBlocking(t *testing.T) {
 		{"rootfs", func() error { _, err := ImportFiles(ctx, store, "f", kernel, initrd, fifo); return err }},
 		{"bundle", func() error { _, err := ImportBundle(ctx, store, fifo, ""); return err }},
 	} {
-		err := within(t, tc.field+" FIFO", tc.run)
-		wantInvalid(t, tc.field+" FIFO", err, tc.field, fifo)
+		err := testkit.Within(t, tc.field+" FIFO", tc.run)
+		testkit.WantInvalidArgument(t, tc.field+" FIFO", err, tc.field, fifo)
 	}
 
 	// Inside a bundle directory: the manifest, and a file the manifest lists.
@@ -80,8 +55,8 @@ func TestImportRefusesFIFOsWithoutBlocking(t *testing.T) {
 		dir := writeBundleDir(t)
 		os.Remove(filepath.Join(dir, name))
 		mkfifo(t, filepath.Join(dir, name))
-		err := within(t, name+" FIFO in a bundle", func() error { _, err := ImportBundle(ctx, store, dir, ""); return err })
-		wantInvalid(t, name+" FIFO in a bundle", err, name, "FIFO")
+		err := testkit.Within(t, name+" FIFO in a bundle", func() error { _, err := ImportBundle(ctx, store, dir, ""); return err })
+		testkit.WantInvalidArgument(t, name+" FIFO in a bundle", err, name, "FIFO")
 	}
 	if got := storeEntries(t, store); len(got) != 0 {
 		t.Fatalf("store holds %v after refused imports", got)
@@ -101,7 +76,7 @@ func TestImportBundleRefusesSymlinks(t *testing.T) {
 	}
 	store := t.TempDir()
 	_, err := ImportBundle(context.Background(), store, dir, "")
-	wantInvalid(t, "symlinked kernel", err, KernelName, "symlink")
+	testkit.WantInvalidArgument(t, "symlinked kernel", err, KernelName, "symlink")
 	if got := storeEntries(t, store); len(got) != 0 {
 		t.Fatalf("store holds %v", got)
 	}
@@ -116,14 +91,14 @@ func TestImportNonFilesAreInvalidArguments(t *testing.T) {
 	store := t.TempDir()
 	for _, bad := range []string{dir, "/proc/self/mem"} {
 		_, err := ImportFiles(ctx, store, "x", bad, initrd, rootfs)
-		wantInvalid(t, "kernel "+bad, err, "kernel", bad)
+		testkit.WantInvalidArgument(t, "kernel "+bad, err, "kernel", bad)
 		_, err = ImportFiles(ctx, store, "x", kernel, bad, rootfs)
-		wantInvalid(t, "initrd "+bad, err, "initrd", bad)
+		testkit.WantInvalidArgument(t, "initrd "+bad, err, "initrd", bad)
 		_, err = ImportFiles(ctx, store, "x", kernel, initrd, bad)
-		wantInvalid(t, "rootfs "+bad, err, "rootfs", bad)
+		testkit.WantInvalidArgument(t, "rootfs "+bad, err, "rootfs", bad)
 	}
 	_, err := ImportBundle(ctx, store, "/proc/self/mem", "")
-	wantInvalid(t, "bundle /proc/self/mem", err, "bundle", "/proc/self/mem")
+	testkit.WantInvalidArgument(t, "bundle /proc/self/mem", err, "bundle", "/proc/self/mem")
 }
 
 // A loose kernel beyond MaxKernelBytes is refused from its size alone. The file is sparse:
@@ -137,7 +112,7 @@ func TestImportRefusesOversizedKernel(t *testing.T) {
 	}
 	store := t.TempDir()
 	_, err := ImportFiles(context.Background(), store, "big", kernel, initrd, rootfs)
-	wantInvalid(t, "2 GiB kernel", err, "kernel", kernel, "limit")
+	testkit.WantInvalidArgument(t, "2 GiB kernel", err, "kernel", kernel, "limit")
 	if got := storeEntries(t, store); len(got) != 0 {
 		t.Fatalf("store holds %v", got)
 	}
@@ -203,7 +178,7 @@ func TestImportTarRefusesHugeSparseEntry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	_, err := ImportBundle(ctx, store, p, "")
-	wantInvalid(t, "16 TiB sparse entry", err, KernelName, "17592186044416")
+	testkit.WantInvalidArgument(t, "16 TiB sparse entry", err, KernelName, "17592186044416")
 	if got := storeEntries(t, store); len(got) != 0 {
 		t.Fatalf("store holds %v", got)
 	}
@@ -228,7 +203,7 @@ func TestImportTarEntryMustMatchManifestSize(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	_, err = ImportBundle(ctx, t.TempDir(), p, "")
-	wantInvalid(t, "kernel entry larger than its manifest size", err, KernelName, "size mismatch")
+	testkit.WantInvalidArgument(t, "kernel entry larger than its manifest size", err, KernelName, "size mismatch")
 }
 
 func TestImportCancelledLeavesNothing(t *testing.T) {

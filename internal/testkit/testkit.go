@@ -5,15 +5,19 @@
 //
 // Nothing here names a path of one development machine or a kernel version: the guest kernel
 // comes from Debian through apt, whatever its current ABI (package testkernel). This package
-// imports nothing of banger's, so every package's own tests can use it.
+// imports only internal/errdefs of banger's, so every package's own tests can use it.
 package testkit
 
 import (
+	"banger/internal/errdefs"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI, where a missing prerequisite is a failure.
@@ -93,5 +97,34 @@ func worldSearchable(dir string) bool {
 			return true
 		}
 		dir = parent
+	}
+}
+
+// Within runs fn and fails the test if it has not returned after 30 s: for calls that must
+// not block on hostile input (a FIFO, a stalled peer). It returns fn's error.
+func Within(t testing.TB, what string, fn func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: still blocked after 30s", what)
+		return nil
+	}
+}
+
+// WantInvalidArgument fails the test unless err is an invalid argument whose message
+// mentions each of mentions (the field, the bad value).
+func WantInvalidArgument(t testing.TB, what string, err error, mentions ...string) {
+	t.Helper()
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("%s: want invalid_argument, got %v", what, err)
+	}
+	for _, m := range mentions {
+		if !strings.Contains(err.Error(), m) {
+			t.Errorf("%s: error %q does not name %q", what, err, m)
+		}
 	}
 }
