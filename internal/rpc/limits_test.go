@@ -124,7 +124,9 @@ func TestConnectionCapRefusesExtras(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		rc := dialRaw(t, ts.socket)
-		rc.send(echo)
+		// While the slot is still taken the server answers and closes before reading,
+		// so the write may meet a closed socket; the refusal line is still there to read.
+		io.WriteString(rc.c, echo)
 		resp := rc.response()
 		if resp.Error == nil {
 			break
@@ -257,29 +259,26 @@ func TestPendingBytesAreBounded(t *testing.T) {
 	ts := limitedServer(t, rpc.Limits{PendingBytes: 64 << 10, IdleTimeout: time.Hour, LineTimeout: time.Hour})
 	start := `{"version":1,"method":"test.echo","params":"`
 	half := strings.Repeat("x", 48<<10)
-	conns := []*rawConn{dialRaw(t, ts.socket), dialRaw(t, ts.socket)}
-	type answer struct {
-		i    int
-		line string
+	holder, refused := dialRaw(t, ts.socket), dialRaw(t, ts.socket)
+	// The holder's bytes are reserved before the other line starts, so which one is
+	// refused does not depend on how the server's reads interleave.
+	holder.send(start + half)
+	for deadline := time.Now().Add(10 * time.Second); rpc.PendingBytes(ts.srv) < int64(len(half))-8<<10; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server reserved %d bytes of a %d-byte line", rpc.PendingBytes(ts.srv), len(half))
+		}
+		time.Sleep(time.Millisecond)
 	}
-	answers := make(chan answer, 2)
-	for i, c := range conns {
-		c.send(start + half)
-		go func() {
-			line, _ := c.br.ReadString('\n')
-			answers <- answer{i, line}
-		}()
-	}
-	// Whichever line the server read second is refused; the other is still pending.
-	first := <-answers
-	if !strings.Contains(first.line, `"code":"unavailable"`) || !strings.Contains(first.line, "server busy") {
-		t.Fatalf("line over the budget answered %q, want unavailable 'server busy'", first.line)
+	// The server answers and closes mid-line, so this write may meet a closed socket.
+	io.WriteString(refused.c, start+half)
+	if line, _ := refused.br.ReadString('\n'); !strings.Contains(line, `"code":"unavailable"`) || !strings.Contains(line, "server busy") {
+		t.Fatalf("line over the budget answered %q, want unavailable 'server busy'", line)
 	}
 	ts.log.waitForRecord(t, "rpc request refused")
-	winner := conns[1-first.i]
+	winner := holder
 	winner.send(`"}` + "\n")
-	if second := <-answers; !strings.Contains(second.line, `"result"`) {
-		t.Fatalf("line within the budget answered %q", second.line)
+	if resp := winner.response(); resp.Error != nil {
+		t.Fatalf("line within the budget answered %v", resp.Error)
 	}
 	// A connection's next line is read after its previous one's bytes were returned.
 	for i := 0; i < 3; i++ {

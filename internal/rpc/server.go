@@ -103,12 +103,18 @@ func (s *Server) reserveLine(limit int64) (grow func(n int) error, release func(
 		if want <= 0 {
 			return nil
 		}
-		if s.pending.Add(want) > limit {
-			s.pending.Add(-want)
-			return errBusy
+		// Compare-and-swap, not add-then-undo: a transient overshoot would refuse
+		// other connections whose lines fit the budget.
+		for {
+			cur := s.pending.Load()
+			if cur+want > limit {
+				return errBusy
+			}
+			if s.pending.CompareAndSwap(cur, cur+want) {
+				held += want
+				return nil
+			}
 		}
-		held += want
-		return nil
 	}
 	release = func() {
 		s.pending.Add(-held)
