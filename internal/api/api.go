@@ -20,6 +20,8 @@ const (
 	MethodVMStop         = "vm.stop"
 	MethodVMRestart      = "vm.restart"
 	MethodVMDelete       = "vm.delete"
+	MethodVMPause        = "vm.pause"
+	MethodVMResume       = "vm.resume"
 	MethodVMRename       = "vm.rename"
 	MethodVMWaitReady    = "vm.wait_ready"
 	MethodVMAgent        = "vm.agent" // streaming: raw bytes to a new guest agent session

@@ -231,7 +231,8 @@ func VMAction(ctx context.Context, g *Globals, method string, params any) error 
 		return g.printJSON(res.VM)
 	}
 	verb := map[string]string{api.MethodVMStart: "started", api.MethodVMStop: "stopped",
-		api.MethodVMRestart: "restarted", api.MethodVMDelete: "deleted", api.MethodVMRename: "renamed"}[method]
+		api.MethodVMRestart: "restarted", api.MethodVMDelete: "deleted", api.MethodVMRename: "renamed",
+		api.MethodVMPause: "paused", api.MethodVMResume: "resumed"}[method]
 	fmt.Fprintf(g.Stdout, "%s %s\n", res.VM.Name, verb)
 	return nil
 }

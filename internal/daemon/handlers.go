@@ -72,6 +72,12 @@ func (d *Daemon) register(s *rpc.Server) {
 	s.Handle(api.MethodVMRestart, withParams(func(ctx context.Context, p api.VMStopParams) (any, error) {
 		return vmResult(d.restartVM(ctx, p.VM, seconds(p.TimeoutSeconds)))
 	}))
+	s.Handle(api.MethodVMPause, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
+		return vmResult(d.pauseVM(ctx, p.VM))
+	}))
+	s.Handle(api.MethodVMResume, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
+		return vmResult(d.resumeVM(ctx, p.VM))
+	}))
 	s.Handle(api.MethodVMDelete, withParams(func(ctx context.Context, p api.VMDeleteParams) (any, error) {
 		return vmResult(d.deleteVM(ctx, p.VM, p.Force))
 	}))

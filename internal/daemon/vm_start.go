@@ -248,7 +248,7 @@ func (d *Daemon) watchExit(id string, m vmm.Machine) {
 		}
 		ctx := opid.With(context.Background(), opid.New())
 		vm, err := d.store.GetVM(ctx, id)
-		if err != nil || vm.State != model.VMRunning {
+		if err != nil || !vm.State.Settled() {
 			return
 		}
 		log := d.log.With("op_id", opid.From(ctx), "vm", vm.Name)

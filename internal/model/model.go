@@ -14,6 +14,7 @@ const (
 	VMCreated  VMState = "created"  // reserved, disks being prepared
 	VMStarting VMState = "starting" // VMM launched, agent not yet answering
 	VMRunning  VMState = "running"
+	VMPaused   VMState = "paused" // VMM alive, vCPUs stopped (vm pause, or a snapshot in progress)
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
 	VMError    VMState = "error" // a failure left it needing attention; last_error says why

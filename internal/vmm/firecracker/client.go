@@ -162,6 +162,22 @@ func (c *Client) Action(ctx context.Context, actionType string) error {
 	return c.do(ctx, http.MethodPut, "/actions", instanceAction{ActionType: actionType}, nil)
 }
 
+// VM states of PATCH /vm.
+const (
+	VMStatePaused  = "Paused"
+	VMStateResumed = "Resumed"
+)
+
+// VMState is PATCH /vm.
+type VMState struct {
+	State string `json:"state"`
+}
+
+// PatchVM pauses or resumes the microVM (VMStatePaused, VMStateResumed).
+func (c *Client) PatchVM(ctx context.Context, state string) error {
+	return c.do(ctx, http.MethodPatch, "/vm", VMState{State: state}, nil)
+}
+
 // InstanceInfo returns GET /.
 func (c *Client) InstanceInfo(ctx context.Context) (InstanceInfo, error) {
 	var info InstanceInfo

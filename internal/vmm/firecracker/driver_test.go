@@ -362,3 +362,51 @@ func TestClientErrorBodies(t *testing.T) {
 		t.Fatalf("InstanceInfo: %+v, %v", info, err)
 	}
 }
+
+func TestPauseResumeFollowsTheAPIContract(t *testing.T) {
+	d, record := fakeEnv(t)
+	m := start(t, d, fcSpec(t)).(*Machine)
+	ctx := t.Context()
+	p, err := vmm.AsPauser(m, d.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	if st, err := m.Status(ctx); err != nil || st != "Paused" {
+		t.Fatalf("after Pause: state %q, %v", st, err)
+	}
+	if err := p.Resume(ctx); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	if st, err := m.Status(ctx); err != nil || st != "Running" {
+		t.Fatalf("after Resume: state %q, %v", st, err)
+	}
+	var bodies []string
+	for _, r := range readRecords(t, record) {
+		if r.Path != "/vm" {
+			continue
+		}
+		if r.Method != "PATCH" || r.Status != 204 {
+			t.Errorf("%s /vm: %d %s", r.Method, r.Status, r.Fault)
+		}
+		bodies = append(bodies, string(r.Body))
+	}
+	if want := []string{`{"state":"Paused"}`, `{"state":"Resumed"}`}; !slices.Equal(bodies, want) {
+		t.Fatalf("PATCH /vm bodies %q, want %q", bodies, want)
+	}
+}
+
+// TestPatchVMRefusedBody checks that the validator refuses a state the API does not know,
+// so the contract test above could fail.
+func TestPatchVMRefusedBody(t *testing.T) {
+	spec, err := loadAPISpec(findAPISpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"state":"Frozen"}`
+	if _, err := spec.validateRequest(newAPIRequest("PATCH", "/vm", body), []byte(body)); err == nil {
+		t.Fatal("PATCH /vm with an unknown state passed validation")
+	}
+}

@@ -54,6 +54,7 @@ type fakeFirecracker struct {
 
 	mu         sync.Mutex
 	started    bool
+	paused     bool
 	bootSource bool
 	metrics    bool
 	vsock      net.Listener
@@ -137,6 +138,9 @@ func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any
 		if f.started {
 			state = "Running"
 		}
+		if f.paused {
+			state = "Paused"
+		}
 		return http.StatusOK, "", InstanceInfo{AppName: "Firecracker", ID: f.id, State: state, VMMVersion: "1.17.0-dev"}
 	}
 	var b map[string]any
@@ -148,7 +152,7 @@ func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any
 		}
 		return ""
 	}
-	preBoot := path != "/actions"
+	preBoot := path != "/actions" && path != "/vm"
 	if preBoot && f.started {
 		return http.StatusBadRequest, "The requested operation is not supported after starting the microVM.", nil
 	}
@@ -178,6 +182,13 @@ func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any
 		}
 	case path == "/vsock":
 		fault = f.listenVsock(str("uds_path"))
+	case path == "/vm":
+		// Firecracker refuses a state change before the microVM runs.
+		if !f.started {
+			fault = "The microVM is not running."
+		} else {
+			f.paused = str("state") == VMStatePaused
+		}
 	case path == "/actions":
 		switch str("action_type") {
 		case ActionInstanceStart:

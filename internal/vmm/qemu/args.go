@@ -15,6 +15,9 @@ type plan struct {
 	Machine string // microvm or q35
 	TSCkHz  int    // passed to the guest under TCG; 0 leaves it out
 	QMPPath string
+	// Append, if set, is the whole kernel command line, as recorded by a snapshot: a
+	// restore must give QEMU the source's.
+	Append string
 }
 
 // baseBootArgs go before the Spec's own arguments. reboot=t makes a guest reboot a triple
@@ -44,14 +47,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		"-name", name,
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 	}
-	switch p.Machine {
-	case "q35":
-		args = append(args, "-machine", "q35")
-	default:
-		// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
-		// microvm's virtio-mmio devices only through ACPI.
-		args = append(args, "-machine", "microvm,acpi=on,isa-serial=on,rtc=on")
-	}
+	args = append(args, "-machine", machineArg(p.Machine))
 	if p.Accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
@@ -112,7 +108,20 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	return args
 }
 
+// machineArg is the -machine argument of a machine type.
+func machineArg(machine string) string {
+	if machine == "q35" {
+		return "q35"
+	}
+	// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
+	// microvm's virtio-mmio devices only through ACPI.
+	return "microvm,acpi=on,isa-serial=on,rtc=on"
+}
+
 func bootArgs(spec vmm.Spec, p plan) string {
+	if p.Append != "" {
+		return p.Append
+	}
 	parts := []string{baseBootArgs}
 	if p.Accel == "tcg" && p.TSCkHz > 0 {
 		// Without the TSC rate a microvm guest under TCG can hang calibrating it.
