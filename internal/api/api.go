@@ -10,32 +10,39 @@ import (
 
 // Method names.
 const (
-	MethodPing           = "daemon.ping"
-	MethodVMCreate       = "vm.create"
-	MethodVMCreateBegin  = "vm.create.begin"
-	MethodVMCreateStatus = "vm.create.status"
-	MethodVMList         = "vm.list"
-	MethodVMShow         = "vm.show"
-	MethodVMStart        = "vm.start"
-	MethodVMStop         = "vm.stop"
-	MethodVMRestart      = "vm.restart"
-	MethodVMDelete       = "vm.delete"
-	MethodVMPause        = "vm.pause"
-	MethodVMResume       = "vm.resume"
-	MethodVMRename       = "vm.rename"
-	MethodVMWaitReady    = "vm.wait_ready"
-	MethodVMAgent        = "vm.agent" // streaming: raw bytes to a new guest agent session
-	MethodVMLogs         = "vm.logs"  // streaming: the console log, optionally followed
-	MethodImageImport    = "image.import"
-	MethodImageList      = "image.list"
-	MethodImageShow      = "image.show"
-	MethodImageDelete    = "image.delete"
-	MethodImagePull      = "image.pull"
-	MethodImagePullBegin = "image.pull.begin"
-	MethodImageBuild     = "image.build"
-	MethodImageCatalog   = "image.catalog"
-	MethodOpStatus       = "op.status"
-	MethodDoctor         = "daemon.doctor"
+	MethodPing                = "daemon.ping"
+	MethodVMCreate            = "vm.create"
+	MethodVMCreateBegin       = "vm.create.begin"
+	MethodVMCreateStatus      = "vm.create.status"
+	MethodVMList              = "vm.list"
+	MethodVMShow              = "vm.show"
+	MethodVMStart             = "vm.start"
+	MethodVMStop              = "vm.stop"
+	MethodVMRestart           = "vm.restart"
+	MethodVMDelete            = "vm.delete"
+	MethodVMPause             = "vm.pause"
+	MethodVMResume            = "vm.resume"
+	MethodVMFork              = "vm.fork"
+	MethodVMForkBegin         = "vm.fork.begin"
+	MethodSnapshotCreate      = "snapshot.create"
+	MethodSnapshotCreateBegin = "snapshot.create.begin"
+	MethodSnapshotList        = "snapshot.list"
+	MethodSnapshotShow        = "snapshot.show"
+	MethodSnapshotDelete      = "snapshot.delete"
+	MethodVMRename            = "vm.rename"
+	MethodVMWaitReady         = "vm.wait_ready"
+	MethodVMAgent             = "vm.agent" // streaming: raw bytes to a new guest agent session
+	MethodVMLogs              = "vm.logs"  // streaming: the console log, optionally followed
+	MethodImageImport         = "image.import"
+	MethodImageList           = "image.list"
+	MethodImageShow           = "image.show"
+	MethodImageDelete         = "image.delete"
+	MethodImagePull           = "image.pull"
+	MethodImagePullBegin      = "image.pull.begin"
+	MethodImageBuild          = "image.build"
+	MethodImageCatalog        = "image.catalog"
+	MethodOpStatus            = "op.status"
+	MethodDoctor              = "daemon.doctor"
 )
 
 // PingResult answers daemon.ping.
@@ -57,6 +64,9 @@ type VMCreateParams struct {
 	WorkDiskSize      string `json:"work_disk_size,omitempty"`
 	NAT               bool   `json:"nat,omitempty"`
 	NoStart           bool   `json:"no_start,omitempty"`
+	// FromSnapshot restores the VM from a snapshot instead of booting it: image, vcpu,
+	// memory and disk sizes are the snapshot's (giving others is invalid_argument).
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 	// AutoRemove (vm run --rm) hands the VM's removal to the daemon: it deletes the VM when
 	// the first vm.agent stream to it ends, when none attaches within a grace period after
 	// the create, or at its next start if it crashed meanwhile.
@@ -150,7 +160,54 @@ type OpStatusResult struct {
 	Done   bool         `json:"done"`
 	VM     *model.VM    `json:"vm,omitempty"`
 	Image  *model.Image `json:"image,omitempty"`
-	Error  *OpError     `json:"error,omitempty"`
+	// Snapshot is snapshot.create.begin's result; VMs is vm.fork.begin's.
+	Snapshot *model.Snapshot `json:"snapshot,omitempty"`
+	VMs      []model.VM      `json:"vms,omitempty"`
+	Error    *OpError        `json:"error,omitempty"`
+}
+
+// SnapshotCreateParams are snapshot.create's and snapshot.create.begin's params.
+type SnapshotCreateParams struct {
+	VM   string `json:"vm"`
+	Name string `json:"name,omitempty"` // default: VM name + "-" + a random suffix
+	// LeavePaused keeps the VM paused afterwards (it is paused while the snapshot is taken).
+	LeavePaused bool `json:"leave_paused,omitempty"`
+}
+
+// SnapshotRef names a snapshot by id, unique id prefix, or exact name.
+type SnapshotRef struct {
+	Snapshot string `json:"snapshot"`
+}
+
+// SnapshotDeleteParams are snapshot.delete's params.
+type SnapshotDeleteParams struct {
+	Snapshot string `json:"snapshot"`
+	Force    bool   `json:"force,omitempty"` // delete even though VMs were restored from it
+}
+
+// SnapshotResult carries one snapshot.
+type SnapshotResult struct {
+	Snapshot model.Snapshot `json:"snapshot"`
+}
+
+// SnapshotListResult answers snapshot.list.
+type SnapshotListResult struct {
+	Snapshots []model.Snapshot `json:"snapshots"`
+}
+
+// VMForkParams are vm.fork's and vm.fork.begin's params.
+type VMForkParams struct {
+	VM         string `json:"vm"`
+	Count      int    `json:"count,omitempty"`       // default 1, at most MaxForkCount
+	NamePrefix string `json:"name_prefix,omitempty"` // forks are PREFIX-1 … PREFIX-N; default the VM's name + "-fork"
+}
+
+// MaxForkCount bounds one vm.fork.
+const MaxForkCount = 64
+
+// VMForkResult answers vm.fork.
+type VMForkResult struct {
+	VMs []model.VM `json:"vms"`
 }
 
 // ImageImportParams imports an image from files on the daemon's host. Either Bundle (a

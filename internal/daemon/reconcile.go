@@ -48,6 +48,7 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		opid.Logger(ctx, d.log).Warn("reconcile: sweeping VMM processes failed", "error", err.Error())
 	}
 	d.sweepDirs(ctx)
+	d.sweepSnapshots(ctx)
 	if err := d.reconcileNetwork(ctx); err != nil {
 		// Not fatal: the periodic reconcile retries once the helper answers.
 		d.netPending.Store(true)
@@ -74,6 +75,7 @@ func (d *Daemon) recoverVM(ctx context.Context, rt *vmRuntime, vm *model.VM) {
 		if d.adopt(ctx, rt, vm) {
 			log.Info("reconcile: re-adopted vm", "pid", vm.PID, "vmm", vm.VMM)
 			d.settleRunState(ctx, rt, vm)
+			d.resumeAfterSnapshot(ctx, rt, vm)
 			return
 		}
 		log.Warn("reconcile: vm's VMM process is gone; marking stopped", "pid", vm.PID)

@@ -78,6 +78,16 @@
 // trusts none of it: only path's base name is accepted at the top level, and see
 // extractTar and hostPolicy for the rest (confinement, masked modes, size cap).
 //
+// identity: header {"type":"identity","identity":{"name":"web-2","addr":"172.30.0.9/24",
+// "gateway":"172.30.0.1","dns":["172.30.0.1"],"mac":"02:b4:ac:1e:00:09",
+// "machine_id":"<32 hex>","unix_nanos":…,"seed":"<64 hex>"}}. Sent by the host to a guest
+// restored from a snapshot, which still believes it is the VM the snapshot was taken of.
+// The agent validates every field first (nothing changes on bad input), then sets the
+// clock, mixes seed into the kernel's entropy pool and forces a CRNG reseed, gives eth0 the
+// MAC and only the new address, replaces the default route, sets the hostname and writes
+// /etc/hostname, /etc/hosts and /etc/machine-id, and replies {"ok":true}. An agent that
+// does not run in a banger guest refuses with code "unavailable".
+//
 // Only the host opens streams; a stream opened by the guest ends the host's session.
 //
 // shutdown: header {"type":"shutdown"}. The agent replies {"ok":true} and then, in the
@@ -118,6 +128,7 @@ const (
 	TypePut      = "put"
 	TypeGet      = "get"
 	TypeShutdown = "shutdown"
+	TypeIdentity = "identity"
 )
 
 // Frame kinds; see the package documentation.
@@ -174,6 +185,9 @@ type Request struct {
 	// put, get
 	Path string `json:"path,omitempty"`
 	Mode uint32 `json:"mode,omitempty"`
+
+	// identity
+	Identity *Identity `json:"identity,omitempty"`
 }
 
 // Reply is the agent's JSON answer line.
