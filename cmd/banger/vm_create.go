@@ -19,6 +19,7 @@ func addCreateFlags(fs *pflag.FlagSet, o *ctl.CreateOptions) {
 	fs.StringVar(&o.WorkDiskSize, "work-disk-size", "", "persistent work disk (/root) size, e.g. 8G")
 	fs.BoolVar(&o.NAT, "nat", false, "give the VM outbound internet access through NAT")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "don't print create stages")
+	fs.StringVar(&o.FromSnapshot, "from-snapshot", "", "restore the VM from this snapshot instead of booting it (image, vcpu, memory and disks are the snapshot's)")
 }
 
 func newVMCreateCmd() *cobra.Command {

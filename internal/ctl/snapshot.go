@@ -87,3 +87,23 @@ func DeleteSnapshot(ctx context.Context, g *Globals, ref string, force bool) err
 	fmt.Fprintf(g.Stdout, "%s deleted\n", res.Snapshot.Name)
 	return nil
 }
+
+// ForkVM is vm fork: an async operation; prints one line per fork.
+func ForkVM(ctx context.Context, g *Globals, p api.VMForkParams, quiet bool) error {
+	ctx, _ = opid.Ensure(ctx)
+	var begin api.BeginResult
+	if err := g.call(ctx, api.MethodVMForkBegin, p, &begin); err != nil {
+		return err
+	}
+	st, err := Follow(ctx, g, api.MethodOpStatus, begin.OpID, stagePrinter(g, quiet || g.JSON))
+	if err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(st.VMs)
+	}
+	for _, vm := range st.VMs {
+		fmt.Fprintf(g.Stdout, "%s %s %s\n", vm.Name, vm.State, vm.GuestIP)
+	}
+	return nil
+}

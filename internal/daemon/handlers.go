@@ -99,6 +99,22 @@ func (d *Daemon) register(s *rpc.Server) {
 			op.finishWith(sn, nil, err)
 		})
 	}))
+	s.Handle(api.MethodVMFork, withParams(func(ctx context.Context, p api.VMForkParams) (any, error) {
+		vms, err := d.forkVM(ctx, p, noProgress{})
+		if err != nil {
+			return nil, err
+		}
+		return api.VMForkResult{VMs: vms}, nil
+	}))
+	s.Handle(api.MethodVMForkBegin, withParams(func(ctx context.Context, p api.VMForkParams) (any, error) {
+		if p.VM == "" {
+			return nil, errdefs.InvalidArgument("vm", "", "is required")
+		}
+		return d.beginOp(ctx, "vm.fork", func(ctx context.Context, op *operation) {
+			vms, err := d.forkVM(ctx, p, op)
+			op.finishWith(nil, vms, err)
+		})
+	}))
 	s.Handle(api.MethodSnapshotList, noParams(func(ctx context.Context) (any, error) {
 		list, err := d.store.ListSnapshots(ctx)
 		if err != nil {

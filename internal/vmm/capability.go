@@ -72,3 +72,10 @@ func AsRestorer(d Driver) (Restorer, error) {
 	}
 	return nil, errdefs.New(errdefs.ErrConflict, "the %s driver cannot restore a snapshot", d.Name())
 }
+
+// Linker connects and disconnects a VM's NIC from its tap (the guest sees the link go up
+// or down). A Restorer starts a restored VM with its link down, because the guest still
+// uses the snapshot's address and MAC until it is told its own; the caller brings it up.
+type Linker interface {
+	SetLink(ctx context.Context, up bool) error
+}

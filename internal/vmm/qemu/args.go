@@ -20,6 +20,9 @@ type plan struct {
 	Append string
 }
 
+// nicID is the NIC's device id, which set_link names.
+const nicID = "nic0"
+
 // baseBootArgs go before the Spec's own arguments. reboot=t makes a guest reboot a triple
 // fault, which -no-reboot turns into QEMU exiting: the guest agent powers off that way.
 // panic=-1 reboots (so exits) at once on a kernel panic instead of hanging.
@@ -89,7 +92,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	}
 
 	if spec.Net != nil {
-		nic := dev("virtio-net") + ",netdev=n0,mac=" + spec.Net.MAC
+		nic := dev("virtio-net") + ",id=" + nicID + ",netdev=n0,mac=" + spec.Net.MAC
 		if p.Machine == "q35" {
 			nic += ",romfile=" // no iPXE option ROM: the kernel is loaded directly
 		}

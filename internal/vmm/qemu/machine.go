@@ -157,3 +157,15 @@ func (m *Machine) runState(ctx context.Context, command, want string) error {
 	m.log.Info("vmm run state changed", "command", command, "state", st)
 	return nil
 }
+
+var _ vmm.Linker = (*Machine)(nil)
+
+// SetLink sets the NIC's link state (QMP set_link).
+func (m *Machine) SetLink(ctx context.Context, up bool) error {
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	if err := qmpCall(ctx, m.qmpPath, "set_link", map[string]any{"name": nicID, "up": up}, nil); err != nil {
+		return fmt.Errorf("setting the link of VM %s: %w", m.spec.ID, err)
+	}
+	return nil
+}

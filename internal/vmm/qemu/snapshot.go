@@ -196,6 +196,13 @@ func (m *Machine) waitIncoming(ctx context.Context) error {
 		case err == nil && st == "running":
 			return nil
 		case err == nil && st == "paused":
+			// The guest still has the snapshot's address and MAC: it stays off the
+			// network until the caller has told it its own (vmm.Linker).
+			if m.spec.Net != nil {
+				if err := m.SetLink(ctx, false); err != nil {
+					return err
+				}
+			}
 			return m.Resume(ctx)
 		case err == nil:
 			last = fmt.Errorf("qemu state is %q", st)
