@@ -33,8 +33,9 @@ func AsPauser(m Machine, driver string) (Pauser, error) {
 // stays paused; the caller copies the writable disks meanwhile (the VMM has flushed them)
 // and then resumes it or not.
 type Snapshotter interface {
-	// Snapshot writes the state to memPath (created, must not exist) and returns what a
-	// restore has to reproduce.
+	// Snapshot writes the state to memPath (created, must not exist) and, for a VMM that
+	// keeps device state apart from memory, to files beside it in the same directory; it
+	// returns what a restore has to reproduce.
 	Snapshot(ctx context.Context, memPath string) (RestoreInfo, error)
 }
 
