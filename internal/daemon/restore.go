@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
+	"banger/internal/rpc"
 	"banger/internal/vmm"
 )
 
@@ -74,4 +76,63 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 		}
 	}
 	return nil
+}
+
+// prepareShared gives sn its shared form when its driver has one (vmm.SharedPreparer), so
+// the VMs restored from it share the guest memory none of them changed. A failure is only
+// logged: restores then load the full stream, slower and with private memory.
+func (d *Daemon) prepareShared(ctx context.Context, sn *model.Snapshot, prog progress) {
+	drv, err := d.driver(sn.VMM)
+	if err != nil {
+		return
+	}
+	sp, ok := drv.(vmm.SharedPreparer)
+	if !ok {
+		return
+	}
+	log := rpc.Logger(ctx, d.log).With("snapshot", sn.Name)
+	began := time.Now()
+	err = func() error {
+		im, err := d.store.GetImage(ctx, sn.ImageID)
+		if err != nil {
+			return err
+		}
+		tdir := filepath.Join(sn.Dir, "template")
+		if err := os.Mkdir(tdir, 0o700); err != nil {
+			return err
+		}
+		defer os.RemoveAll(tdir)
+		tmpl := &model.VM{ID: sn.ID, Name: sn.Name, VCPU: sn.VCPU, MemoryMiB: sn.MemoryMiB, Dir: tdir,
+			GuestIP: sn.GuestIP, MAC: sn.MAC, Tap: model.TapForID(sn.ID)}
+		spec, err := d.spec(tmpl, im)
+		if err != nil {
+			return err
+		}
+		if d.helper != nil {
+			// The template's NIC needs a real tap backend; its guest never runs, so no
+			// packet uses it. Snapshot ids are not VM ids, so the name is no VM's.
+			if err := d.helper.CreateTap(ctx, tmpl.Tap); err != nil {
+				return fmt.Errorf("creating the template's tap: %w", err)
+			}
+			defer func() {
+				if err := d.helper.DeleteTap(context.WithoutCancel(ctx), tmpl.Tap); err != nil {
+					d.netPending.Store(true) // reconcile removes a tap no VM owns
+				}
+			}()
+		}
+		for i := range spec.Drives {
+			if !spec.Drives[i].ReadOnly {
+				spec.Drives[i].Path = filepath.Join(sn.Dir, filepath.Base(spec.Drives[i].Path))
+			}
+		}
+		info := vmm.RestoreInfo{Driver: sn.VMM, Accel: sn.Accel, Machine: sn.Machine, BootArgs: sn.BootArgs}
+		return sp.PrepareShared(ctx, spec, info, filepath.Join(sn.Dir, snapshotMemName))
+	}()
+	if err != nil {
+		log.Warn("preparing the shared form of a snapshot failed; restores load the full stream", "error", err.Error())
+		prog.stage("snapshot_not_shared", "restores load the full stream: "+err.Error(), 0, 0)
+		return
+	}
+	prog.stage("snapshot_shared", fmt.Sprintf("RAM file ready in %.2fs", time.Since(began).Seconds()), 0, 0)
+	rpc.Stage(ctx, d.log, "snapshot_shared", "ms", time.Since(began).Milliseconds())
 }

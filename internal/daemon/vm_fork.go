@@ -59,6 +59,8 @@ func (d *Daemon) forkVM(ctx context.Context, p api.VMForkParams, prog progress) 
 		}
 	}()
 
+	d.prepareShared(ctx, sn, prog)
+
 	vms := make([]*model.VM, count)
 	errs := make([]error, count)
 	var wg sync.WaitGroup

@@ -80,3 +80,11 @@ func AsRestorer(d Driver) (Restorer, error) {
 type Linker interface {
 	SetLink(ctx context.Context, up bool) error
 }
+
+// SharedPreparer turns a snapshot into a form from which many VMs restore sharing the
+// guest memory none of them changed (copy-on-write), instead of each loading its own copy.
+// spec describes a VMM that only loads and saves (it never runs the guest): the snapshot's
+// own disks, a directory of its own. Restores from the snapshot use the form once it exists.
+type SharedPreparer interface {
+	PrepareShared(ctx context.Context, spec Spec, info RestoreInfo, memPath string) error
+}

@@ -93,6 +93,18 @@ func BenchmarkForkTen(b *testing.B) {
 		var src vmRecord
 		json.Unmarshal([]byte(x.mustCLIB(b, "vm", "show", "--json", "bench-forksrc")), &src)
 		srcKB, _ := pssKiB(src.PID)
+		if os.Getenv("BANGER_BENCH_DEBUG") != "" {
+			var r vmRecord
+			json.Unmarshal([]byte(x.mustCLIB(b, "vm", "show", "--json", names[0])), &r)
+			cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.PID))
+			sm := bigMappings(r.PID)
+			b.Logf("fork cmdline: %s\nsmaps_rollup:\n%s", strings.ReplaceAll(string(cl), "\x00", " "), sm)
+			for _, l := range strings.Split(readFile(x.daemonLog.Name()), "\n") {
+				if strings.Contains(l, "shared") {
+					b.Log(l)
+				}
+			}
+		}
 		b.ReportMetric(float64(el.Milliseconds()), "ms-10-ready")
 		b.ReportMetric(float64(pss)/10/1024, "MiB-PSS/fork")
 		b.ReportMetric(float64(srcKB)/1024, "MiB-PSS-source")
@@ -115,4 +127,23 @@ func pssKiB(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no Pss line for pid %d", pid)
+}
+
+// bigMappings lists the mappings of pid with more than 1 MiB of PSS (for BANGER_BENCH_DEBUG).
+func bigMappings(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	var out strings.Builder
+	head := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 0 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			head = l
+		}
+		if len(f) == 3 && f[0] == "Pss:" {
+			if n, _ := strconv.Atoi(f[1]); n > 1024 {
+				fmt.Fprintf(&out, "%6d kB  %s\n", n, head)
+			}
+		}
+	}
+	return out.String()
 }

@@ -67,8 +67,16 @@ func TestSnapshotRestoreAndFork(t *testing.T) {
 	}
 
 	// Two forks of one snapshot of the source.
-	out := x.mustCLI(t, "vm", "fork", "e2e-src", "--count", "2", "--name-prefix", "e2e-fk")
+	out, errOut, code := x.cli(nil, "vm", "fork", "e2e-src", "--count", "2", "--name-prefix", "e2e-fk")
 	t.Cleanup(func() { x.cli(nil, "vm", "rm", "--force", "e2e-fk-1", "e2e-fk-2") })
+	if code != 0 {
+		t.Fatalf("vm fork: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// The forks map the snapshot's RAM copy-on-write (the shared form) rather than each
+	// loading its own copy.
+	if !strings.Contains(errOut, "snapshot_shared") {
+		t.Errorf("vm fork did not prepare the shared form:\n%s", errOut)
+	}
 	if !strings.Contains(out, "e2e-fk-1 running") || !strings.Contains(out, "e2e-fk-2 running") {
 		t.Fatalf("vm fork output %q", out)
 	}

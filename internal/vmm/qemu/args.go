@@ -18,6 +18,11 @@ type plan struct {
 	// Append, if set, is the whole kernel command line, as recorded by a snapshot: a
 	// restore must give QEMU the source's.
 	Append string
+	// RAMFile, if set, backs guest RAM with this file (memory-backend-file), mapped
+	// shared (RAMShared: writes reach the file) or privately (copy-on-write: VMs mapping
+	// one file share its unchanged pages).
+	RAMFile   string
+	RAMShared bool
 }
 
 // nicID is the NIC's device id, which set_link names.
@@ -50,7 +55,19 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		"-name", name,
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 	}
-	args = append(args, "-machine", machineArg(p.Machine))
+	if p.RAMFile != "" {
+		// The backend's id is the machine's default RAM id, so that its RAM block has the
+		// name a VM booted with plain -m migrates under.
+		share := "off"
+		if p.RAMShared {
+			share = "on"
+		}
+		args = append(args,
+			"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", ramID(p.Machine), spec.MemoryMiB, p.RAMFile, share),
+			"-machine", machineArg(p.Machine)+",memory-backend="+ramID(p.Machine))
+	} else {
+		args = append(args, "-machine", machineArg(p.Machine))
+	}
 	if p.Accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
@@ -109,6 +126,14 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		"-qmp", "unix:"+p.QMPPath+",server=on,wait=off",
 	)
 	return args
+}
+
+// ramID is the id QEMU gives a machine's RAM when it is not given a memory backend.
+func ramID(machine string) string {
+	if machine == "q35" {
+		return "pc.ram"
+	}
+	return "microvm.ram"
 }
 
 // machineArg is the -machine argument of a machine type.

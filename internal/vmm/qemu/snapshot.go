@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,7 +38,10 @@ const migrateFD = "bangersnap"
 
 // Snapshot writes the paused guest's state to memPath.
 func (m *Machine) Snapshot(ctx context.Context, memPath string) (vmm.RestoreInfo, error) {
-	info := vmm.RestoreInfo{Driver: "qemu", Accel: m.accel, Machine: argAfter(m.proc.Cmdline(), "-machine"),
+	// A VM restored with file-backed RAM names its backend on -machine; the snapshot's
+	// machine is the plain one (its stream carries all of RAM, like any other VM's).
+	machine, _, _ := strings.Cut(lastArgAfter(m.proc.Cmdline(), "-machine"), ",memory-backend=")
+	info := vmm.RestoreInfo{Driver: "qemu", Accel: m.accel, Machine: machine,
 		BootArgs: argAfter(m.proc.Cmdline(), "-append")}
 	if info.Machine == "" || info.BootArgs == "" {
 		return info, fmt.Errorf("snapshotting VM %s: the qemu command line lacks -machine or -append", m.spec.ID)
@@ -144,18 +148,31 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, info vmm.RestoreInf
 	if err != nil {
 		return nil, errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "finding qemu binary %q: %w", d.cfg.Binary, err), installHint)
 	}
-	mem, err := os.Open(memPath)
+	p := plan{Accel: accel, Machine: d.cfg.Machine, QMPPath: filepath.Join(spec.Dir, QMPSocketName), Append: info.BootArgs}
+	// With the shared form prepared (PrepareShared), RAM is the snapshot's RAM file mapped
+	// copy-on-write and the stream carries only device state.
+	stream := memPath
+	ramFile, devFile := SharedFiles(memPath)
+	shared := fileExists(ramFile) && fileExists(devFile)
+	if shared {
+		stream, p.RAMFile = devFile, ramFile
+	}
+	mem, err := os.Open(stream)
 	if err != nil {
 		return nil, fmt.Errorf("opening snapshot memory file: %w", err)
 	}
 	defer mem.Close()
-	p := plan{Accel: accel, Machine: d.cfg.Machine, QMPPath: filepath.Join(spec.Dir, QMPSocketName), Append: info.BootArgs}
 	for _, s := range []string{p.QMPPath, spec.ChannelPath} {
 		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("removing stale socket %s: %w", s, err)
 		}
 	}
-	args := append(buildArgs(spec, p), "-incoming", "fd:3")
+	incoming := "fd:3"
+	if shared {
+		// The ignore-shared capability must be set before the stream is read.
+		incoming = "defer"
+	}
+	args := append(buildArgs(spec, p), "-incoming", incoming)
 	log := d.log.With("vm", spec.ID)
 	logOffset := vmm.FileSize(spec.LogPath)
 	began := time.Now()
@@ -169,6 +186,13 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, info vmm.RestoreInf
 		return nil, fmt.Errorf("starting qemu to restore VM %s: %w", spec.ID, err)
 	}
 	m := &Machine{proc: proc, spec: spec, accel: accel, qmpPath: p.QMPPath, log: log}
+	if shared {
+		if err := m.startIncoming(ctx, mem); err != nil {
+			_ = proc.Kill()
+			<-proc.Done()
+			return nil, fmt.Errorf("restoring VM %s: %w", spec.ID, err)
+		}
+	}
 	// The stream carries the source's run state, and a snapshot's source was paused: once
 	// loaded, QEMU reports paused, and the guest continues with cont.
 	if err := m.waitIncoming(ctx); err != nil {
@@ -219,11 +243,195 @@ func (m *Machine) waitIncoming(ctx context.Context) error {
 	}
 }
 
+// SharedFiles are the files of a snapshot's shared form, next to its memory file: guest RAM
+// as a plain image (mapped by restored VMs) and a stream of device state only.
+func SharedFiles(memPath string) (ram, dev string) { return memPath + ".ram", memPath + ".dev" }
+
+func fileExists(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+
+// startIncoming starts a deferred incoming migration from f with RAM left to its file.
+func (m *Machine) startIncoming(ctx context.Context, f *os.File) error {
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	var q *qmpConn
+	var err error
+	// QEMU creates the QMP socket while it starts; wait for it as waitRunning does.
+	deadline := time.Now().Add(startTimeout)
+	for {
+		if q, err = dialQMP(ctx, m.qmpPath); err == nil {
+			break
+		}
+		if m.proc.Exited() || time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("connecting to qemu for the incoming snapshot: %w", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	defer q.close()
+	if err := q.call("migrate-set-capabilities", ignoreShared, nil); err != nil {
+		return err
+	}
+	if err := q.sendFD(migrateFD, f); err != nil {
+		return err
+	}
+	return q.call("migrate-incoming", map[string]any{"uri": "fd:" + migrateFD}, nil)
+}
+
+var _ vmm.SharedPreparer = (*Driver)(nil)
+
+// PrepareShared writes a snapshot's shared form (SharedFiles): a QEMU for spec (the
+// snapshot's own disk copies; a tap of its own, since the NIC's saved state needs a tap
+// backend's vnet header, though no packet ever flows) loads the full stream into a RAM file it maps
+// shared, never runs the guest, and saves the device state with ignore-shared, leaving RAM
+// in the file. Restores then map that file copy-on-write: N VMs restored from one snapshot
+// share every page none of them wrote, where loading the stream gives each a private copy.
+func (d *Driver) PrepareShared(ctx context.Context, spec vmm.Spec, info vmm.RestoreInfo, memPath string) error {
+	if err := validateSpec(spec); err != nil {
+		return err
+	}
+	if info.Driver != "qemu" {
+		return errdefs.New(errdefs.ErrConflict, "the snapshot was taken by %s; qemu cannot restore it", orUnknown(info.Driver))
+	}
+	accel, _, err := d.accel()
+	if err != nil {
+		return err
+	}
+	if accel != info.Accel || machineArg(d.cfg.Machine) != info.Machine {
+		return errdefs.New(errdefs.ErrConflict, "the snapshot's accel/machine (%s, %s) do not match this qemu's", info.Accel, info.Machine)
+	}
+	bin, err := exec.LookPath(d.cfg.Binary)
+	if err != nil {
+		return errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "finding qemu binary %q: %w", d.cfg.Binary, err), installHint)
+	}
+	ramFile, devFile := SharedFiles(memPath)
+	tmpRAM, tmpDev := ramFile+".tmp", devFile+".tmp"
+	os.Remove(tmpRAM)
+	os.Remove(tmpDev)
+	done := false
+	defer func() {
+		if !done {
+			os.Remove(tmpRAM)
+			os.Remove(tmpDev)
+		}
+	}()
+	mem, err := os.Open(memPath)
+	if err != nil {
+		return fmt.Errorf("opening snapshot memory file: %w", err)
+	}
+	defer mem.Close()
+	p := plan{Accel: accel, Machine: d.cfg.Machine, QMPPath: filepath.Join(spec.Dir, QMPSocketName), Append: info.BootArgs,
+		RAMFile: tmpRAM, RAMShared: true}
+	cmd := exec.Command(bin, append(buildArgs(spec, p), "-incoming", "fd:3")...)
+	cmd.ExtraFiles = []*os.File{mem}
+	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
+	if err != nil {
+		return fmt.Errorf("starting qemu to prepare a shared snapshot: %w", err)
+	}
+	defer func() { _ = proc.Kill(); <-proc.Done() }()
+	if err := spec.Launched(proc); err != nil {
+		return err
+	}
+	m := &Machine{proc: proc, spec: spec, accel: accel, qmpPath: p.QMPPath, log: d.log.With("vm", spec.ID)}
+	// Loaded means paused (the source was); the guest never runs here.
+	if err := m.waitState(ctx, "paused"); err != nil {
+		if tail := vmm.LogTail(spec.LogPath, 0, 15); tail != "" {
+			err = fmt.Errorf("%w; qemu output: %s", err, tail)
+		}
+		return fmt.Errorf("preparing a shared snapshot: %w", err)
+	}
+	dev, err := os.OpenFile(tmpDev, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	m.qmpMu.Lock()
+	err = func() error {
+		q, err := dialQMP(ctx, m.qmpPath)
+		if err != nil {
+			return err
+		}
+		defer q.close()
+		if err := q.call("migrate-set-capabilities", ignoreShared, nil); err != nil {
+			return err
+		}
+		if err := q.call("migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
+			return err
+		}
+		if err := q.sendFD(migrateFD, dev); err != nil {
+			return err
+		}
+		if err := q.call("migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
+			return err
+		}
+		return q.waitMigration(ctx)
+	}()
+	m.qmpMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("preparing a shared snapshot: %w", err)
+	}
+	if err := dev.Sync(); err != nil {
+		return err
+	}
+	// QEMU wrote RAM through its shared mapping; it must be on disk before the rename
+	// publishes it.
+	if f, err := os.OpenFile(tmpRAM, os.O_RDWR, 0); err == nil {
+		f.Sync()
+		f.Close()
+	}
+	if err := os.Rename(tmpRAM, ramFile); err != nil {
+		return err
+	}
+	if err := os.Rename(tmpDev, devFile); err != nil {
+		os.Remove(ramFile)
+		return err
+	}
+	done = true
+	return nil
+}
+
+// waitState polls query-status until QEMU reports want.
+func (m *Machine) waitState(ctx context.Context, want string) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	var last string
+	for {
+		qctx, qcancel := context.WithTimeout(ctx, time.Second)
+		st, err := m.Status(qctx)
+		qcancel()
+		if err == nil && st == want {
+			return nil
+		}
+		last = st
+		select {
+		case <-m.proc.Done():
+			return errors.New("qemu exited while loading the snapshot")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for qemu state %s: %w (last %q)", want, ctx.Err(), last)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 func orUnknown(s string) string {
 	if s == "" {
 		return "an unknown VMM"
 	}
 	return s
+}
+
+// lastArgAfter returns the argument following the last flag in argv, or "".
+func lastArgAfter(argv []string, flag string) string {
+	out := ""
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == flag {
+			out = argv[i+1]
+		}
+	}
+	return out
 }
 
 // argAfter returns the argument following flag in argv, or "".

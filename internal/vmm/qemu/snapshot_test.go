@@ -119,3 +119,61 @@ func TestRestoreRefusals(t *testing.T) {
 		}
 	}
 }
+
+// The shared form: a template QEMU turns the stream into a RAM file plus device state, and
+// two VMs restored from it (RAM mapped copy-on-write) both continue the guest.
+func TestSharedRestoreContinuesTheGuestTwice(t *testing.T) {
+	requireBoot(t)
+	d := New(Config{Logger: testLogger(t)})
+	src := bootSpec(t)
+	m := startVM(t, d, src)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if err := m.(vmm.Pauser).Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mem := filepath.Join(t.TempDir(), "memory")
+	info, err := m.(*Machine).Snapshot(ctx, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = m.Kill()
+	<-m.Done()
+	tmpl := bootSpec(t)
+	tmpl.Kernel, tmpl.Initrd = src.Kernel, src.Initrd
+	if err := d.PrepareShared(ctx, tmpl, info, mem); err != nil {
+		dumpLog(t, tmpl)
+		t.Fatalf("PrepareShared: %v", err)
+	}
+	ram, dev := SharedFiles(mem)
+	if fi, err := os.Stat(ram); err != nil || fi.Size() != int64(src.MemoryMiB)<<20 {
+		t.Fatalf("RAM file: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(dev); err != nil || fi.Size() >= 1<<20 {
+		t.Fatalf("device state stream should hold no RAM: %v %v", fi, err)
+	}
+	for i := range 2 {
+		dst := bootSpec(t)
+		dst.Kernel, dst.Initrd = src.Kernel, src.Initrd
+		m2, err := d.Restore(ctx, dst, info, mem)
+		if err != nil {
+			dumpLog(t, dst)
+			t.Fatalf("Restore %d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = m2.Kill(); <-m2.Done() })
+		if !strings.Contains(strings.Join(m2.(*Machine).proc.Cmdline(), " "), "mem-path="+ram+",share=off") {
+			t.Fatalf("restore %d does not map the RAM file privately: %q", i, m2.(*Machine).proc.Cmdline())
+		}
+		conn, err := m2.DialAgent(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if err != nil || !strings.HasPrefix(line, "banger-test-ready ") {
+			dumpLog(t, dst)
+			t.Fatalf("restore %d: guest line %q, %v", i, line, err)
+		}
+	}
+}
