@@ -74,7 +74,9 @@ func TestPlanRefusesWhatAVMCannotDo(t *testing.T) {
 		{"odd mount target", func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/x;reboot", Type: "tmpfs", Source: "tmpfs"})
 		}, "mounts.destination"},
-		{"nfs", func(s *specs.Spec) { s.Mounts = append(s.Mounts, specs.Mount{Destination: "/n", Type: "nfs", Source: "h:/e"}) }, "mounts.type"},
+		{"nfs", func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/n", Type: "nfs", Source: "h:/e"})
+		}, "mounts.type"},
 		{"user name", func(s *specs.Spec) { s.Process.User.Username = "nobody" }, "process.user.username"},
 		{"no process", func(s *specs.Spec) { s.Process.Args = nil }, "process.args"},
 		{"bad hostname", func(s *specs.Spec) { s.Hostname = "a b" }, "hostname"},
