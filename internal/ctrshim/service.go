@@ -481,7 +481,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		return nil, toGRPC(errdefs.InvalidArgument("process.args", nil, "an exec needs a command"))
 	}
 	req := guest.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: GuestRoot,
-		UID: ps.User.UID, GID: ps.User.GID}
+		UID: ps.User.UID, GID: ps.User.GID, Groups: ps.User.AdditionalGids}
 	if ps.ConsoleSize != nil {
 		req.Rows, req.Cols = uint16(ps.ConsoleSize.Height), uint16(ps.ConsoleSize.Width)
 	}

@@ -119,9 +119,7 @@ func planFor(s *specs.Spec) (*plan, error) {
 	if s.Process.ConsoleSize != nil {
 		p.proc.Rows, p.proc.Cols = uint16(s.Process.ConsoleSize.Height), uint16(s.Process.ConsoleSize.Width)
 	}
-	if len(s.Process.User.AdditionalGids) > 0 {
-		return nil, errdefs.InvalidArgument("process.user.additionalGids", s.Process.User.AdditionalGids, "supplementary groups are not supported by the banger runtime")
-	}
+	p.proc.Groups = s.Process.User.AdditionalGids
 	if s.Process.User.Username != "" {
 		return nil, errdefs.InvalidArgument("process.user.username", s.Process.User.Username, "only numeric uid/gid are supported (containerd resolves names before the runtime)")
 	}

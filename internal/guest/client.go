@@ -39,6 +39,7 @@ type ExecRequest struct {
 	// set its credentials. See the exec request in the package documentation.
 	Root     string
 	UID, GID uint32
+	Groups   []uint32
 }
 
 // ExecIO connects a guest process to the caller. A nil Stdin sends EOF at once; nil Stdout
@@ -142,7 +143,7 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 		Type: TypeExec, OpID: req.OpID,
 		Argv: req.Argv, Env: req.Env, Cwd: req.Cwd,
 		TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, Term: req.Term,
-		Root: req.Root, UID: req.UID, GID: req.GID,
+		Root: req.Root, UID: req.UID, GID: req.GID, Groups: req.Groups,
 	})
 	if err != nil {
 		return -1, err

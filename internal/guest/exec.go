@@ -143,6 +143,9 @@ func execCwd(cwd string) (string, error) {
 	return cwd, nil
 }
 
+// maxGroups is NGROUPS_MAX.
+const maxGroups = 65536
+
 // rootedPaths resolves cwd (default /) and argv0 for a process chrooted into root. The
 // names are paths inside root: symlinks in a container's rootfs point at the container's
 // own root, so they are not followed from here (Lstat); the kernel resolves them after
@@ -222,8 +225,11 @@ func (a *Agent) startProcess(req Request) (*process, error) {
 	// tty branch replaces it with a session of its own). The kernel applies Chroot before
 	// Dir, so both are paths inside the root.
 	attr := &syscall.SysProcAttr{Setpgid: true, Chroot: req.Root}
-	if req.UID != 0 || req.GID != 0 {
-		attr.Credential = &syscall.Credential{Uid: req.UID, Gid: req.GID}
+	if req.UID != 0 || req.GID != 0 || len(req.Groups) > 0 {
+		if len(req.Groups) > maxGroups {
+			return nil, errdefs.InvalidArgument("groups", len(req.Groups), fmt.Sprintf("at most %d supplementary groups", maxGroups))
+		}
+		attr.Credential = &syscall.Credential{Uid: req.UID, Gid: req.GID, Groups: req.Groups}
 	}
 	cmd.SysProcAttr = attr
 	p := &process{cmd: cmd}

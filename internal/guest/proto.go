@@ -52,7 +52,7 @@
 // USER=root, LOGNAME=root, SHELL=/bin/sh and, with tty, TERM), "cwd" (default /root, or /
 // when /root is missing; an explicit cwd must exist), "tty", "rows", "cols", "term",
 // "root" (an absolute guest directory to chroot the process into; argv[0] and cwd are then
-// paths inside it, cwd defaulting to /), "uid" and "gid" (credentials, default 0).
+// paths inside it, cwd defaulting to /), "uid", "gid" and "groups" (credentials, default 0 and none).
 // The agent resolves argv[0] in the resulting PATH and replies {"ok":true} once the process
 // runs, or an error (code "command_not_found" naming the command; the CLI exits 127). Then
 // the client sends stdin, stdin_eof, signal and resize frames and the agent sends stdout,
@@ -175,9 +175,10 @@ type Request struct {
 	// Root, when set, is a guest directory the process is chrooted into (a container's
 	// rootfs); argv[0] and cwd are then resolved inside it. UID and GID are the
 	// credentials the process runs with (0: root, the agent's own).
-	Root string `json:"root,omitempty"`
-	UID  uint32 `json:"uid,omitempty"`
-	GID  uint32 `json:"gid,omitempty"`
+	Root   string   `json:"root,omitempty"`
+	UID    uint32   `json:"uid,omitempty"`
+	GID    uint32   `json:"gid,omitempty"`
+	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
 
 	// put, get
 	Path string `json:"path,omitempty"`
