@@ -107,9 +107,11 @@ func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 
 // forward publishes events in order; the publisher itself retries and queues.
 func (s *Service) forward() {
+	// Not s.ctx: shutdown cancels it, and the last events (the delete) are sent after.
+	ctx := context.WithoutCancel(s.ctx)
 	for e := range s.events {
 		topic := topicOf(e)
-		if err := s.publisher.Publish(s.ctx, topic, e); err != nil {
+		if err := s.publisher.Publish(ctx, topic, e); err != nil {
 			log.G(s.ctx).WithError(err).WithField("topic", topic).Error("publishing event")
 		}
 	}
@@ -604,7 +606,7 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 		return nil, err
 	}
 	if r.Stdin && p.io != nil && p.io.stdin != nil {
-		p.io.stdin.Close()
+		p.io.stdin.CloseIO()
 	}
 	return empty, nil
 }

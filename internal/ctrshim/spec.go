@@ -207,6 +207,11 @@ func guestMountFor(m specs.Mount) (guestMount, bool, error) {
 	if target == "/dev" && fstype == "tmpfs" {
 		fstype = "devtmpfs"
 	}
+	// Every devpts mount is a new instance (Linux ≥ 4.7), and the agent allocates a TTY
+	// from the guest's: the container sees that one, or its terminal has no name.
+	if fstype == "devpts" {
+		return guestMount{fstype: "devpts", source: "/dev/pts", target: target, options: []string{"bind"}}, true, nil
+	}
 	var opts []string
 	for _, o := range m.Options {
 		if mountFlagsKept[o] || (strings.Contains(o, "=") && safeOption.MatchString(o)) {
