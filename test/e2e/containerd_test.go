@@ -272,6 +272,15 @@ func TestContainerdRunPrintsGuestKernelAndExitCode(t *testing.T) {
 		t.Fatalf("the process did not run in the image's rootfs: %q", out)
 	}
 	x.assertNothingLeft(t, before)
+
+	// What a VM cannot honour is refused before any VM exists, naming the field.
+	_, errOut, code = c.ctr(t, nil, "run", "--runtime", "io.containerd.banger.v2", "--rm", "--fifo-dir", filepath.Join(c.dir, "fifo"),
+		"--with-ns", "pid:/proc/1/ns/pid", ctrImage, "e2e-hostpid", "true")
+	if code == 0 || !strings.Contains(errOut, "linux.namespaces") || !strings.Contains(errOut, "/proc/1/ns/pid") {
+		t.Fatalf("joining the host's pid namespace: exit %d, stderr %q", code, errOut)
+	}
+	c.ctr(t, nil, "container", "rm", "e2e-hostpid")
+	x.assertNothingLeft(t, before)
 }
 
 func TestContainerdExecKillResourcesAndRemove(t *testing.T) {
@@ -320,7 +329,9 @@ func TestContainerdExecKillResourcesAndRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ptmx.Close()
-	cmd := exec.Command("ctr", "--address", c.socket, "--namespace", c.ns, "task", "exec", "-t", "--exec-id", "tty", "--fifo-dir", fifo, "e2e-long", "sh", "-c", "tty; stty size")
+	cmd := exec.Command("ctr", "--address", c.socket, "--namespace", c.ns, "task", "exec", "-t", "--exec-id", "tty", "--fifo-dir", fifo, "e2e-long", "sh", "-c",
+		// The size arrives through ResizePty after the start: wait for it (bounded).
+		`tty; i=0; while [ "$(stty size)" != "33 111" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size`)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 111})
 	if err := cmd.Start(); err != nil {
@@ -337,6 +348,19 @@ func TestContainerdExecKillResourcesAndRemove(t *testing.T) {
 	}
 	if werr != nil || !strings.Contains(ttyOut.String(), "/dev/pts/") || !strings.Contains(ttyOut.String(), "33 111") {
 		t.Fatalf("exec -t: %v, want a pts and the size 33 111, got %q", werr, ttyOut.String())
+	}
+	// ps shows the VMM's pid (the task's host process); metrics are the VMM's.
+	var vmmPID int
+	for _, v := range vms {
+		if strings.HasPrefix(v.Name, "ctr-e2e-long-") {
+			vmmPID = v.PID
+		}
+	}
+	if ps := c.mustCtr(t, "task", "ps", "e2e-long"); !strings.Contains(ps, strconv.Itoa(vmmPID)) {
+		t.Errorf("task ps does not show the VMM's pid %d:\n%s", vmmPID, ps)
+	}
+	if m := c.mustCtr(t, "task", "metrics", "e2e-long"); !strings.Contains(m, "cpu.usage_usec") || !strings.Contains(m, "memory.usage") {
+		t.Errorf("task metrics lacks cpu and memory:\n%s", m)
 	}
 	// kill -s TERM stops it; the exit status shows in task ls.
 	c.mustCtr(t, "task", "kill", "-s", "TERM", "e2e-long")
