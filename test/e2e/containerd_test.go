@@ -37,7 +37,7 @@ type ctrd struct {
 
 const ctrImage = "docker.io/library/banger-busybox:e2e"
 
-func startContainerd(t *testing.T, x *env) *ctrd {
+func startContainerd(t testing.TB, x *env) *ctrd {
 	t.Helper()
 	for _, tool := range []string{"containerd", "ctr"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -107,7 +107,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 }
 
 // ctr runs ctr against the private containerd.
-func (c *ctrd) ctr(t *testing.T, stdin io.Reader, args ...string) (string, string, int) {
+func (c *ctrd) ctr(t testing.TB, stdin io.Reader, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -125,7 +125,7 @@ func (c *ctrd) ctr(t *testing.T, stdin io.Reader, args ...string) (string, strin
 	return out.String(), errb.String(), code
 }
 
-func (c *ctrd) mustCtr(t *testing.T, args ...string) string {
+func (c *ctrd) mustCtr(t testing.TB, args ...string) string {
 	t.Helper()
 	out, errOut, code := c.ctr(t, nil, args...)
 	if code != 0 {
@@ -136,7 +136,7 @@ func (c *ctrd) mustCtr(t *testing.T, args ...string) string {
 
 // importBusybox builds an OCI image of the host's static busybox (Debian's busybox-static)
 // as an OCI archive and imports it: no registry involved.
-func (c *ctrd) importBusybox(t *testing.T) {
+func (c *ctrd) importBusybox(t testing.TB) {
 	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
