@@ -214,6 +214,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	pl.vm.Name = VMName(s.ns, r.ID)
 	pl.vm.Image = imageFor(spec)
+	pl.vm.NAT = spec.Annotations["banger.dev/nat"] == "true"
 	c := &container{id: r.ID, bundle: r.Bundle, vmName: pl.vm.Name, execs: map[string]*process{}}
 	c.init = newProcess("", pl.proc, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
 	c.init.req.TTY = r.Terminal
