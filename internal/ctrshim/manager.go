@@ -154,5 +154,9 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err := mount.UnmountAll(filepath.Join(cwd, "rootfs"), 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting the container's snapshot")
 	}
+	// A killed shim could not remove its socket; Start wrote its address into the bundle.
+	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil {
+		_ = shim.RemoveSocket(address)
+	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 }

@@ -428,4 +428,8 @@ func TestContainerdShimKill9LeavesNothing(t *testing.T) {
 	if strings.Contains(out, "RUNNING") {
 		t.Fatalf("task still running after its shim died:\n%s", out)
 	}
+	// Nor is the dead shim's socket left beside containerd's.
+	if ents, _ := os.ReadDir(filepath.Join(c.dir, "s")); len(ents) != 0 {
+		t.Fatalf("shim sockets left in %s: %v", filepath.Join(c.dir, "s"), ents)
+	}
 }
