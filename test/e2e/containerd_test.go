@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -273,6 +274,15 @@ func TestContainerdRunPrintsGuestKernelAndExitCode(t *testing.T) {
 	}
 	x.assertNothingLeft(t, before)
 
+	// The init process on a TTY (ctr run -t).
+	out, err := c.ctrOnPTY(t, "run", "-t", "--runtime", "io.containerd.banger.v2", "--rm", "--fifo-dir", filepath.Join(c.dir, "fifo"),
+		ctrImage, "e2e-tty", "sh", "-c", "tty; exit 5")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 || !strings.Contains(out, "/dev/pts/") {
+		t.Fatalf("ctr run -t: %v, want exit 5 and a pts, got %q", err, out)
+	}
+	x.assertNothingLeft(t, before)
+
 	// What a VM cannot honour is refused before any VM exists, naming the field.
 	_, errOut, code = c.ctr(t, nil, "run", "--runtime", "io.containerd.banger.v2", "--rm", "--fifo-dir", filepath.Join(c.dir, "fifo"),
 		"--with-ns", "pid:/proc/1/ns/pid", ctrImage, "e2e-hostpid", "true")
@@ -324,30 +334,11 @@ func TestContainerdExecKillResourcesAndRemove(t *testing.T) {
 		t.Fatalf("exec with stdin: exit %d out %q err %q", code, out, errOut)
 	}
 	// exec with a TTY: ctr needs a terminal as its stdin.
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ptmx.Close()
-	cmd := exec.Command("ctr", "--address", c.socket, "--namespace", c.ns, "task", "exec", "-t", "--exec-id", "tty", "--fifo-dir", fifo, "e2e-long", "sh", "-c",
+	ttyOut, werr := c.ctrOnPTY(t, "task", "exec", "-t", "--exec-id", "tty", "--fifo-dir", fifo, "e2e-long", "sh", "-c",
 		// The size arrives through ResizePty after the start: wait for it (bounded).
 		`tty; i=0; while [ "$(stty size)" != "33 111" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size`)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-	pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 111})
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	tty.Close()
-	var ttyOut bytes.Buffer
-	copied := make(chan struct{})
-	go func() { io.Copy(&ttyOut, ptmx); close(copied) }()
-	werr := cmd.Wait()
-	select {
-	case <-copied:
-	case <-time.After(5 * time.Second):
-	}
-	if werr != nil || !strings.Contains(ttyOut.String(), "/dev/pts/") || !strings.Contains(ttyOut.String(), "33 111") {
-		t.Fatalf("exec -t: %v, want a pts and the size 33 111, got %q", werr, ttyOut.String())
+	if werr != nil || !strings.Contains(ttyOut, "/dev/pts/") || !strings.Contains(ttyOut, "33 111") {
+		t.Fatalf("exec -t: %v, want a pts and the size 33 111, got %q", werr, ttyOut)
 	}
 	// ps shows the VMM's pid (the task's host process); metrics are the VMM's.
 	var vmmPID int
@@ -378,6 +369,35 @@ func TestContainerdExecKillResourcesAndRemove(t *testing.T) {
 	}
 	c.mustCtr(t, "container", "rm", "e2e-long")
 	x.assertNothingLeft(t, before)
+}
+
+// ctrOnPTY runs ctr with a 33x111 terminal as its stdin, stdout and stderr.
+func (c *ctrd) ctrOnPTY(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"--address", c.socket, "--namespace", c.ns}, args...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 111})
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	var out bytes.Buffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&out, ptmx); close(copied) }()
+	werr := cmd.Wait()
+	select {
+	case <-copied:
+	case <-time.After(5 * time.Second):
+	}
+	return out.String(), werr
 }
 
 // shimPid finds the serving shim of container id, a process this test's containerd started.
