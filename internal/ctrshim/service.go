@@ -70,9 +70,10 @@ type process struct {
 
 	signals chan syscall.Signal
 	resize  chan [2]uint16
-	cancel  context.CancelFunc
 
 	mu         sync.Mutex
+	cancel     context.CancelFunc // ends the agent stream; set by Start
+	starting   bool
 	status     task.Status
 	exitStatus uint32
 	exitedAt   time.Time
@@ -294,13 +295,14 @@ func newProcess(execID string, req guest.ExecRequest, in, out, errp string, term
 // teardown removes everything of c that exists: its processes' streams, its VM, the
 // snapshot mount. Every step tolerates the thing being gone already.
 func (s *Service) teardown(ctx context.Context, c *container) {
-	for _, p := range append(c.execList(), c.init) {
+	s.mu.Lock()
+	procs := append(c.execList(), c.init)
+	s.mu.Unlock()
+	for _, p := range procs {
 		if p == nil {
 			continue
 		}
-		if p.cancel != nil {
-			p.cancel()
-		}
+		p.stop()
 		if p.io != nil {
 			p.io.Close()
 		}
@@ -336,18 +338,27 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, err
 	}
 	p.mu.Lock()
-	if p.status != task.Status_CREATED {
+	if p.status != task.Status_CREATED || p.starting {
 		st := p.status
 		p.mu.Unlock()
-		return nil, toGRPC(fmt.Errorf("process %q of container %s is %s, not created: %w", r.ExecID, r.ID, st, cerrdefs.ErrFailedPrecondition))
+		return nil, toGRPC(fmt.Errorf("process %q of container %s is %s and was started already: %w", r.ExecID, r.ID, st, cerrdefs.ErrFailedPrecondition))
 	}
+	p.starting = true
 	p.mu.Unlock()
 	ctx, op := opid.Ensure(ctx)
 	pctx, cancel := context.WithCancel(opid.With(s.ctx, op))
+	p.mu.Lock()
 	p.cancel = cancel
+	p.mu.Unlock()
+	notStarted := func() {
+		cancel()
+		p.mu.Lock()
+		p.starting = false
+		p.mu.Unlock()
+	}
 	stream, err := s.daemon.agentStream(ctx, c.vmID)
 	if err != nil {
-		cancel()
+		notStarted()
 		return nil, toGRPC(fmt.Errorf("reaching the agent of container %s: %w", r.ID, err))
 	}
 	req := p.req
@@ -360,7 +371,19 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	out, errw := p.io.writers()
 	eio := guest.ExecIO{Stdin: stdin, Stdout: out, Stderr: errw, Signals: p.signals, Resize: p.resize,
-		Started: func() { close(started) }}
+		Started: func() {
+			// Before any output, so before exited can record the end.
+			p.mu.Lock()
+			p.status = task.Status_RUNNING
+			p.mu.Unlock()
+			// Queued before the exit can be: containerd sees start, then exit.
+			if r.ExecID == "" {
+				s.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: c.pid})
+			} else {
+				s.send(&eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: c.pid})
+			}
+			close(started)
+		}}
 	go func() {
 		code, err := guest.Exec(pctx, stream, req, eio)
 		select {
@@ -378,20 +401,15 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}()
 	select {
 	case <-started:
+	case <-ctx.Done():
+		notStarted()
+		return nil, toGRPC(fmt.Errorf("starting %v in container %s: %w", p.req.Argv, r.ID, ctx.Err()))
 	case err := <-failed:
-		cancel()
+		notStarted()
 		if errors.Is(err, guest.ErrCommandNotFound) {
 			err = fmt.Errorf("%w: %w", cerrdefs.ErrNotFound, err)
 		}
 		return nil, toGRPC(fmt.Errorf("starting %v in container %s: %w", p.req.Argv, r.ID, err))
-	}
-	p.mu.Lock()
-	p.status = task.Status_RUNNING
-	p.mu.Unlock()
-	if r.ExecID == "" {
-		s.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: c.pid})
-	} else {
-		s.send(&eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: c.pid})
 	}
 	return &taskAPI.StartResponse{Pid: c.pid}, nil
 }
@@ -415,15 +433,23 @@ func (s *Service) exited(c *container, p *process, code uint32) {
 		execs := c.execList()
 		s.mu.Unlock()
 		for _, e := range execs {
-			if e.cancel != nil {
-				e.cancel()
-			}
+			e.stop()
 		}
 	}
 	s.send(&eventstypes.TaskExit{
 		ContainerID: c.id, ID: processID(c, p), Pid: c.pid,
 		ExitStatus: code, ExitedAt: protobuf.ToTimestamp(p.exitedAt),
 	})
+}
+
+// stop ends the process's agent stream, which makes the agent hang up and kill it.
+func (p *process) stop() {
+	p.mu.Lock()
+	cancel := p.cancel
+	p.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 func processID(c *container, p *process) string {
@@ -489,26 +515,24 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 		req.Rows, req.Cols = uint16(ps.ConsoleSize.Height), uint16(ps.ConsoleSize.Width)
 	}
 	p := newProcess(r.ExecID, req, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
-	s.mu.Lock()
-	if _, dup := c.execs[r.ExecID]; dup {
-		s.mu.Unlock()
-		return nil, toGRPC(fmt.Errorf("exec %s: %w", r.ExecID, cerrdefs.ErrAlreadyExists))
+	if p.io, err = openStdio(s.ctx, r.Stdin, r.Stdout, r.Stderr); err != nil {
+		return nil, toGRPC(err)
 	}
+	s.mu.Lock()
+	_, dup := c.execs[r.ExecID]
 	c.init.mu.Lock()
 	initStatus := c.init.status
 	c.init.mu.Unlock()
-	if initStatus != task.Status_RUNNING {
+	if dup || initStatus != task.Status_RUNNING {
 		s.mu.Unlock()
+		p.io.Close()
+		if dup {
+			return nil, toGRPC(fmt.Errorf("exec %s: %w", r.ExecID, cerrdefs.ErrAlreadyExists))
+		}
 		return nil, toGRPC(fmt.Errorf("container %s is not running: %w", r.ID, cerrdefs.ErrFailedPrecondition))
 	}
 	c.execs[r.ExecID] = p
 	s.mu.Unlock()
-	if p.io, err = openStdio(s.ctx, r.Stdin, r.Stdout, r.Stderr); err != nil {
-		s.mu.Lock()
-		delete(c.execs, r.ExecID)
-		s.mu.Unlock()
-		return nil, toGRPC(err)
-	}
 	s.send(&eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
 	return empty, nil
 }
