@@ -20,6 +20,7 @@ import (
 	"banger/internal/imagecat"
 	"banger/internal/imagestore"
 	"banger/internal/opid"
+	"banger/internal/oplog"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/vmdns"
@@ -70,6 +71,12 @@ type Daemon struct {
 	bg       sync.WaitGroup
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
+}
+
+// newOp returns a context under parent for work the daemon begins itself (startup, a
+// reconcile pass, an exit watcher): a fresh op id, and the daemon's logger for oplog.G.
+func (d *Daemon) newOp(parent context.Context) context.Context {
+	return oplog.With(opid.With(parent, opid.New()), d.log)
 }
 
 // detach returns a context for work that outlives the request that began it: it keeps the
@@ -156,7 +163,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 // Run serves until ctx ends. VMs keep running after Run returns unless opts.Cleanup.
 func (d *Daemon) Run(ctx context.Context, opts Options) error {
 	defer d.store.Close()
-	startCtx := opid.With(ctx, opid.New())
+	startCtx := d.newOp(ctx)
 	if d.helper != nil {
 		if err := d.helper.EnsureBridge(startCtx); err != nil {
 			return fmt.Errorf("ensuring bridge %s through the root helper: %w", d.cfg.Network.Bridge, err)
@@ -198,7 +205,7 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 	d.bg.Wait()
 	os.Remove(d.cfg.Socket)
 	if opts.Cleanup {
-		d.cleanup(opid.With(context.Background(), opid.New()))
+		d.cleanup(d.newOp(context.Background()))
 	}
 	d.closeSessions()
 	return serveErr
@@ -250,7 +257,7 @@ func listenUnix(path string) (net.Listener, error) {
 
 // cleanup stops every running VM and removes every network object banger created.
 func (d *Daemon) cleanup(ctx context.Context) {
-	log := opid.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		log.Error("cleanup: listing vms failed", "error", err.Error())
