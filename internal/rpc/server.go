@@ -84,6 +84,10 @@ type Server struct {
 	Observe func(method, code string, d time.Duration)
 	// Limits bound connections, set before Serve.
 	Limits Limits
+	// QuietOperations leaves out the per-call "operation begin/done/failed" records, for
+	// a server (the root helper) that writes its own single record per call. Records
+	// about refused connections and malformed requests, which reach no handler, stay.
+	QuietOperations bool
 
 	mu      sync.RWMutex
 	methods map[string]HandlerFunc
@@ -405,7 +409,9 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 	octx := opid.With(ctx, id)
 	octx = oplog.Began(oplog.With(octx, s.Logger.With("method", req.Method)), start)
 	log := oplog.G(octx)
-	log.Info("operation begin")
+	if !s.QuietOperations {
+		log.Info("operation begin")
+	}
 
 	finish := func(err error) {
 		d := time.Since(start)
@@ -416,10 +422,12 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 			}
 			s.Observe(req.Method, code, d)
 		}
-		if err != nil {
+		switch {
+		case s.QuietOperations:
+		case err != nil:
 			code := CodeOf(err)
 			log.Log(ctx, LogLevel(code), "operation failed", "duration_ms", d.Milliseconds(), "code", code, "error", err.Error())
-		} else {
+		default:
 			log.Info("operation done", "duration_ms", d.Milliseconds())
 		}
 	}
