@@ -14,7 +14,6 @@ import (
 	"banger/internal/api"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
 )
 
 // CreateOptions are vm create's flags.
@@ -68,7 +67,7 @@ func Follow(ctx context.Context, g *Globals, method, id string, onStage func(api
 		seen = len(st.Stages)
 		if st.Done {
 			if st.Error != nil {
-				return nil, &rpc.ErrorResponse{Code: st.Error.Code, Message: st.Error.Message, OpID: st.Error.OpID, Hint: st.Error.Hint}
+				return nil, st.Error
 			}
 			return &st, nil
 		}

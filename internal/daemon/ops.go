@@ -23,7 +23,7 @@ type operation struct {
 	done    bool
 	vm      *model.VM
 	image   *model.Image
-	err     *api.OpError
+	err     *rpc.ErrorResponse
 	changed chan struct{} // closed and replaced on every change, to wake waiters
 	ended   time.Time
 }
@@ -60,8 +60,7 @@ func (o *operation) finish(vm *model.VM, im *model.Image, err error) {
 	o.ended = time.Now()
 	o.vm, o.image = vm, im
 	if err != nil {
-		w := rpc.ToWire(err, o.id)
-		o.err = &api.OpError{Code: w.Code, Message: w.Message, OpID: o.id, Hint: w.Hint}
+		o.err = rpc.ToWire(err, o.id)
 	}
 	o.notifyLocked()
 }
