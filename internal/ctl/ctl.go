@@ -10,11 +10,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"banger/internal/client"
+	"banger/internal/config"
 	"banger/internal/errdefs"
 )
 
@@ -27,19 +27,6 @@ type Globals struct {
 	Stdin  io.Reader
 }
 
-// DefaultSocket is where the CLI looks for bangerd when neither --socket nor
-// BANGER_SOCKET says otherwise; it matches bangerd's default for the same user.
-func DefaultSocket() string {
-	if os.Geteuid() == 0 {
-		return "/run/banger/bangerd.sock"
-	}
-	if xdg := os.Getenv("XDG_RUNTIME_DIR"); xdg != "" {
-		return filepath.Join(xdg, "banger", "bangerd.sock")
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".local", "share", "banger", "run", "bangerd.sock")
-}
-
 // ResolveSocket applies the lookup order: flag, then BANGER_SOCKET, then the default.
 func ResolveSocket(flag string) string {
 	if flag != "" {
@@ -48,7 +35,7 @@ func ResolveSocket(flag string) string {
 	if env := os.Getenv("BANGER_SOCKET"); env != "" {
 		return env
 	}
-	return DefaultSocket()
+	return config.DefaultSocket()
 }
 
 // client is the typed daemon client for g's socket.

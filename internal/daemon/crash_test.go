@@ -267,7 +267,7 @@ func TestHelperKilledMidCreateTap(t *testing.T) {
 // stream ends, whatever the CLI does.
 func TestAutoRemoveIsOwnedByTheDaemon(t *testing.T) {
 	h, drv := newFakeHelper(), &fakeDriver{binary: fakeVMMBinary(t)}
-	td := startFakeDaemonAt(t, t.TempDir(), h, drv, func(d *Daemon) { d.rmGrace = 200 * time.Millisecond })
+	td := startFakeDaemonAt(t, t.TempDir(), h, drv, func(o *Options) { o.AutoRemoveGrace = 200 * time.Millisecond })
 	td.addImage(t, "img")
 	ctx := context.Background()
 	var res api.VMResult

@@ -87,12 +87,12 @@ func startDaemon(t *testing.T, stateDir, cidr string, tweaks ...func(*config.Con
 		for _, tw := range tweaks {
 			tw(c)
 		}
-	}, nil)
+	}, Options{})
 }
 
-// startDaemonWith runs a daemon with tweak applied to its config and, before it serves,
-// hook applied to the daemon itself (fake drivers and helper).
-func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), hook func(*Daemon)) *testDaemon {
+// startDaemonWith runs a daemon with tweak applied to its config and opts (fake drivers and
+// helper) injected; the test's log sink replaces opts.Logger.
+func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), opts Options) *testDaemon {
 	t.Helper()
 	requireMkfs(t)
 	cfg := config.Default()
@@ -106,18 +106,15 @@ func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), 
 		tweak(&cfg)
 	}
 	sink := &logSink{}
-	log := slog.New(slog.NewJSONHandler(sink, nil))
+	opts.Logger = slog.New(slog.NewJSONHandler(sink, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := New(ctx, cfg, log)
+	d, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	if hook != nil {
-		hook(d)
-	}
 	td := &testDaemon{cfg: d.cfg, d: d, cancel: cancel, done: make(chan error, 1), log: sink}
-	go func() { td.done <- d.Run(ctx, Options{}) }()
+	go func() { td.done <- d.Run(ctx, RunOptions{}) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodPing, nil, nil); err == nil {

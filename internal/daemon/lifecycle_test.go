@@ -274,9 +274,9 @@ func startFakeDaemon(t *testing.T) (*testDaemon, *fakeHelper, *fakeDriver) {
 	return td, h, drv
 }
 
-// startFakeDaemonAt runs a daemon on stateDir with the fake helper and driver; hook
-// tunes it further before it serves.
-func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDriver, hook func(*Daemon)) *testDaemon {
+// startFakeDaemonAt runs a daemon on stateDir with the fake helper and driver; tune
+// adjusts the other options.
+func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDriver, tune func(*Options)) *testDaemon {
 	t.Helper()
 	// VMMs outlive their daemon by design; the test's must not outlive the test.
 	t.Cleanup(func() { killFakeVMMs(t, filepath.Join(stateDir, "vms"), drv.binary) })
@@ -284,18 +284,16 @@ func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDr
 		c.Network.Enabled = true
 		c.VMM = "qemu"
 		c.Qemu.Binary = drv.binary
-	}, func(d *Daemon) {
-		d.helper = h
-		d.dnsOnBridge = false
+	}, func() Options {
 		// The fake stands in for the configured VMM and answers to its own name, which
 		// is what records and reconcile use.
-		d.drivers["qemu"] = drv
-		d.drivers["fake"] = drv
-		d.reconcileInterval = 20 * time.Millisecond
-		if hook != nil {
-			hook(d)
+		o := Options{Helper: h, Drivers: map[string]vmm.Driver{"qemu": drv, "fake": drv},
+			ReconcileInterval: 20 * time.Millisecond}
+		if tune != nil {
+			tune(&o)
 		}
-	})
+		return o
+	}())
 }
 
 func TestLifecycleWithFakeVMM(t *testing.T) {

@@ -22,11 +22,15 @@ import (
 // tens of seconds; a KVM guest takes well under one.
 const bootTimeout = 3 * time.Minute
 
-// pickDriver resolves the configured VMM ("auto" prefers firecracker when it can run).
+// autoOrder is the built-in VMMs in the order "auto" tries them: firecracker when it can
+// run, else qemu. doctor reports them in the same order.
+var autoOrder = []string{"firecracker", "qemu"}
+
+// pickDriver resolves the configured VMM.
 func (d *Daemon) pickDriver(ctx context.Context) (vmm.Driver, vmm.Info, error) {
 	order := []string{d.cfg.VMM}
 	if d.cfg.VMM == "auto" {
-		order = []string{"firecracker", "qemu"}
+		order = autoOrder
 	}
 	var reasons []string
 	for _, name := range order {
