@@ -216,7 +216,13 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		if tail != "" {
 			msg += "\nlast console lines:\n" + tail
 		}
-		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(errdefs.ErrUnavailable, "%s", msg)),
+		// An agent of another protocol version is a conflict (rebuild the image), not a
+		// guest that might still come up.
+		kind := errdefs.ErrUnavailable
+		if _, ok := errors.AsType[*guest.ProtocolMismatchError](err); ok {
+			kind = errdefs.ErrConflict
+		}
+		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(kind, "%s", msg)),
 			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
 	}
 	boot := time.Since(started)
