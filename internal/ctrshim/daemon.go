@@ -17,54 +17,48 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"banger/internal/api"
-	"banger/internal/ctl"
+	"banger/internal/client"
+	"banger/internal/config"
 	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
 )
 
 // daemonClient is the shim's side of bangerd's socket: the shim is a client like the CLI,
 // so the VMs it makes are ordinary banger VMs (accounting, DNS, NAT policy, reconcile,
 // `banger vm ls`). Every call carries the request's op id, which bangerd logs too.
-type daemonClient struct{ socket string }
+type daemonClient struct{ c *client.Client }
 
 // newDaemonClient finds bangerd as the CLI does: BANGER_SOCKET, else the default socket of
 // the shim's user (root: /run/banger/bangerd.sock). containerd passes its environment to
 // shims, so BANGER_SOCKET is set on containerd's service.
-func newDaemonClient() *daemonClient { return &daemonClient{socket: ctl.ResolveSocket("")} }
-
-func (d *daemonClient) createVM(ctx context.Context, p api.VMCreateParams) (model.VM, error) {
-	var res api.VMResult
-	if err := rpc.Call(ctx, d.socket, api.MethodVMCreate, p, &res); err != nil {
-		return model.VM{}, withOp(ctx, err)
+func newDaemonClient() *daemonClient {
+	socket := os.Getenv("BANGER_SOCKET")
+	if socket == "" {
+		socket = config.DefaultSocket()
 	}
-	return res.VM, nil
+	return &daemonClient{c: client.New(socket)}
+}
+
+// createVM creates and boots the VM; the client ends errors bangerd did not answer with
+// the op id, so every failure can be found in bangerd's log.
+func (d *daemonClient) createVM(ctx context.Context, p api.VMCreateParams) (*model.VM, error) {
+	return d.c.VMCreate(ctx, p, nil)
 }
 
 // deleteVM removes the VM by name; one that is already gone is success.
 func (d *daemonClient) deleteVM(ctx context.Context, name string) error {
-	ctx, _ = opid.Ensure(ctx)
-	err := rpc.Call(ctx, d.socket, api.MethodVMDelete, api.VMDeleteParams{VM: name, Force: true}, nil)
+	_, err := d.c.VMDelete(ctx, api.VMDeleteParams{VM: name, Force: true})
 	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		return withOp(ctx, err)
+		return err
 	}
 	return nil
 }
 
 // agentStream opens a raw stream to a fresh agent session of the VM.
 func (d *daemonClient) agentStream(ctx context.Context, vm string) (io.ReadWriteCloser, error) {
-	c, err := rpc.Dial(ctx, d.socket)
-	if err != nil {
-		return nil, withOp(ctx, err)
-	}
-	st, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: vm}, nil)
-	if err != nil {
-		c.Close()
-		return nil, withOp(ctx, err)
-	}
-	return st, nil
+	return d.c.VMAgent(ctx, vm)
 }
 
 // putRootfs copies the host directory rootfs to GuestRoot in the VM.
@@ -108,16 +102,6 @@ func (c *capped) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
-}
-
-// withOp ends an error bangerd did not answer with the op id sent, as the CLI does, so
-// the failure can be found in bangerd's log.
-func withOp(ctx context.Context, err error) error {
-	var er *rpc.ErrorResponse
-	if errors.As(err, &er) {
-		return err
-	}
-	return fmt.Errorf("%w (%s)", err, opid.From(ctx))
 }
 
 func unmarshalProcess(b []byte, p *specs.Process) error {
