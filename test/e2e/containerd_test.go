@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -274,6 +275,15 @@ func TestContainerdRunPrintsGuestKernelAndExitCode(t *testing.T) {
 	}
 	x.assertNothingLeft(t, before)
 
+	// The shim's op id for the create is in both containerd's (the shim's) log and bangerd's.
+	m := regexp.MustCompile(`msg="vm ready".* op_id=(op-[a-z0-9]+)`).FindStringSubmatch(readFile(c.log))
+	if m == nil {
+		t.Fatalf("no op id on the shim's vm ready line:\n%s", tail(readFile(c.log), 20))
+	}
+	if !strings.Contains(readFile(x.daemonLog.Name()), `"op_id":"`+m[1]+`"`) {
+		t.Fatalf("bangerd's log has no record with the shim's op id %s", m[1])
+	}
+
 	// The init process on a TTY (ctr run -t).
 	out, err := c.ctrOnPTY(t, "run", "-t", "--runtime", "io.containerd.banger.v2", "--rm", "--fifo-dir", filepath.Join(c.dir, "fifo"),
 		ctrImage, "e2e-tty", "sh", "-c", "tty; exit 5")
@@ -452,4 +462,39 @@ func TestContainerdShimKill9LeavesNothing(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(c.dir, "s")); len(ents) != 0 {
 		t.Fatalf("shim sockets left in %s: %v", filepath.Join(c.dir, "s"), ents)
 	}
+}
+
+// bangerd killed under a running container: the VM survives the daemon (re-adopted at its
+// start), the container's process is reported lost (its agent stream went with the
+// daemon), and containerd's delete still removes the VM through the new daemon.
+func TestContainerdBangerdKill9ThenDelete(t *testing.T) {
+	x := need(t)
+	c := startContainerd(t, x)
+	before := x.bangerState(t)
+	c.mustCtr(t, "run", "-d", "--runtime", "io.containerd.banger.v2", "--fifo-dir", filepath.Join(c.dir, "fifo"),
+		ctrImage, "e2e-daemon", "sleep", "600")
+	t.Cleanup(func() {
+		c.ctr(t, nil, "task", "rm", "-f", "e2e-daemon")
+		c.ctr(t, nil, "container", "rm", "e2e-daemon")
+	})
+	x.stopDaemon(syscall.SIGKILL)
+	if err := x.startDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if st := x.bangerState(t); len(st.vms) != 1 || !strings.Contains(st.vms[0], "(running)") {
+		t.Fatalf("the container's VM after the daemon restart: %v", st.vms)
+	}
+	var ls string
+	if err := waitFor(func() bool {
+		ls = c.mustCtr(t, "task", "ls")
+		return strings.Contains(ls, "STOPPED")
+	}, 30*time.Second); err != nil {
+		t.Fatalf("task not reported stopped after its agent stream broke:\n%s", ls)
+	}
+	_, errOut, code := c.ctr(t, nil, "task", "rm", "e2e-daemon")
+	if code != 0 || !strings.Contains(errOut, "exit code 255") {
+		t.Fatalf("task rm: exit %d stderr %q, want the lost process's 255", code, errOut)
+	}
+	c.mustCtr(t, "container", "rm", "e2e-daemon")
+	x.assertNothingLeft(t, before)
 }
