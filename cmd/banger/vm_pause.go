@@ -3,7 +3,6 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/ctl"
 )
 
@@ -13,7 +12,7 @@ func newVMPauseCmd() *cobra.Command {
 		Short: "Stop a running VM's vCPUs; memory, processes and network stay as they are",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return ctl.VMAction(cmd.Context(), globals, api.MethodVMPause, api.VMRef{VM: args[0]})
+			return ctl.PauseVM(cmd.Context(), globals, args[0])
 		},
 	}
 	addJSON(cmd)
@@ -26,7 +25,7 @@ func newVMResumeCmd() *cobra.Command {
 		Short: "Let a paused VM run again from where it was",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return ctl.VMAction(cmd.Context(), globals, api.MethodVMResume, api.VMRef{VM: args[0]})
+			return ctl.ResumeVM(cmd.Context(), globals, args[0])
 		},
 	}
 	addJSON(cmd)

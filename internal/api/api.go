@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"banger/internal/model"
+	"banger/internal/rpc"
 )
 
 // Method names.
@@ -144,26 +145,18 @@ type Stage struct {
 	Total int64 `json:"total,omitempty"`
 }
 
-// OpError is a failed operation's typed error (the same shape as an rpc error).
-type OpError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	OpID    string `json:"op_id"`
-	Hint    string `json:"hint,omitempty"`
-}
-
 // OpStatusResult answers vm.create.status and op.status.
 type OpStatusResult struct {
-	OpID   string       `json:"op_id"`
-	Kind   string       `json:"kind"`
-	Stages []Stage      `json:"stages"`
-	Done   bool         `json:"done"`
-	VM     *model.VM    `json:"vm,omitempty"`
-	Image  *model.Image `json:"image,omitempty"`
+	OpID   string             `json:"op_id"`
+	Kind   string             `json:"kind"`
+	Stages []Stage            `json:"stages"`
+	Done   bool               `json:"done"`
+	VM     *model.VM          `json:"vm,omitempty"`
+	Image  *model.Image       `json:"image,omitempty"`
+	Error  *rpc.ErrorResponse `json:"error,omitempty"` // a failed operation's typed error, as any call's
 	// Snapshot is snapshot.create.begin's result; VMs is vm.fork.begin's.
 	Snapshot *model.Snapshot `json:"snapshot,omitempty"`
 	VMs      []model.VM      `json:"vms,omitempty"`
-	Error    *OpError        `json:"error,omitempty"`
 }
 
 // SnapshotCreateParams are snapshot.create's and snapshot.create.begin's params.

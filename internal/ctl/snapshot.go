@@ -8,42 +8,33 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/model"
-	"banger/internal/opid"
 )
 
 // CreateSnapshot is snapshot create: an async operation whose stages are shown.
 func CreateSnapshot(ctx context.Context, g *Globals, p api.SnapshotCreateParams, quiet bool) (*model.Snapshot, error) {
-	ctx, _ = opid.Ensure(ctx)
-	var begin api.BeginResult
-	if err := g.call(ctx, api.MethodSnapshotCreateBegin, p, &begin); err != nil {
-		return nil, err
-	}
-	st, err := Follow(ctx, g, api.MethodOpStatus, begin.OpID, stagePrinter(g, quiet || g.JSON))
+	sn, err := g.client().SnapshotCreate(ctx, p, stagePrinter(g, quiet || g.JSON))
 	if err != nil {
 		return nil, err
 	}
-	if st.Snapshot == nil {
-		return nil, fmt.Errorf("snapshot.create finished without a snapshot (%s)", begin.OpID)
-	}
 	if g.JSON {
-		return st.Snapshot, g.printJSON(st.Snapshot)
+		return sn, g.printJSON(sn)
 	}
-	fmt.Fprintf(g.Stdout, "%s created (%s)\n", st.Snapshot.Name, shortID(st.Snapshot.ID))
-	return st.Snapshot, nil
+	fmt.Fprintf(g.Stdout, "%s created (%s)\n", sn.Name, shortID(sn.ID))
+	return sn, nil
 }
 
 // ListSnapshots prints the snapshots.
 func ListSnapshots(ctx context.Context, g *Globals) error {
-	var res api.SnapshotListResult
-	if err := g.call(ctx, api.MethodSnapshotList, nil, &res); err != nil {
+	list, err := g.client().SnapshotList(ctx)
+	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(res.Snapshots)
+		return g.printJSON(list)
 	}
 	tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tVM\tIMAGE\tMEMORY\tVMM\tSIZE\tAGE")
-	for _, sn := range res.Snapshots {
+	for _, sn := range list {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(sn.ID), sn.Name, sn.VMName, sn.ImageName,
 			model.FormatSize(int64(sn.MemoryMiB)<<20), sn.VMM+"/"+sn.Accel, humanBytes(sn.SizeBytes), age(sn.CreatedAt))
 	}
@@ -52,11 +43,11 @@ func ListSnapshots(ctx context.Context, g *Globals) error {
 
 // ShowSnapshot prints one snapshot.
 func ShowSnapshot(ctx context.Context, g *Globals, ref string) error {
-	var res api.SnapshotResult
-	if err := g.call(ctx, api.MethodSnapshotShow, api.SnapshotRef{Snapshot: ref}, &res); err != nil {
+	snp, err := g.client().SnapshotShow(ctx, ref)
+	if err != nil {
 		return err
 	}
-	sn := res.Snapshot
+	sn := *snp
 	if g.JSON {
 		return g.printJSON(sn)
 	}
@@ -77,32 +68,27 @@ func ShowSnapshot(ctx context.Context, g *Globals, ref string) error {
 
 // DeleteSnapshot is snapshot rm.
 func DeleteSnapshot(ctx context.Context, g *Globals, ref string, force bool) error {
-	var res api.SnapshotResult
-	if err := g.call(ctx, api.MethodSnapshotDelete, api.SnapshotDeleteParams{Snapshot: ref, Force: force}, &res); err != nil {
+	sn, err := g.client().SnapshotDelete(ctx, api.SnapshotDeleteParams{Snapshot: ref, Force: force})
+	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(res.Snapshot)
+		return g.printJSON(sn)
 	}
-	fmt.Fprintf(g.Stdout, "%s deleted\n", res.Snapshot.Name)
+	fmt.Fprintf(g.Stdout, "%s deleted\n", sn.Name)
 	return nil
 }
 
 // ForkVM is vm fork: an async operation; prints one line per fork.
 func ForkVM(ctx context.Context, g *Globals, p api.VMForkParams, quiet bool) error {
-	ctx, _ = opid.Ensure(ctx)
-	var begin api.BeginResult
-	if err := g.call(ctx, api.MethodVMForkBegin, p, &begin); err != nil {
-		return err
-	}
-	st, err := Follow(ctx, g, api.MethodOpStatus, begin.OpID, stagePrinter(g, quiet || g.JSON))
+	vms, err := g.client().VMFork(ctx, p, stagePrinter(g, quiet || g.JSON))
 	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(st.VMs)
+		return g.printJSON(vms)
 	}
-	for _, vm := range st.VMs {
+	for _, vm := range vms {
 		fmt.Fprintf(g.Stdout, "%s %s %s\n", vm.Name, vm.State, vm.GuestIP)
 	}
 	return nil

@@ -21,7 +21,7 @@ func (d *Daemon) register(s *rpc.Server) {
 			UptimeSeconds: time.Since(d.started).Seconds(), PID: os.Getpid()}, nil
 	}))
 	s.Handle(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams) (any, error) {
-		vm, err := d.createVM(ctx, p, noProgress{})
+		vm, err := d.createVM(ctx, p, progress{})
 		if err != nil {
 			return nil, err
 		}
@@ -88,19 +88,19 @@ func (d *Daemon) register(s *rpc.Server) {
 		return d.waitReadyByRef(ctx, p)
 	}))
 	s.Handle(api.MethodSnapshotCreate, withParams(func(ctx context.Context, p api.SnapshotCreateParams) (any, error) {
-		return snapshotResult(d.snapshotVM(ctx, p, noProgress{}))
+		return snapshotResult(d.snapshotVM(ctx, p, progress{}))
 	}))
 	s.Handle(api.MethodSnapshotCreateBegin, withParams(func(ctx context.Context, p api.SnapshotCreateParams) (any, error) {
 		if p.VM == "" {
 			return nil, errdefs.InvalidArgument("vm", "", "is required")
 		}
 		return d.beginOp(ctx, "snapshot.create", func(ctx context.Context, op *operation) {
-			sn, err := d.snapshotVM(ctx, p, op)
+			sn, err := d.snapshotVM(ctx, p, progress{op})
 			op.finishWith(sn, nil, err)
 		})
 	}))
 	s.Handle(api.MethodVMFork, withParams(func(ctx context.Context, p api.VMForkParams) (any, error) {
-		vms, err := d.forkVM(ctx, p, noProgress{})
+		vms, err := d.forkVM(ctx, p, progress{})
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +111,7 @@ func (d *Daemon) register(s *rpc.Server) {
 			return nil, errdefs.InvalidArgument("vm", "", "is required")
 		}
 		return d.beginOp(ctx, "vm.fork", func(ctx context.Context, op *operation) {
-			vms, err := d.forkVM(ctx, p, op)
+			vms, err := d.forkVM(ctx, p, progress{op})
 			op.finishWith(nil, vms, err)
 		})
 	}))
@@ -151,7 +151,7 @@ func (d *Daemon) register(s *rpc.Server) {
 		return imageResult(d.deleteImage(ctx, p.Image))
 	}))
 	s.Handle(api.MethodImagePull, withParams(func(ctx context.Context, p api.ImagePullParams) (any, error) {
-		return imageResult(d.pullImage(ctx, p.Ref, noProgress{}))
+		return imageResult(d.pullImage(ctx, p.Ref, progress{}))
 	}))
 	s.Handle(api.MethodImagePullBegin, withParams(func(ctx context.Context, p api.ImagePullParams) (any, error) {
 		if p.Ref == "" {

@@ -13,7 +13,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -90,7 +90,7 @@ func (d *Daemon) prepareShared(ctx context.Context, sn *model.Snapshot, prog pro
 	if !ok {
 		return
 	}
-	log := rpc.Logger(ctx, d.log).With("snapshot", sn.Name)
+	log := oplog.G(ctx).With("snapshot", sn.Name)
 	began := time.Now()
 	err = func() error {
 		im, err := d.store.GetImage(ctx, sn.ImageID)
@@ -130,9 +130,9 @@ func (d *Daemon) prepareShared(ctx context.Context, sn *model.Snapshot, prog pro
 	}()
 	if err != nil {
 		log.Warn("preparing the shared form of a snapshot failed; restores load the full stream", "error", err.Error())
-		prog.stage("snapshot_not_shared", "restores load the full stream: "+err.Error(), 0, 0)
+		prog.stage(ctx, "snapshot_not_shared", "restores load the full stream: "+err.Error())
 		return
 	}
-	prog.stage("snapshot_shared", fmt.Sprintf("RAM file ready in %.2fs", time.Since(began).Seconds()), 0, 0)
-	rpc.Stage(ctx, d.log, "snapshot_shared", "ms", time.Since(began).Milliseconds())
+	prog.stage(ctx, "snapshot_shared", fmt.Sprintf("RAM file ready in %.2fs", time.Since(began).Seconds()))
+	oplog.Stage(ctx, "snapshot_shared", "ms", time.Since(began).Milliseconds())
 }

@@ -15,8 +15,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/model"
-	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -76,7 +75,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 		ImageID: vm.ImageID, ImageName: vm.ImageName, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
 		SystemOverlayBytes: vm.SystemOverlayBytes, WorkDiskBytes: vm.WorkDiskBytes, NAT: vm.NAT,
 		GuestIP: vm.GuestIP, MAC: vm.MAC, VMM: vm.VMM, CreatedAt: time.Now().UTC()}
-	log := rpc.Logger(ctx, d.log).With("vm", vm.Name, "snapshot", name)
+	log := oplog.G(ctx).With("vm", vm.Name, "snapshot", name)
 	began := time.Now()
 
 	wasPaused := vm.State == model.VMPaused
@@ -89,7 +88,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 			os.Remove(mark)
 			return nil, err
 		}
-		prog.stage("paused", vm.Name, 0, 0)
+		prog.stage(ctx, "paused", vm.Name)
 	}
 	// However the snapshot ends, a VM it paused runs again unless asked otherwise.
 	resume := func() error {
@@ -131,8 +130,8 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 		return fail(fmt.Errorf("saving the state of vm %s: %w", vm.Name, err))
 	}
 	sn.Accel, sn.Machine, sn.BootArgs = info.Accel, info.Machine, info.BootArgs
-	prog.stage("memory_saved", model.FormatSize(allocatedBytes(tmp)), 0, 0)
-	rpc.Stage(ctx, d.log, "memory_saved", "ms", time.Since(began).Milliseconds())
+	prog.stage(ctx, "memory_saved", model.FormatSize(allocatedBytes(tmp)))
+	oplog.Stage(ctx, "memory_saved", "ms", time.Since(began).Milliseconds())
 	// The VMM has flushed and quiesced the disks for the migration; the guest is stopped,
 	// so these copies match the memory just saved.
 	for _, disk := range []string{systemDiskName, workDiskName} {
@@ -140,7 +139,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 			return fail(fmt.Errorf("copying the disks of vm %s: %w", vm.Name, err))
 		}
 	}
-	prog.stage("disks_copied", "", 0, 0)
+	prog.stage(ctx, "disks_copied", "")
 	if err := resume(); err != nil {
 		return nil, fmt.Errorf("snapshot of vm %s not kept: %w", vm.Name, err)
 	}
@@ -164,7 +163,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 		os.RemoveAll(final)
 		return nil, err
 	}
-	prog.stage("snapshot_ready", fmt.Sprintf("%s (%s) %s in %.2fs", sn.Name, shortID(sn.ID), model.FormatSize(sn.SizeBytes), time.Since(began).Seconds()), 0, 0)
+	prog.stage(ctx, "snapshot_ready", fmt.Sprintf("%s (%s) %s in %.2fs", sn.Name, shortID(sn.ID), model.FormatSize(sn.SizeBytes), time.Since(began).Seconds()))
 	log.Info("snapshot created", "snapshot_id", sn.ID, "size", sn.SizeBytes, "duration_ms", time.Since(began).Milliseconds())
 	return sn, nil
 }
@@ -218,7 +217,7 @@ func (d *Daemon) deleteSnapshot(ctx context.Context, ref string, force bool) (*m
 		return nil, err
 	}
 	if err := os.RemoveAll(sn.Dir); err != nil {
-		rpc.Logger(ctx, d.log).Warn("removing snapshot files failed; the next start retries", "snapshot", sn.Name, "error", err.Error())
+		oplog.G(ctx).Warn("removing snapshot files failed; the next start retries", "snapshot", sn.Name, "error", err.Error())
 	}
 	return sn, nil
 }
@@ -228,7 +227,7 @@ func (d *Daemon) deleteSnapshot(ctx context.Context, ref string, force bool) (*m
 // anything is served, because a create in progress publishes its directory just before
 // inserting the row.
 func (d *Daemon) sweepSnapshots(ctx context.Context) {
-	log := opid.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	ents, err := os.ReadDir(d.snapshotsDir())
 	if err != nil {
 		return
@@ -256,7 +255,7 @@ func (d *Daemon) resumeAfterSnapshot(ctx context.Context, rt *vmRuntime, vm *mod
 	if _, err := os.Stat(mark); err != nil {
 		return
 	}
-	log := opid.Logger(ctx, d.log).With("vm", vm.Name)
+	log := oplog.G(ctx).With("vm", vm.Name)
 	if vm.State == model.VMPaused {
 		if err := d.resumeLocked(ctx, rt, vm); err != nil {
 			log.Warn("reconcile: resuming a vm an interrupted snapshot paused failed", "error", err.Error())

@@ -11,7 +11,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/model"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 )
 
 // forkVM is vm.fork: a snapshot of the VM is taken (it runs on afterwards) and count new
@@ -55,7 +55,7 @@ func (d *Daemon) forkVM(ctx context.Context, p api.VMForkParams, prog progress) 
 	}
 	defer func() {
 		if _, err := d.deleteSnapshot(context.WithoutCancel(ctx), sn.ID, true); err != nil {
-			rpc.Logger(ctx, d.log).Warn("deleting a fork's snapshot failed", "snapshot", sn.Name, "error", err.Error())
+			oplog.G(ctx).Warn("deleting a fork's snapshot failed", "snapshot", sn.Name, "error", err.Error())
 		}
 	}()
 
@@ -68,7 +68,11 @@ func (d *Daemon) forkVM(ctx context.Context, p api.VMForkParams, prog progress) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			vms[i], errs[i] = d.createVM(ctx, api.VMCreateParams{Name: names[i], FromSnapshot: sn.ID, NAT: src.NAT}, forkProgress{prog, names[i]})
+			// Each fork's own stages go to the log only; pollers see one line per fork.
+			vms[i], errs[i] = d.createVM(ctx, api.VMCreateParams{Name: names[i], FromSnapshot: sn.ID, NAT: src.NAT}, progress{})
+			if errs[i] == nil {
+				prog.stage(ctx, "fork_ready", fmt.Sprintf("%s %s %s", vms[i].Name, vms[i].GuestIP, vms[i].MAC))
+			}
 		}()
 	}
 	wg.Wait()
@@ -88,19 +92,6 @@ func (d *Daemon) forkVM(ctx context.Context, p api.VMForkParams, prog progress) 
 	for i, vm := range vms {
 		out[i] = *vm
 	}
-	prog.stage("forks_ready", fmt.Sprintf("%d forks of %s in %.2fs", count, src.Name, time.Since(began).Seconds()), 0, 0)
+	prog.stage(ctx, "forks_ready", fmt.Sprintf("%d forks of %s in %.2fs", count, src.Name, time.Since(began).Seconds()))
 	return out, nil
-}
-
-// forkProgress shows each fork's stages under its name.
-type forkProgress struct {
-	next progress
-	name string
-}
-
-func (f forkProgress) stage(name, msg string, done, total int64) {
-	if name != "agent_ready" && name != "identity_applied" {
-		return // one line per fork for what matters; the log has the rest
-	}
-	f.next.stage(name, f.name+": "+msg, done, total)
 }

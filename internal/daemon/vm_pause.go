@@ -6,7 +6,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/model"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -44,7 +44,7 @@ func (d *Daemon) pauseLocked(ctx context.Context, rt *vmRuntime, vm *model.VM) e
 		_ = p.Resume(context.WithoutCancel(ctx))
 		return fmt.Errorf("recording vm %s paused: %w", vm.Name, err)
 	}
-	rpc.Stage(ctx, d.log, "vm_paused")
+	oplog.Stage(ctx, "vm_paused")
 	return nil
 }
 
@@ -77,7 +77,7 @@ func (d *Daemon) resumeLocked(ctx context.Context, rt *vmRuntime, vm *model.VM) 
 	if err := d.move(ctx, vm, model.VMRunning, nil); err != nil {
 		return fmt.Errorf("recording vm %s running: %w", vm.Name, err)
 	}
-	rpc.Stage(ctx, d.log, "vm_resumed")
+	oplog.Stage(ctx, "vm_resumed")
 	return nil
 }
 
