@@ -19,6 +19,32 @@ func addCreateFlags(fs *pflag.FlagSet, o *ctl.CreateOptions) {
 	fs.StringVar(&o.WorkDiskSize, "work-disk-size", "", "persistent work disk (/root) size, e.g. 8G")
 	fs.BoolVar(&o.NAT, "nat", false, "give the VM outbound internet access through NAT")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "don't print create stages")
+	fs.StringVarP(&o.Workspace.Spec, "workspace", "W", "", "copy host directory DIR into the guest at /work (DIR[:GUESTPATH]; bare -W means .)")
+	fs.Lookup("workspace").NoOptDefVal = bareWorkspace
+	fs.StringArrayVar(&o.Workspace.Excludes, "exclude", nil, "leave paths matching this gitignore-style pattern out of the workspace (repeatable; .bangerignore is read too)")
+}
+
+// bareWorkspace is --workspace's value when given without one. pflag takes a value for
+// such a flag only as -W=DIR, so `-W DIR` leaves DIR as the first argument;
+// takeWorkspaceArg moves it back.
+const bareWorkspace = "."
+
+// takeWorkspaceArg handles `-W DIR`: with -W given bare, a first argument that is
+// followed by "--" (vm run) or is the only argument (vm create) is the workspace DIR.
+func takeWorkspaceArg(cmd *cobra.Command, o *ctl.CreateOptions, args []string, single bool) []string {
+	f := cmd.Flags().Lookup("workspace")
+	if f == nil || !f.Changed || o.Workspace.Spec != bareWorkspace || len(args) == 0 {
+		return args
+	}
+	if single && len(args) == 1 {
+		o.Workspace.Spec = args[0]
+		return nil
+	}
+	if !single && len(args) >= 2 && args[1] == "--" {
+		o.Workspace.Spec = args[0]
+		return args[2:]
+	}
+	return args
 }
 
 func newVMCreateCmd() *cobra.Command {
@@ -26,8 +52,11 @@ func newVMCreateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create (and boot) a VM",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args = takeWorkspaceArg(cmd, &o, args, true); len(args) > 0 {
+				return fmt.Errorf("vm create takes no arguments, got %q", args[0])
+			}
 			vm, err := ctl.CreateVM(cmd.Context(), globals, o)
 			if err != nil {
 				return err

@@ -13,8 +13,12 @@ func newVMRunCmd() *cobra.Command {
 		Short: "Create a VM, run a command (or a shell) in it, and exit with its exit code",
 		Example: `  banger vm run -- uname -a
   banger vm run --rm --memory 2G -- make test
+  banger vm run --rm -W -- make test          # this directory, a copy, at /work
+  banger vm run --rm -W . --diff fix.patch -- ./fix.sh
+  banger vm run --rm -W=src:/src --out /src/bin:./bin -- make
   banger vm run --name dev          # interactive shell`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			args = takeWorkspaceArg(cmd, &o.Create, args, false)
 			o.Exec.Argv = args
 			return ctl.Run(cmd.Context(), globals, o)
 		},

@@ -142,6 +142,24 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	params := o.Create.VMCreateParams
 	// The daemon owns --rm: it removes the VM even if this process dies.
 	params.AutoRemove = o.Remove
+	var ws *workspaceUpload
+	if o.Create.Workspace.Spec != "" {
+		var err error
+		if ws, err = uploadWorkspace(createCtx, g, o.Create.Workspace, o.Create.Quiet); err != nil {
+			interrupted := createCtx.Err() != nil
+			stop()
+			if interrupted {
+				fmt.Fprintln(g.Stderr, "banger: interrupted while preparing the workspace; nothing was created")
+				return &ExitError{Code: 130}
+			}
+			return err
+		}
+		defer ws.Close()
+		params.Workspace = &ws.params
+		if o.Exec.Cwd == "" {
+			o.Exec.Cwd = ws.params.Path
+		}
+	}
 	err := g.call(createCtx, api.MethodVMCreateBegin, params, &begin)
 	if err != nil {
 		stop()
@@ -169,6 +187,8 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		return lostVM(ctx, g, err, "vm run", name)
 	}
 	vm := st.VM
+	// The create claimed the upload; the stream has no more use.
+	ws.Close()
 	o.Exec.VM = vm.ID
 	execErr := Exec(ctx, g, o.Exec)
 	if o.Remove {

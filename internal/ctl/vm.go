@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -20,12 +22,26 @@ import (
 // CreateOptions are vm create's flags.
 type CreateOptions struct {
 	api.VMCreateParams
-	Quiet bool // no stage lines
+	Quiet     bool // no stage lines
+	Workspace WorkspaceOptions
 }
 
 // CreateVM creates a VM through vm.create.begin and shows each stage as it happens.
 func CreateVM(ctx context.Context, g *Globals, o CreateOptions) (*model.VM, error) {
 	ctx, _ = opid.Ensure(ctx)
+	if o.Workspace.Spec != "" {
+		// Ctrl-C while packing or uploading must leave nothing: the upload is dropped.
+		wctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		ws, err := uploadWorkspace(wctx, g, o.Workspace, o.Quiet || g.JSON)
+		stop()
+		if err != nil {
+			return nil, err
+		}
+		// The daemon holds the upload until this stream closes, which is after the
+		// create claimed it (or failed).
+		defer ws.Close()
+		o.VMCreateParams.Workspace = &ws.params
+	}
 	var begin api.BeginResult
 	if err := g.call(ctx, api.MethodVMCreateBegin, o.VMCreateParams, &begin); err != nil {
 		return nil, err

@@ -271,6 +271,9 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 	if p.Work != "" {
 		devs = append(devs, p.Work)
 	}
+	if p.Workspace != "" {
+		devs = append(devs, p.Workspace)
+	}
 	if err := waitDevices(devs, deviceWait); err != nil {
 		return err
 	}
@@ -302,6 +305,11 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 			return fmt.Errorf("mounting the work disk %s on %s: %w", p.Work, WorkMount, err)
 		}
 	}
+	if p.Workspace != "" {
+		if err := mountWorkspace(p, log); err != nil {
+			return err
+		}
+	}
 	moves := []struct{ from, to string }{
 		{"/proc", "proc"}, {"/sys", "sys"}, {"/dev", "dev"}, {"/run", "run"},
 		{initLower, strings.TrimPrefix(LowerMount, "/")},
@@ -316,7 +324,41 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 			return fmt.Errorf("moving %s to %s: %w", m.from, dst, err)
 		}
 	}
-	log.Info("root assembled", "lower", p.Root, "system", p.System, "work", p.Work)
+	log.Info("root assembled", "lower", p.Root, "system", p.System, "work", p.Work, "workspace", p.Workspace)
+	return nil
+}
+
+// mountWorkspace mounts the workspace disk at its path under the new root and, the first
+// time, gives its tree to root: the host packs the user's files with the user's uid, and
+// git refuses a repository owned by another user ("dubious ownership"). Files already
+// owned by root are left alone, so later boots change nothing (and ctimes stay put).
+func mountWorkspace(p BootParams, log *slog.Logger) error {
+	dst := filepath.Join(newRoot, p.WorkspacePath)
+	if err := mkdirs(dst); err != nil {
+		return err
+	}
+	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("mounting the workspace %s on %s: %w", p.Workspace, p.WorkspacePath, err)
+	}
+	n := 0
+	err := filepath.WalkDir(dst, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && (st.Uid != 0 || st.Gid != 0) {
+			n++
+			return unix.Lchown(path, 0, 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("giving the workspace at %s to root: %w", p.WorkspacePath, err)
+	}
+	log.Info("workspace mounted", "device", p.Workspace, "path", p.WorkspacePath, "chowned", n)
 	return nil
 }
 
