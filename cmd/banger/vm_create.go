@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -29,22 +32,34 @@ func addCreateFlags(fs *pflag.FlagSet, o *ctl.CreateOptions) {
 // takeWorkspaceArg moves it back.
 const bareWorkspace = "."
 
-// takeWorkspaceArg handles `-W DIR`: with -W given bare, a first argument that is
-// followed by "--" (vm run) or is the only argument (vm create) is the workspace DIR.
-func takeWorkspaceArg(cmd *cobra.Command, o *ctl.CreateOptions, args []string, single bool) []string {
+// takeWorkspaceArg handles `-W DIR`: flag parsing stops at DIR (pflag takes a value for
+// a flag with a default only as -W=DIR), so with -W given bare, a first argument that is a
+// host directory and is followed by "--" (vm run) or is the only argument (vm create) is
+// the workspace DIR, and the flags after it are parsed too. `-W=DIR` is never ambiguous.
+func takeWorkspaceArg(cmd *cobra.Command, o *ctl.CreateOptions, args []string, single bool) ([]string, error) {
 	f := cmd.Flags().Lookup("workspace")
-	if f == nil || !f.Changed || o.Workspace.Spec != bareWorkspace || len(args) == 0 {
-		return args
+	if f == nil || !f.Changed || o.Workspace.Spec != bareWorkspace || len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return args, nil
 	}
-	if single && len(args) == 1 {
+	dir, _, _ := strings.Cut(args[0], ":/")
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return args, nil
+	}
+	if single {
+		if len(args) != 1 {
+			return args, nil
+		}
 		o.Workspace.Spec = args[0]
-		return nil
+		return nil, nil
 	}
-	if !single && len(args) >= 2 && args[1] == "--" {
-		o.Workspace.Spec = args[0]
-		return args[2:]
+	if !slices.Contains(args[1:], "--") {
+		return args, nil
 	}
-	return args
+	o.Workspace.Spec = args[0]
+	if err := cmd.Flags().Parse(args[1:]); err != nil {
+		return nil, err
+	}
+	return cmd.Flags().Args(), nil
 }
 
 func newVMCreateCmd() *cobra.Command {
@@ -54,7 +69,11 @@ func newVMCreateCmd() *cobra.Command {
 		Short: "Create (and boot) a VM",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if args = takeWorkspaceArg(cmd, &o, args, true); len(args) > 0 {
+			args, err := takeWorkspaceArg(cmd, &o, args, true)
+			if err != nil {
+				return err
+			}
+			if len(args) > 0 {
 				return fmt.Errorf("vm create takes no arguments, got %q", args[0])
 			}
 			vm, err := ctl.CreateVM(cmd.Context(), globals, o)

@@ -18,7 +18,10 @@ func newVMRunCmd() *cobra.Command {
   banger vm run --rm -W=src:/src --out /src/bin:./bin -- make
   banger vm run --name dev          # interactive shell`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			args = takeWorkspaceArg(cmd, &o.Create, args, false)
+			args, err := takeWorkspaceArg(cmd, &o.Create, args, false)
+			if err != nil {
+				return err
+			}
 			o.Exec.Argv = args
 			return ctl.Run(cmd.Context(), globals, o)
 		},
