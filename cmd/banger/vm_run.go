@@ -31,6 +31,8 @@ func newVMRunCmd() *cobra.Command {
 	addCreateFlags(cmd.Flags(), &o.Create)
 	cmd.Flags().BoolVar(&o.Remove, "rm", false, "delete the VM when the command ends (also on Ctrl-C)")
 	cmd.Flags().StringArrayVarP(&o.Exec.Env, "env", "e", nil, "environment variable KEY=VALUE for the command")
-	cmd.Flags().StringVarP(&o.Exec.Cwd, "workdir", "w", "", "working directory in the guest (default /root)")
+	cmd.Flags().StringVarP(&o.Exec.Cwd, "workdir", "w", "", "working directory in the guest (default /root, or the workspace)")
+	cmd.Flags().StringVar(&o.Diff, "diff", "", "after the command, write what it changed in the workspace as a git patch to FILE (- for stdout)")
+	cmd.Flags().StringArrayVar(&o.Outs, "out", nil, "after the command, copy GUESTPATH (relative: under the workspace) into HOSTDIR (default .): GUESTPATH[:HOSTDIR], repeatable")
 	return cmd
 }

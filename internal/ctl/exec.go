@@ -130,12 +130,24 @@ type RunOptions struct {
 	Create CreateOptions
 	Exec   ExecOptions
 	Remove bool // --rm
+	// Diff ("-": stdout) receives a patch of what the command changed in the workspace.
+	Diff string
+	// Outs are --out GUESTPATH[:HOSTDIR] copies made after the command.
+	Outs []string
 }
 
 // Run creates and boots a VM, runs the command (or a shell) in it and, with Remove,
 // deletes the VM afterwards — also when interrupted.
 func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	ctx, _ = opid.Ensure(ctx)
+	if o.Diff != "" && o.Create.Workspace.Spec == "" {
+		return errdefs.InvalidArgument("diff", o.Diff, "needs --workspace")
+	}
+	for _, spec := range o.Outs {
+		if _, _, err := parseOut(spec, wsPathOf(o.Create.Workspace.Spec)); err != nil {
+			return err
+		}
+	}
 	// The first Ctrl-C during create cancels it; cleanup still runs.
 	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	var begin api.BeginResult
@@ -190,7 +202,40 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	// The create claimed the upload; the stream has no more use.
 	ws.Close()
 	o.Exec.VM = vm.ID
+	var before []guest.ListEntry
+	if o.Diff != "" || len(o.Outs) > 0 {
+		// With --rm the daemon deletes the VM when its last vm.agent stream ends; this one
+		// stays open (idle) until the diff and the copies are done.
+		if anchor, err := agentStream(ctx, g, vm.ID); err == nil {
+			defer anchor.Close()
+		}
+	}
+	if o.Diff != "" {
+		if before, err = listWorkspace(ctx, g, vm.ID, ws.params.Path); err != nil {
+			if o.Remove {
+				removeVM(context.WithoutCancel(ctx), g, vm.ID)
+			}
+			return fmt.Errorf("--diff: listing the workspace before the command: %w", err)
+		}
+	}
 	execErr := Exec(ctx, g, o.Exec)
+	var after error
+	if o.Diff != "" && ctx.Err() == nil {
+		after = workspaceDiff(ctx, g, vm.ID, ws, before, o.Diff)
+	}
+	for _, spec := range o.Outs {
+		if after != nil || ctx.Err() != nil {
+			break
+		}
+		gp, hd, _ := parseOut(spec, ws.pathOrEmpty())
+		after = getFromGuest(ctx, g, vm.ID, gp, hd)
+	}
+	if after != nil {
+		fmt.Fprintf(g.Stderr, "banger: %v\n", after)
+		if execErr == nil {
+			execErr = &ExitError{Code: 1}
+		}
+	}
 	if o.Remove {
 		removeVM(context.WithoutCancel(ctx), g, vm.ID)
 	}

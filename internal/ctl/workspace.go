@@ -50,6 +50,26 @@ type workspaceUpload struct {
 	closeOnce func()
 }
 
+// pathOrEmpty is the guest mount point, "" without a workspace.
+func (w *workspaceUpload) pathOrEmpty() string {
+	if w == nil {
+		return ""
+	}
+	return w.params.Path
+}
+
+// wsPathOf is the guest path a --workspace spec mounts at ("" when there is none).
+func wsPathOf(spec string) string {
+	if spec == "" {
+		return ""
+	}
+	_, p, err := parseWorkspaceSpec(spec)
+	if err != nil {
+		return guest.DefaultWorkspacePath
+	}
+	return p
+}
+
 func (w *workspaceUpload) Close() {
 	if w != nil {
 		w.closeOnce()

@@ -1,0 +1,143 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/guest"
+	"banger/internal/opid"
+	"banger/internal/workspace"
+)
+
+// agentStream opens one vm.agent stream (one agent request) to vm.
+func agentStream(ctx context.Context, g *Globals, vm string) (io.ReadWriteCloser, error) {
+	c, err := g.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: vm}, nil)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// listWorkspace lists the workspace tree in the guest.
+func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string) ([]guest.ListEntry, error) {
+	ctx, id := opid.Ensure(ctx)
+	st, err := agentStream(ctx, g, vm)
+	if err != nil {
+		return nil, err
+	}
+	return guest.List(ctx, st, id, guestPath)
+}
+
+// getFromGuest copies guestPath into the host directory dir (created if missing) through
+// the hardened extractor: what lands is dir/base(guestPath) and nothing else.
+func getFromGuest(ctx context.Context, g *Globals, vm, guestPath, dir string) error {
+	ctx, id := opid.Ensure(ctx)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	st, err := agentStream(ctx, g, vm)
+	if err != nil {
+		return err
+	}
+	if err := guest.Get(ctx, st, id, guestPath, dir, guest.CopyOptions{}); err != nil {
+		return fmt.Errorf("copying %s out of vm %s: %w (%s)", guestPath, vm, err, id)
+	}
+	return nil
+}
+
+// parseOut splits --out GUESTPATH[:HOSTDIR]; a relative GUESTPATH is under the workspace,
+// HOSTDIR defaults to the current directory.
+func parseOut(spec, wsPath string) (guestPath, hostDir string, err error) {
+	guestPath, hostDir = spec, "."
+	if i := strings.IndexByte(spec, ':'); i >= 0 {
+		guestPath, hostDir = spec[:i], spec[i+1:]
+	}
+	if guestPath == "" || hostDir == "" {
+		return "", "", errdefs.InvalidArgument("out", spec, "must be GUESTPATH[:HOSTDIR]")
+	}
+	if !path.IsAbs(guestPath) {
+		if wsPath == "" {
+			return "", "", errdefs.InvalidArgument("out", spec, "a relative GUESTPATH needs --workspace")
+		}
+		guestPath = path.Join(wsPath, guestPath)
+	}
+	guestPath = path.Clean(guestPath)
+	if guestPath == "/" {
+		return "", "", errdefs.InvalidArgument("out", spec, "cannot copy the whole guest root")
+	}
+	return guestPath, hostDir, nil
+}
+
+// workspaceDiff builds the patch of what the command changed under the workspace (before
+// is the listing taken before the command) and writes it to o.Diff ("-": stdout).
+func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUpload, before []guest.ListEntry, target string) (retErr error) {
+	after, err := listWorkspace(ctx, g, vm, ws.params.Path)
+	if err != nil {
+		return fmt.Errorf("--diff: %w", err)
+	}
+	changes := workspace.Compare(before, after)
+	var out io.Writer = g.Stdout
+	if target != "-" {
+		// Written only once the patch is complete, so a failure never leaves half a patch.
+		f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".tmp-")
+		if err != nil {
+			return fmt.Errorf("--diff: creating %s: %w", target, err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		out = f
+		defer func() {
+			if retErr == nil {
+				if retErr = f.Close(); retErr == nil {
+					retErr = os.Rename(f.Name(), target)
+				}
+				if retErr != nil {
+					retErr = fmt.Errorf("--diff: writing %s: %w", target, retErr)
+				}
+			}
+		}()
+	}
+	if changes.Empty() {
+		return nil
+	}
+	tmp, err := os.MkdirTemp("", "banger-diff-")
+	if err != nil {
+		return fmt.Errorf("--diff: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	// Names unlike any path prefix git prints, so only they are rewritten.
+	a, b := filepath.Join(tmp, "banger-old"), filepath.Join(tmp, "banger-new")
+	if err := os.Mkdir(a, 0o700); err != nil {
+		return err
+	}
+	if err := os.Mkdir(b, 0o700); err != nil {
+		return err
+	}
+	if err := workspace.CopyOriginals(ws.root, a, changes.Old); err != nil {
+		return fmt.Errorf("--diff: %w", err)
+	}
+	for _, p := range changes.Fetch {
+		if err := getFromGuest(ctx, g, vm, path.Join(ws.params.Path, p), filepath.Join(b, filepath.FromSlash(path.Dir(p)))); err != nil {
+			return fmt.Errorf("--diff: %w", err)
+		}
+	}
+	if err := workspace.MakeLinks(b, changes.Links); err != nil {
+		return fmt.Errorf("--diff: %w", err)
+	}
+	if err := workspace.GitDiff(ctx, a, b, out); err != nil {
+		return fmt.Errorf("--diff: %w", err)
+	}
+	return nil
+}
