@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
@@ -33,16 +32,13 @@ func addCreateFlags(fs *pflag.FlagSet, o *ctl.CreateOptions) {
 const bareWorkspace = "."
 
 // takeWorkspaceArg handles `-W DIR`: flag parsing stops at DIR (pflag takes a value for
-// a flag with a default only as -W=DIR), so with -W given bare, a first argument that is a
-// host directory and is followed by "--" (vm run) or is the only argument (vm create) is
-// the workspace DIR, and the flags after it are parsed too. `-W=DIR` is never ambiguous.
+// a flag with a default only as -W=DIR), so with -W given bare, a first argument that is
+// followed by "--" (vm run: `-W DIR [flags] -- CMD`) or is the only argument (vm create)
+// is the workspace DIR, and the flags after it are parsed too. `-W=DIR` is never
+// ambiguous; `vm run -W -- CMD -- ARGS` needs it (`-W=.`), since CMD would be taken as DIR.
 func takeWorkspaceArg(cmd *cobra.Command, o *ctl.CreateOptions, args []string, single bool) ([]string, error) {
 	f := cmd.Flags().Lookup("workspace")
 	if f == nil || !f.Changed || o.Workspace.Spec != bareWorkspace || len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return args, nil
-	}
-	dir, _, _ := strings.Cut(args[0], ":/")
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return args, nil
 	}
 	if single {

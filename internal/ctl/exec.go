@@ -141,7 +141,7 @@ type RunOptions struct {
 func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	ctx, _ = opid.Ensure(ctx)
 	if o.Diff != "" && o.Create.Workspace.Spec == "" {
-		return errdefs.InvalidArgument("diff", o.Diff, "needs --workspace")
+		return errdefs.InvalidArgument("--diff", o.Diff, "needs --workspace")
 	}
 	for _, spec := range o.Outs {
 		if _, _, err := parseOut(spec, wsPathOf(o.Create.Workspace.Spec)); err != nil {

@@ -30,9 +30,9 @@ func parseWorkspaceSpec(spec string) (dir, guestPath string, err error) {
 		dir, guestPath = spec[:i], spec[i+1:]
 	}
 	if dir == "" {
-		return "", "", errdefs.InvalidArgument("workspace", spec, "needs a directory (DIR[:GUESTPATH])")
+		return "", "", errdefs.InvalidArgument("--workspace", spec, "needs a directory (DIR[:GUESTPATH])")
 	}
-	if err := model.ValidateWorkspacePath("workspace", guestPath); err != nil {
+	if err := model.ValidateWorkspacePath("--workspace", guestPath); err != nil {
 		return "", "", err
 	}
 	return dir, guestPath, nil
@@ -105,7 +105,7 @@ func uploadWorkspace(ctx context.Context, g *Globals, o WorkspaceOptions, quiet 
 	// A stalled daemon must not hold Ctrl-C: closing the stream ends any blocked write.
 	stop := context.AfterFunc(ctx, w.Close)
 	defer stop()
-	packed, err := workspace.Pack(ctx, workspace.Options{Dir: dir, Excludes: o.Excludes, MaxBytes: res.MaxBytes, Flag: "workspace"})
+	packed, err := workspace.Pack(ctx, workspace.Options{Dir: dir, Excludes: o.Excludes, MaxBytes: res.MaxBytes, Flag: "--workspace"})
 	if err != nil {
 		w.Close()
 		return nil, err

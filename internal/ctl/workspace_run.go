@@ -65,17 +65,17 @@ func parseOut(spec, wsPath string) (guestPath, hostDir string, err error) {
 		guestPath, hostDir = spec[:i], spec[i+1:]
 	}
 	if guestPath == "" || hostDir == "" {
-		return "", "", errdefs.InvalidArgument("out", spec, "must be GUESTPATH[:HOSTDIR]")
+		return "", "", errdefs.InvalidArgument("--out", spec, "must be GUESTPATH[:HOSTDIR]")
 	}
 	if !path.IsAbs(guestPath) {
 		if wsPath == "" {
-			return "", "", errdefs.InvalidArgument("out", spec, "a relative GUESTPATH needs --workspace")
+			return "", "", errdefs.InvalidArgument("--out", spec, "a relative GUESTPATH needs --workspace")
 		}
 		guestPath = path.Join(wsPath, guestPath)
 	}
 	guestPath = path.Clean(guestPath)
 	if guestPath == "/" {
-		return "", "", errdefs.InvalidArgument("out", spec, "cannot copy the whole guest root")
+		return "", "", errdefs.InvalidArgument("--out", spec, "cannot copy the whole guest root")
 	}
 	return guestPath, hostDir, nil
 }

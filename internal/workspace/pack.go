@@ -74,7 +74,7 @@ func ImageSize(usage int64) int64 {
 // the limit) is an invalid_argument naming o.Flag, found before anything is written.
 func Pack(ctx context.Context, o Options) (*Packed, error) {
 	if o.Flag == "" {
-		o.Flag = "workspace"
+		o.Flag = "--workspace"
 	}
 	root, err := filepath.Abs(o.Dir)
 	if err == nil {
