@@ -30,7 +30,6 @@ const (
 // DefaultWorkspacePath is where a workspace is mounted when no GUESTPATH is given.
 const DefaultWorkspacePath = "/work"
 
-
 // DefaultModulesDir is where the image builder puts kernel modules in the initrd.
 const DefaultModulesDir = "/lib/modules/banger"
 
