@@ -138,12 +138,12 @@ func TestWorkspaceRefusalsLeaveNothing(t *testing.T) {
 	before := x.vmIDs(t)
 	big := filepath.Join(t.TempDir(), "big")
 	writeTree(t, big, map[string]string{"small.txt": "x\n"})
-	// The e2e daemon's workspace.max_size is 64M; a sparse file claims more.
+	// The e2e daemon's workspace.max_size is 256M; a sparse file claims more.
 	f, err := os.Create(filepath.Join(big, "huge.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Truncate(100 << 20)
+	f.Truncate(300 << 20)
 	f.Close()
 	missing := filepath.Join(t.TempDir(), "does-not-exist")
 	for _, c := range []struct{ dir, want string }{
