@@ -126,14 +126,17 @@ func uploadWorkspace(ctx context.Context, g *Globals, o WorkspaceOptions, quiet 
 			fmt.Fprintf(g.Stderr, "workspace: skipped %s (not a regular file, directory or symlink)\n", s)
 		}
 	}
-	if err := workspace.SendImage(ctx, stream, packed.Image); err != nil {
+	sendErr := workspace.SendImage(ctx, stream, packed.Image)
+	if sendErr != nil && ctx.Err() != nil {
 		w.Close()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("uploading the workspace: %w", err)
+		return nil, ctx.Err()
 	}
+	// A refusing daemon answers and stops reading, so a failed send still has its reason.
 	line, err := bufio.NewReader(io.LimitReader(stream, 64<<10)).ReadString('\n')
+	if err != nil && sendErr != nil {
+		w.Close()
+		return nil, fmt.Errorf("uploading the workspace: %w", sendErr)
+	}
 	if err != nil {
 		w.Close()
 		return nil, fmt.Errorf("uploading the workspace: no answer from bangerd: %w", err)

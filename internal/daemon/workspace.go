@@ -42,12 +42,15 @@ type upload struct {
 
 func (d *Daemon) workspaceStagingDir() string { return filepath.Join(d.cfg.StateDir, "workspaces") }
 
-// workspaceLimits derives the upload bounds from workspace.max_size: a tree of at most
-// that many file bytes needs at most that much again in ext4 metadata slack, and its
-// image's apparent size is what the CLI gives it (twice the tree plus free space).
+// workspaceLimits derives the upload bounds from workspace.max_size, which bounds a tree's
+// file bytes (the CLI checks it while walking). The image holds more than that: every
+// file's last block is rounded up to 4 KiB and every entry has an inode and directory
+// space, so data is capped at twice the limit plus 1 GiB (a tree of many tiny files can
+// still be refused here); the apparent size is sparse and costs nothing, so its cap only
+// has to stop absurd values.
 func (d *Daemon) workspaceLimits() workspace.ReceiveLimits {
 	m := d.cfg.Workspace.MaxSizeBytes
-	return workspace.ReceiveLimits{MaxSize: workspace.ImageSize(m) + 64<<20, MaxData: m + m/4 + 128<<20}
+	return workspace.ReceiveLimits{MaxSize: 4*m + 8<<30, MaxData: 2*m + 1<<30}
 }
 
 // workspaceUpload is the workspace.upload stream.

@@ -116,7 +116,7 @@ func TestWorkspaceUploadRefusesOversizedImages(t *testing.T) {
 	}
 	img := filepath.Join(t.TempDir(), "img")
 	f, _ := os.Create(img)
-	f.Truncate(workspace.ImageSize(1<<20) + 128<<20)
+	f.Truncate(4<<20 + 8<<30 + 1)
 	f.Close()
 	workspace.SendImage(context.Background(), st, img)
 	line, _ := bufio.NewReader(st).ReadString('\n')

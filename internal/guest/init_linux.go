@@ -328,10 +328,11 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 	return nil
 }
 
-// mountWorkspace mounts the workspace disk at its path under the new root and, the first
-// time, gives its tree to root: the host packs the user's files with the user's uid, and
-// git refuses a repository owned by another user ("dubious ownership"). Files already
-// owned by root are left alone, so later boots change nothing (and ctimes stay put).
+// mountWorkspace mounts the workspace disk at its path under the new root. The host packs
+// the user's files with the user's uid; rather than walking the tree to re-own it (seconds
+// for a large tree under emulation), git — which refuses a repository owned by another
+// user ("dubious ownership") — is told in the guest's system config to trust it. The
+// config lands in the VM's own overlay.
 func mountWorkspace(p BootParams, log *slog.Logger) error {
 	dst := filepath.Join(newRoot, p.WorkspacePath)
 	if err := mkdirs(dst); err != nil {
@@ -340,26 +341,32 @@ func mountWorkspace(p BootParams, log *slog.Logger) error {
 	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		return fmt.Errorf("mounting the workspace %s on %s: %w", p.Workspace, p.WorkspacePath, err)
 	}
-	n := 0
-	err := filepath.WalkDir(dst, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && (st.Uid != 0 || st.Gid != 0) {
-			n++
-			return unix.Lchown(path, 0, 0)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("giving the workspace at %s to root: %w", p.WorkspacePath, err)
+	if err := trustWorkspaceInGit(filepath.Join(newRoot, "etc", "gitconfig"), p.WorkspacePath); err != nil {
+		log.Warn("adding the workspace to git's safe.directory failed", "err", err)
 	}
-	log.Info("workspace mounted", "device", p.Workspace, "path", p.WorkspacePath, "chowned", n)
+	log.Info("workspace mounted", "device", p.Workspace, "path", p.WorkspacePath)
 	return nil
+}
+
+// trustWorkspaceInGit adds the workspace and the repositories below it to safe.directory
+// in the git system config at cfg, once.
+func trustWorkspaceInGit(cfg, path string) error {
+	entry := fmt.Sprintf("[safe]\n\tdirectory = %s\n\tdirectory = %s/*\n", path, path)
+	if b, err := os.ReadFile(cfg); err == nil && strings.Contains(string(b), entry) {
+		return nil
+	}
+	if err := mkdirs(filepath.Dir(cfg)); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(cfg, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(entry)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // configureNetwork brings up lo and, when the VM has an address, eth0 with it and the
