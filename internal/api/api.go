@@ -204,6 +204,8 @@ type ImageBuildParams struct {
 	Name    string `json:"name,omitempty"`
 	Builder string `json:"builder"`       // tiny, oci, debian
 	Ref     string `json:"ref,omitempty"` // OCI reference or Debian suite
+	// Packages are extra Debian packages (debian builder only; debootstrap --include).
+	Packages []string `json:"packages,omitempty"`
 }
 
 // CatalogEntry is one image the catalog knows.
