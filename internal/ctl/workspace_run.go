@@ -57,6 +57,42 @@ func getFromGuest(ctx context.Context, g *Globals, vm, guestPath, dir string) er
 	return nil
 }
 
+// fetchParallel is how many changed files are copied out at once: each copy is a round
+// trip through the daemon and the agent, so a few in flight hide the latency.
+const fetchParallel = 4
+
+// fetchAll copies the changed paths (relative to guestRoot) into dst at the same places.
+// Every parent directory is made first, so concurrent copies never race to create one.
+func fetchAll(ctx context.Context, g *Globals, vm, guestRoot, dst string, paths []string) error {
+	for _, p := range paths {
+		if err := os.MkdirAll(filepath.Join(dst, filepath.FromSlash(path.Dir(p))), 0o755); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, fetchParallel)
+	errs := make(chan error, len(paths))
+	for _, p := range paths {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			err := getFromGuest(ctx, g, vm, path.Join(guestRoot, p), filepath.Join(dst, filepath.FromSlash(path.Dir(p))))
+			if err != nil {
+				cancel()
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range paths {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // parseOut splits --out GUESTPATH[:HOSTDIR]; a relative GUESTPATH is under the workspace,
 // HOSTDIR defaults to the current directory.
 func parseOut(spec, wsPath string) (guestPath, hostDir string, err error) {
@@ -128,10 +164,8 @@ func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUplo
 	if err := workspace.CopyOriginals(ws.root, a, changes.Old); err != nil {
 		return fmt.Errorf("--diff: %w", err)
 	}
-	for _, p := range changes.Fetch {
-		if err := getFromGuest(ctx, g, vm, path.Join(ws.params.Path, p), filepath.Join(b, filepath.FromSlash(path.Dir(p)))); err != nil {
-			return fmt.Errorf("--diff: %w", err)
-		}
+	if err := fetchAll(ctx, g, vm, ws.params.Path, b, changes.Fetch); err != nil {
+		return fmt.Errorf("--diff: %w", err)
 	}
 	if err := workspace.MakeLinks(b, changes.Links); err != nil {
 		return fmt.Errorf("--diff: %w", err)
