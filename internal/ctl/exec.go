@@ -202,7 +202,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	// The create claimed the upload; the stream has no more use.
 	ws.Close()
 	o.Exec.VM = vm.ID
-	var before []guest.ListEntry
+	var since int64
 	if o.Diff != "" || len(o.Outs) > 0 {
 		// With --rm the daemon deletes the VM when its last vm.agent stream ends; this one
 		// stays open (idle) until the diff and the copies are done.
@@ -211,17 +211,17 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		}
 	}
 	if o.Diff != "" {
-		if before, err = listWorkspace(ctx, g, vm.ID, ws.params.Path); err != nil {
+		if since, err = guestClock(ctx, g, vm.ID, ws.params.Path); err != nil {
 			if o.Remove {
 				removeVM(context.WithoutCancel(ctx), g, vm.ID)
 			}
-			return fmt.Errorf("--diff: listing the workspace before the command: %w", err)
+			return fmt.Errorf("--diff: reading the guest's clock before the command: %w", err)
 		}
 	}
 	execErr := Exec(ctx, g, o.Exec)
 	var after error
 	if o.Diff != "" && ctx.Err() == nil {
-		after = workspaceDiff(ctx, g, vm.ID, ws, before, o.Diff)
+		after = workspaceDiff(ctx, g, vm.ID, ws, since, o.Diff)
 	}
 	for _, spec := range o.Outs {
 		if after != nil || ctx.Err() != nil {

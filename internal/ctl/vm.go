@@ -214,6 +214,9 @@ func printVM(w io.Writer, vm model.VM) {
 	row("Memory", model.FormatSize(int64(vm.MemoryMiB)<<20))
 	row("System overlay", model.FormatSize(vm.SystemOverlayBytes))
 	row("Work disk", model.FormatSize(vm.WorkDiskBytes))
+	if vm.Workspace != "" {
+		row("Workspace", vm.Workspace)
+	}
 	row("Guest IP", vm.GuestIP)
 	row("MAC", vm.MAC)
 	row("Tap", vm.Tap)

@@ -47,6 +47,7 @@ type workspaceUpload struct {
 	params    api.WorkspaceParams
 	root      string // the host tree, resolved
 	skipped   []string
+	manifest  map[string]workspace.ManifestEntry
 	closeOnce func()
 }
 
@@ -111,7 +112,7 @@ func uploadWorkspace(ctx context.Context, g *Globals, o WorkspaceOptions, quiet 
 		return nil, err
 	}
 	defer packed.Remove()
-	w.root, w.skipped = packed.Root, packed.Skipped
+	w.root, w.skipped, w.manifest = packed.Root, packed.Skipped, packed.Manifest
 	if !quiet {
 		msg := fmt.Sprintf("workspace: %d files, %s from %s", packed.Files, model.FormatSize(packed.Bytes), packed.Root)
 		if packed.Excluded > 0 {

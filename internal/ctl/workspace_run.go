@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
@@ -30,14 +32,25 @@ func agentStream(ctx context.Context, g *Globals, vm string) (io.ReadWriteCloser
 	return st, nil
 }
 
-// listWorkspace lists the workspace tree in the guest.
-func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string) ([]guest.ListEntry, error) {
+// listWorkspace lists the workspace tree in the guest (since: guest.Request.Since) and
+// returns the guest's clock at the start.
+func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]guest.ListEntry, int64, error) {
 	ctx, id := opid.Ensure(ctx)
 	st, err := agentStream(ctx, g, vm)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return guest.List(ctx, st, id, guestPath)
+	return guest.List(ctx, st, id, guestPath, since)
+}
+
+// guestClock reads the guest's wall clock (a list that can match nothing) for --diff's
+// since. The margin covers the kernel's coarse file-time clock, which may lag by a tick.
+func guestClock(ctx context.Context, g *Globals, vm, guestPath string) (int64, error) {
+	_, now, err := listWorkspace(ctx, g, vm, guestPath, math.MaxInt64)
+	if err == nil && now <= 0 {
+		err = fmt.Errorf("the guest agent reported no clock")
+	}
+	return now - int64(50*time.Millisecond), err
 }
 
 // getFromGuest copies guestPath into the host directory dir (created if missing) through
@@ -117,13 +130,13 @@ func parseOut(spec, wsPath string) (guestPath, hostDir string, err error) {
 }
 
 // workspaceDiff builds the patch of what the command changed under the workspace (before
-// is the listing taken before the command) and writes it to o.Diff ("-": stdout).
-func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUpload, before []guest.ListEntry, target string) (retErr error) {
-	after, err := listWorkspace(ctx, g, vm, ws.params.Path)
+// is the guest's clock just before it) and writes it to target ("-": stdout).
+func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUpload, since int64, target string) (retErr error) {
+	after, _, err := listWorkspace(ctx, g, vm, ws.params.Path, since)
 	if err != nil {
 		return fmt.Errorf("--diff: %w", err)
 	}
-	changes := workspace.Compare(before, after)
+	changes := workspace.Compare(ws.manifest, after, since)
 	var out io.Writer = g.Stdout
 	if target != "-" {
 		// Written only once the patch is complete, so a failure never leaves half a patch.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"banger/internal/errdefs"
 )
@@ -50,12 +51,23 @@ func (a *Agent) handleList(conn io.Writer, req Request) error {
 		return reply(conn, Reply{}, fmt.Errorf("reading %s: %w", req.Path, err))
 	}
 	rootDev := rootFi.Sys().(*syscall.Stat_t).Dev
-	if err := reply(conn, Reply{}, nil); err != nil {
+	now := time.Now().UnixNano()
+	if err := reply(conn, Reply{Now: now}, nil); err != nil {
 		return err
 	}
 	fw := &frameWriter{w: conn}
 	bw := bufio.NewWriterSize(dataWriter{fw: fw}, chunkSize)
 	enc := json.NewEncoder(bw)
+	if req.Since > now {
+		// A clock probe: nothing can have changed after now.
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return fw.write(FrameDataEOF, nil)
+	}
+	// With since, a directory whose ctime or mtime moved is listed with all its entries, so
+	// the client sees what is missing from it (deletions, renames away).
+	changedDirs := map[string]bool{}
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -77,6 +89,15 @@ func (a *Agent) handleList(conn io.Writer, req Request) error {
 		}
 		e := ListEntry{Path: filepath.ToSlash(rel), Mode: st.Mode, Size: st.Size,
 			MTime: st.Mtim.Nano(), CTime: st.Ctim.Nano(), Ino: st.Ino}
+		if req.Since > 0 {
+			changed := e.CTime >= req.Since || e.MTime >= req.Since
+			if d.IsDir() && changed {
+				changedDirs[p] = true
+			}
+			if !changed && !changedDirs[filepath.Dir(p)] {
+				return nil
+			}
+		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			if e.Link, err = os.Readlink(p); err != nil {
 				return err
@@ -94,21 +115,27 @@ func (a *Agent) handleList(conn io.Writer, req Request) error {
 	return fw.write(FrameDataEOF, nil)
 }
 
-// List asks the agent for a listing of guestPath. The guest is not trusted: lines are
-// capped, the count is capped at MaxListEntries, every path must be a clean relative path
-// (no "..", no absolute name), and paths must be unique.
-func List(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathArg string) ([]ListEntry, error) {
+// List asks the agent for a listing of guestPath (since: see Request.Since) and returns
+// it with the guest's clock at the start. The guest is not trusted: lines are capped, the
+// count is capped at MaxListEntries, every path must be a clean relative path (no "..",
+// no absolute name), and paths must be unique.
+func List(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathArg string, since int64) ([]ListEntry, int64, error) {
 	defer conn.Close()
 	defer bindContext(ctx, conn)()
 	what := "listing guest " + guestPathArg
 	br := bufio.NewReader(conn)
-	r, err := roundTrip(ctx, conn, br, Request{Type: TypeList, OpID: opID, Path: guestPathArg})
+	r, err := roundTrip(ctx, conn, br, Request{Type: TypeList, OpID: opID, Path: guestPathArg, Since: since})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
 	}
 	if err := r.err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
 	}
+	out, err := readListing(ctx, br, what)
+	return out, r.Now, err
+}
+
+func readListing(ctx context.Context, br *bufio.Reader, what string) ([]ListEntry, error) {
 	sc := bufio.NewScanner(&dataReader{r: br})
 	sc.Buffer(make([]byte, 0, 4096), maxListLine)
 	var out []ListEntry

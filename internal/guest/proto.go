@@ -181,6 +181,10 @@ type Request struct {
 
 	// put, get, list
 	Path string `json:"path,omitempty"`
+	// list: only entries changed at or after this guest time (ns), and the entries of the
+	// directories that did; 0 lists everything; a time in the guest's future lists nothing
+	// (the reply's now tells the client the guest's clock).
+	Since int64 `json:"since,omitempty"`
 	Mode uint32 `json:"mode,omitempty"`
 }
 
@@ -196,6 +200,9 @@ type Reply struct {
 	UptimeSeconds float64 `json:"uptime_seconds,omitempty"`
 	AgentVersion  string  `json:"agent_version,omitempty"`
 	Protocol      int     `json:"protocol,omitempty"`
+
+	// list: the guest's wall clock (ns) when the listing began
+	Now int64 `json:"now,omitempty"`
 }
 
 // RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,

@@ -19,17 +19,17 @@ import (
 	"banger/internal/guest"
 )
 
-// Changes are what a command changed in a workspace, from listings before and after it.
-// Only files and symlinks count: git tracks no directories.
+// Changes are what a command changed in a workspace. Only files and symlinks count: git
+// tracks no directories.
 type Changes struct {
-	// Fetch are the guest paths (relative) to copy back: changed or new files and
-	// symlinks, and new directories whole (one copy covers their tree).
+	// Fetch are the guest paths (relative) to copy back: changed or new files, and new
+	// directories whole (one copy covers their tree).
 	Fetch []string
 	// Links are changed or new symlinks (path → target), made from the listing itself:
 	// a symlink has nothing to fetch.
 	Links map[string]string
 	// Old are the paths whose original the patch needs: changed or deleted files and
-	// symlinks that existed before.
+	// symlinks that were packed.
 	Old []string
 }
 
@@ -38,76 +38,93 @@ func (c Changes) Empty() bool { return len(c.Fetch) == 0 && len(c.Old) == 0 && l
 
 const typeMask = syscall.S_IFMT
 
-func isFileOrLink(m uint32) bool {
-	t := m & typeMask
-	return t == syscall.S_IFREG || t == syscall.S_IFLNK
-}
-
-// Compare finds what changed between two listings of the same tree. An entry changed if
-// its type, mode, size, mtime, ctime, inode or link target differ: ctime moves on every
-// write or chmod and cannot be set back by the guest's programs, so a rewrite that keeps
-// size and mtime is still seen.
-func Compare(before, after []guest.ListEntry) Changes {
-	old := make(map[string]guest.ListEntry, len(before))
-	for _, e := range before {
-		old[e.Path] = e
+// Compare finds what changed from what was packed (manifest) and a listing the agent made
+// after the command with since (guest.Request.Since): the listing holds every entry whose
+// ctime or mtime is at or after since — ctime moves on every write, chmod, rename and
+// link, and programs cannot set it back — and every entry of a directory that changed.
+// So an entry missing from a changed directory was deleted (with everything below it),
+// and an entry not listed under an unchanged directory is unchanged. A listed entry that
+// did not really change (a clock skew making packed ctimes look recent) is only fetched
+// for nothing: git diff then finds no difference.
+func Compare(manifest map[string]ManifestEntry, listing []guest.ListEntry, since int64) Changes {
+	listed := make(map[string]guest.ListEntry, len(listing))
+	for _, e := range listing {
+		listed[e.Path] = e
 	}
-	now := make(map[string]guest.ListEntry, len(after))
-	for _, e := range after {
-		now[e.Path] = e
-	}
-	var c Changes
+	isDir := func(e guest.ListEntry) bool { return e.Mode&typeMask == syscall.S_IFDIR }
+	changed := func(e guest.ListEntry) bool { return e.CTime >= since || e.MTime >= since }
 	newDirs := map[string]bool{}
-	for _, e := range after {
-		o, existed := old[e.Path]
-		if e.Mode&typeMask == syscall.S_IFDIR && (!existed || o.Mode&typeMask != syscall.S_IFDIR) && e.Path != "." {
+	changedDirs := map[string]bool{}
+	for _, e := range listing {
+		if !isDir(e) {
+			continue
+		}
+		if m, ok := manifest[e.Path]; !ok || !m.Mode.IsDir() {
 			newDirs[e.Path] = true
 		}
+		if changed(e) {
+			changedDirs[e.Path] = true
+		}
 	}
-	// A path under a new directory is fetched with it.
 	underNew := func(p string) bool {
-		for d := path.Dir(p); d != "." && d != "/"; d = path.Dir(d) {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
 			if newDirs[d] {
 				return true
 			}
 		}
 		return false
 	}
-	for _, e := range after {
-		if e.Path == "." {
+	var c Changes
+	for _, e := range listing {
+		if e.Path == "." || underNew(e.Path) {
 			continue
 		}
-		o, existed := old[e.Path]
-		switch {
+		m, packed := manifest[e.Path]
+		switch t := e.Mode & typeMask; {
 		case newDirs[e.Path]:
-			if !underNew(e.Path) {
-				c.Fetch = append(c.Fetch, e.Path)
+			c.Fetch = append(c.Fetch, e.Path)
+		case t == syscall.S_IFREG && (changed(e) || !packed || !m.Mode.IsRegular()):
+			c.Fetch = append(c.Fetch, e.Path)
+		case t == syscall.S_IFLNK && (changed(e) || !packed || m.Link != e.Link):
+			if c.Links == nil {
+				c.Links = map[string]string{}
 			}
-		case !isFileOrLink(e.Mode):
-		case !existed || o != e:
-			switch {
-			case underNew(e.Path):
-			case e.Mode&typeMask == syscall.S_IFLNK:
-				if c.Links == nil {
-					c.Links = map[string]string{}
-				}
-				c.Links[e.Path] = e.Link
-			default:
-				c.Fetch = append(c.Fetch, e.Path)
-			}
+			c.Links[e.Path] = e.Link
 		}
 	}
-	for _, o := range before {
-		if !isFileOrLink(o.Mode) {
+	for p, m := range manifest {
+		if !m.Mode.IsRegular() && m.Mode&fs.ModeSymlink == 0 {
 			continue
 		}
-		if e, ok := now[o.Path]; !ok || e != o {
-			c.Old = append(c.Old, o.Path)
+		if e, ok := listed[p]; ok {
+			if changed(e) || isDir(e) {
+				c.Old = append(c.Old, p)
+			}
+			continue
+		}
+		if deleted(p, listed, changedDirs) {
+			c.Old = append(c.Old, p)
 		}
 	}
 	sort.Strings(c.Fetch)
 	sort.Strings(c.Old)
 	return c
+}
+
+// deleted reports whether the packed path p, absent from the listing, is gone: it, or
+// one of its ancestors, is missing from a directory that changed, or an ancestor is now
+// something other than a directory.
+func deleted(p string, listed map[string]guest.ListEntry, changedDirs map[string]bool) bool {
+	for x := p; x != "."; x = path.Dir(x) {
+		e, ok := listed[x]
+		if !ok && changedDirs[path.Dir(x)] {
+			return true
+		}
+		if ok && x != p && e.Mode&typeMask != syscall.S_IFDIR {
+			return true
+		}
+	}
+	return false
 }
 
 // CopyOriginals copies the host tree's versions of paths (relative to root) into dst,

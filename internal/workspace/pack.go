@@ -52,7 +52,17 @@ type Packed struct {
 	Bytes    int64  // their bytes
 	Excluded int    // entries left out by patterns
 	Skipped  []string
+	// Manifest is what was packed, by slash path relative to the root ("." is the root):
+	// the before side of --diff.
+	Manifest map[string]ManifestEntry
 	tmp      string
+}
+
+// ManifestEntry is one packed entry.
+type ManifestEntry struct {
+	Mode fs.FileMode // type and permission bits
+	Size int64
+	Link string // symlink target
 }
 
 // Remove deletes the image and the temporary directory.
@@ -99,7 +109,7 @@ func Pack(ctx context.Context, o Options) (*Packed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating a temporary directory for the workspace: %w", err)
 	}
-	p := &Packed{Root: root, tmp: tmp}
+	p := &Packed{Root: root, tmp: tmp, Manifest: map[string]ManifestEntry{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -175,12 +185,14 @@ func mirror(ctx context.Context, root, shadow string, match *ignore.GitIgnore, o
 		}
 		entries++
 		usage += 4096
+		slash := filepath.ToSlash(rel)
 		switch t := fi.Mode().Type(); {
 		case t.IsDir():
 			if err := os.Mkdir(dst, 0o700); err != nil {
 				return fmt.Errorf("mirroring the workspace: %w", err)
 			}
 			dirs = append(dirs, dirMeta{dst, fi})
+			p.Manifest[slash] = ManifestEntry{Mode: fi.Mode()}
 		case t.IsRegular():
 			p.Files++
 			p.Bytes += fi.Size()
@@ -192,6 +204,7 @@ func mirror(ctx context.Context, root, shadow string, match *ignore.GitIgnore, o
 			if err := linkOrCopy(path, dst, fi); err != nil {
 				return err
 			}
+			p.Manifest[slash] = ManifestEntry{Mode: fi.Mode(), Size: fi.Size()}
 		case t == fs.ModeSymlink:
 			target, err := os.Readlink(path)
 			if err != nil {
@@ -200,12 +213,13 @@ func mirror(ctx context.Context, root, shadow string, match *ignore.GitIgnore, o
 			if err := os.Symlink(target, dst); err != nil {
 				return fmt.Errorf("mirroring the workspace: %w", err)
 			}
+			p.Manifest[slash] = ManifestEntry{Mode: fi.Mode(), Link: target}
 		default:
 			// FIFOs, sockets and devices have no content to copy, and opening one could
 			// block or touch hardware.
 			entries--
 			usage -= 4096
-			p.Skipped = append(p.Skipped, filepath.ToSlash(rel))
+			p.Skipped = append(p.Skipped, slash)
 		}
 		return nil
 	})

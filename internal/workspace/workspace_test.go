@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -182,46 +183,52 @@ func TestReceiveRefusesOutOfBoundsUploads(t *testing.T) {
 	}
 }
 
-func entry(p string, mode uint32, size, mt, ct int64, ino uint64, link string) guest.ListEntry {
-	return guest.ListEntry{Path: p, Mode: mode, Size: size, MTime: mt, CTime: ct, Ino: ino, Link: link}
+func entry(p string, mode uint32, mt, ct int64, link string) guest.ListEntry {
+	return guest.ListEntry{Path: p, Mode: mode, MTime: mt, CTime: ct, Link: link}
 }
 
 func TestCompare(t *testing.T) {
 	const reg, dir, lnk = syscall.S_IFREG | 0o644, syscall.S_IFDIR | 0o755, syscall.S_IFLNK | 0o777
-	before := []guest.ListEntry{
-		entry(".", dir, 0, 1, 1, 1, ""),
-		entry("same", reg, 3, 1, 1, 2, ""),
-		entry("touched", reg, 3, 1, 1, 3, ""), // rewritten with the same size and mtime: ctime moves
-		entry("gone", reg, 3, 1, 1, 4, ""),
-		entry("link", lnk, 1, 1, 1, 5, "same"),
-		entry("sub", dir, 0, 1, 1, 6, ""),
-		entry("sub/chmod", reg, 3, 1, 1, 7, ""),
+	const since = 100
+	file, link := ManifestEntry{Mode: 0o644}, ManifestEntry{Mode: fs.ModeSymlink | 0o777, Link: "same"}
+	manifest := map[string]ManifestEntry{
+		".": {Mode: fs.ModeDir | 0o755}, "same": file, "touched": file, "gone": file, "link": link,
+		"sub": {Mode: fs.ModeDir | 0o755}, "sub/chmod": file, "sub/keep": file,
+		"quiet": {Mode: fs.ModeDir | 0o755}, "quiet/untouched": file,
+		"rmdir": {Mode: fs.ModeDir | 0o755}, "rmdir/a": file, "rmdir/deep/b": file,
+		"nowfile": {Mode: fs.ModeDir | 0o755}, "nowfile/c": file,
 	}
-	after := []guest.ListEntry{
-		entry(".", dir, 0, 2, 2, 1, ""),
-		entry("same", reg, 3, 1, 1, 2, ""),
-		entry("touched", reg, 3, 1, 9, 3, ""),
-		entry("link", lnk, 7, 1, 9, 8, "touched"),
-		entry("sub", dir, 0, 2, 2, 6, ""),
-		entry("sub/chmod", syscall.S_IFREG|0o755, 3, 1, 9, 7, ""),
-		entry("new", dir, 0, 2, 2, 9, ""),
-		entry("new/a", reg, 1, 2, 2, 10, ""),
-		entry("new/deeper", dir, 0, 2, 2, 11, ""),
-		entry("new/deeper/b", reg, 1, 2, 2, 12, ""),
-		entry("file", reg, 1, 2, 2, 13, ""),
+	// After the command: the root changed (gone deleted, new and file created, rmdir
+	// removed, nowfile replaced by a file), so all its entries are listed; sub changed
+	// only in a child's mode, so sub itself is unchanged and only that child is listed.
+	listing := []guest.ListEntry{
+		entry(".", dir, 150, 150, ""),
+		entry("same", reg, 1, 1, ""),
+		entry("touched", reg, 1, 120, ""),
+		entry("link", lnk, 1, 130, "touched"),
+		entry("sub", dir, 1, 1, ""),
+		entry("sub/chmod", syscall.S_IFREG|0o755, 1, 140, ""),
+		entry("quiet", dir, 1, 1, ""),
+		entry("new", dir, 150, 150, ""),
+		entry("new/a", reg, 150, 150, ""),
+		entry("new/deeper", dir, 150, 150, ""),
+		entry("new/deeper/b", reg, 150, 150, ""),
+		entry("file", reg, 150, 150, ""),
+		entry("nowfile", reg, 150, 150, ""),
 	}
-	c := Compare(before, after)
-	if got, want := strings.Join(c.Fetch, ","), "file,new,sub/chmod,touched"; got != want {
+	c := Compare(manifest, listing, since)
+	if got, want := strings.Join(c.Fetch, ","), "file,new,nowfile,sub/chmod,touched"; got != want {
 		t.Errorf("fetch %s, want %s", got, want)
 	}
-	if got, want := strings.Join(c.Old, ","), "gone,link,sub/chmod,touched"; got != want {
+	if got, want := strings.Join(c.Old, ","), "gone,link,nowfile/c,rmdir/a,rmdir/deep/b,sub/chmod,touched"; got != want {
 		t.Errorf("old %s, want %s", got, want)
 	}
 	if len(c.Links) != 1 || c.Links["link"] != "touched" {
 		t.Errorf("links %v", c.Links)
 	}
-	if !Compare(before, before).Empty() {
-		t.Error("identical listings are not empty")
+	// Nothing changed: the agent lists nothing.
+	if !Compare(manifest, nil, since).Empty() {
+		t.Error("an empty listing is not empty changes")
 	}
 }
 
