@@ -184,8 +184,8 @@ type Request struct {
 	// list: only entries changed at or after this guest time (ns), and the entries of the
 	// directories that did; 0 lists everything; a time in the guest's future lists nothing
 	// (the reply's now tells the client the guest's clock).
-	Since int64 `json:"since,omitempty"`
-	Mode uint32 `json:"mode,omitempty"`
+	Since int64  `json:"since,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`
 }
 
 // Reply is the agent's JSON answer line.
