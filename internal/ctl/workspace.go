@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"banger/internal/api"
+	"banger/internal/client"
 	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/model"
-	"banger/internal/rpc"
 	"banger/internal/workspace"
 )
 
@@ -42,8 +43,7 @@ func parseWorkspaceSpec(spec string) (dir, guestPath string, err error) {
 // the daemon keeps the upload only while this stream is open, so Close (or this process
 // dying) releases whatever the create did not claim.
 type workspaceUpload struct {
-	c         *rpc.Client
-	stream    *rpc.ClientStream
+	stream    *client.Stream
 	params    api.WorkspaceParams
 	root      string // the host tree, resolved
 	skipped   []string
@@ -84,25 +84,13 @@ func uploadWorkspace(ctx context.Context, g *Globals, o WorkspaceOptions, quiet 
 	if err != nil {
 		return nil, err
 	}
-	c, err := g.dial(ctx)
+	stream, res, err := g.client().WorkspaceUpload(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var res api.WorkspaceUploadResult
-	stream, err := c.Stream(ctx, api.MethodWorkspaceUpload, nil, &res)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	w := &workspaceUpload{c: c, stream: stream}
-	var once bool
-	w.closeOnce = func() {
-		if !once {
-			once = true
-			stream.Close()
-			c.Close()
-		}
-	}
+	w := &workspaceUpload{stream: stream}
+	var once sync.Once
+	w.closeOnce = func() { once.Do(func() { stream.Close() }) }
 	// A stalled daemon must not hold Ctrl-C: closing the stream ends any blocked write.
 	stop := context.AfterFunc(ctx, w.Close)
 	defer stop()

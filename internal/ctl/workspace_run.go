@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/opid"
@@ -20,16 +19,7 @@ import (
 
 // agentStream opens one vm.agent stream (one agent request) to vm.
 func agentStream(ctx context.Context, g *Globals, vm string) (io.ReadWriteCloser, error) {
-	c, err := g.dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: vm}, nil)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return st, nil
+	return g.client().VMAgent(ctx, vm)
 }
 
 // listWorkspace lists the workspace tree in the guest (since: guest.Request.Since) and

@@ -14,7 +14,7 @@ import (
 	"banger/internal/imagebuild"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 )
 
 // createPlan is a validated vm.create request: everything checked before any lock is taken.
@@ -75,7 +75,7 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 	if plan.image, err = d.findOrAutoPullImage(ctx, ref, prog); err != nil {
 		return nil, err
 	}
-	prog.stage("image_resolved", plan.image.Name+" "+shortID(plan.image.ID), 0, 0)
+	prog.stage(ctx, "image_resolved", plan.image.Name+" "+shortID(plan.image.ID), "image", plan.image.Name, "image_id", plan.image.ID)
 	return plan, nil
 }
 
@@ -169,13 +169,12 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	if err != nil {
 		return nil, err
 	}
-	prog.stage("validated", "", 0, 0)
+	prog.stage(ctx, "validated", "")
 	vm, err := d.reserve(ctx, plan)
 	if err != nil {
 		return nil, err
 	}
-	rpc.Stage(ctx, d.log, "persisted", "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
-	prog.stage("persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), 0, 0)
+	prog.stage(ctx, "persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
 	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
 		d.dns.Set(vm.Name, ip)
 	}
@@ -188,7 +187,7 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 		// cleans up, so the undo gets a context of its own.
 		undo := context.WithoutCancel(ctx)
 		if err := d.destroy(undo, rt, vm, "create failed: "+cause.Error()); err != nil {
-			rpc.Logger(ctx, d.log).Error("undo create failed", "vm_id", vm.ID, "error", err.Error())
+			oplog.G(ctx).Error("undo create failed", "vm_id", vm.ID, "error", err.Error())
 			return nil, fmt.Errorf("%w (undoing the create: %w)", cause, err)
 		}
 		return nil, cause
@@ -196,20 +195,18 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	if err := d.prepareDisks(ctx, vm); err != nil {
 		return fail(err)
 	}
-	prog.stage("disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)), 0, 0)
-	rpc.Stage(ctx, d.log, "disks_ready")
+	prog.stage(ctx, "disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)))
 	if plan.wsToken != "" {
 		if err := d.claimWorkspace(plan.wsToken, filepath.Join(vm.Dir, workspaceDiskName)); err != nil {
 			return fail(err)
 		}
-		prog.stage("workspace_ready", "at "+plan.wsPath, 0, 0)
-		rpc.Stage(ctx, d.log, "workspace_ready")
+		prog.stage(ctx, "workspace_ready", "at "+plan.wsPath)
 	}
 	if plan.noStart {
 		if err := d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.Creating = false }); err != nil {
 			return fail(err)
 		}
-		prog.stage("created", "not started (--no-start)", 0, 0)
+		prog.stage(ctx, "created", "not started (--no-start)")
 		return vm, nil
 	}
 	if err := d.startLocked(ctx, rt, vm, prog); err != nil {
@@ -249,8 +246,8 @@ func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.Beg
 		defer d.bg.Done()
 		defer cancel()
 		start := time.Now()
-		log := rpc.Logger(bctx, d.log).With("async", true)
-		vm, err := d.createVM(bctx, p, op)
+		log := oplog.G(bctx).With("async", true)
+		vm, err := d.createVM(bctx, p, progress{op})
 		if err != nil {
 			log.Error("async operation failed", "duration_ms", time.Since(start).Milliseconds(), "error", err.Error())
 		} else {

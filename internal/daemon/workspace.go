@@ -14,6 +14,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
+	"banger/internal/oplog"
 	"banger/internal/rpc"
 	"banger/internal/workspace"
 )
@@ -77,7 +78,7 @@ func (d *Daemon) workspaceUpload(ctx context.Context, params json.RawMessage, s 
 	}
 	d.uploads.m[token] = u
 	d.uploads.mu.Unlock()
-	log := rpc.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	defer func() {
 		// Unclaimed when the stream ends: the create never came, failed before claiming, or
 		// the CLI is gone. A claimed upload was renamed away and is no longer in the map.
