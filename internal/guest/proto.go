@@ -50,7 +50,9 @@
 // exec: header fields "argv" (required, non-empty), "env" (["KEY=VAL"], added to a default
 // of PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, HOME=/root,
 // USER=root, LOGNAME=root, SHELL=/bin/sh and, with tty, TERM), "cwd" (default /root, or /
-// when /root is missing; an explicit cwd must exist), "tty", "rows", "cols", "term".
+// when /root is missing; an explicit cwd must exist), "tty", "rows", "cols", "term",
+// "root" (an absolute guest directory to chroot the process into; argv[0] and cwd are then
+// paths inside it, cwd defaulting to /), "uid", "gid" and "groups" (credentials, default 0 and none).
 // The agent resolves argv[0] in the resulting PATH and replies {"ok":true} once the process
 // runs, or an error (code "command_not_found" naming the command; the CLI exits 127). Then
 // the client sends stdin, stdin_eof, signal and resize frames and the agent sends stdout,
@@ -178,6 +180,13 @@ type Request struct {
 	Rows uint16   `json:"rows,omitempty"`
 	Cols uint16   `json:"cols,omitempty"`
 	Term string   `json:"term,omitempty"`
+	// Root, when set, is a guest directory the process is chrooted into (a container's
+	// rootfs); argv[0] and cwd are then resolved inside it. UID and GID are the
+	// credentials the process runs with (0: root, the agent's own).
+	Root   string   `json:"root,omitempty"`
+	UID    uint32   `json:"uid,omitempty"`
+	GID    uint32   `json:"gid,omitempty"`
+	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
 
 	// put, get, list
 	Path string `json:"path,omitempty"`

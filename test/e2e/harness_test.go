@@ -146,6 +146,7 @@ func setup() (*env, error) {
 			static    bool
 		}{
 			{"banger", "./cmd/banger", false}, {"bangerd", "./cmd/bangerd", false}, {"banger-agent", "./cmd/banger-agent", true},
+			{"containerd-shim-banger-v2", "./cmd/containerd-shim-banger-v2", false},
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(x.bin, b.name), b.pkg)
 			cmd.Dir = root
