@@ -17,7 +17,7 @@
 //
 // The client first sends a header: one JSON object on one line ("\n"-terminated):
 //
-//	{"type":"ping"|"exec"|"put"|"get"|"shutdown", "op_id":"op-…", …fields of the type}
+//	{"type":"ping"|"exec"|"put"|"get"|"list"|"shutdown", "op_id":"op-…", …fields of the type}
 //
 // op_id is optional; the agent tags every log line of the request with it. A reply is one
 // JSON line {"ok":true, …} or {"ok":false,"error":"message","code":"kind"}, where code is
@@ -80,6 +80,13 @@
 // trusts none of it: only path's base name is accepted at the top level, and see
 // extractTar and hostPolicy for the rest (confinement, masked modes, size cap).
 //
+// list (a workspace's before/after listing): header field "path". The agent replies one
+// JSON line, then sends one JSON object per line (ListEntry: relative path, st_mode,
+// size, mtime and ctime in ns, inode, symlink target) for path and everything below it,
+// lstat'ed, never following a symlink nor entering another mount, as data frames and
+// data_eof. The host caps line length and entry count and refuses paths that are not
+// clean and relative.
+//
 // Only the host opens streams; a stream opened by the guest ends the host's session.
 //
 // shutdown: header {"type":"shutdown"}. The agent replies {"ok":true} and then, in the
@@ -120,6 +127,7 @@ const (
 	TypePut      = "put"
 	TypeGet      = "get"
 	TypeShutdown = "shutdown"
+	TypeList     = "list"
 )
 
 // Frame kinds; see the package documentation.
@@ -180,9 +188,13 @@ type Request struct {
 	GID    uint32   `json:"gid,omitempty"`
 	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
 
-	// put, get
+	// put, get, list
 	Path string `json:"path,omitempty"`
-	Mode uint32 `json:"mode,omitempty"`
+	// list: only entries changed at or after this guest time (ns), and the entries of the
+	// directories that did; 0 lists everything; a time in the guest's future lists nothing
+	// (the reply's now tells the client the guest's clock).
+	Since int64  `json:"since,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`
 }
 
 // Reply is the agent's JSON answer line.
@@ -197,6 +209,9 @@ type Reply struct {
 	UptimeSeconds float64 `json:"uptime_seconds,omitempty"`
 	AgentVersion  string  `json:"agent_version,omitempty"`
 	Protocol      int     `json:"protocol,omitempty"`
+
+	// list: the guest's wall clock (ns) when the listing began
+	Now int64 `json:"now,omitempty"`
 }
 
 // RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,
