@@ -60,6 +60,9 @@ type Daemon struct {
 
 	ops opRegistry
 
+	// uploads are staged workspace images awaiting their create (workspace.go).
+	uploads uploads
+
 	// netPending is set when a teardown or reconcile step could not finish (helper down, VM
 	// busy): the periodic reconcile then runs every reconcileInterval until all settles.
 	netPending        atomic.Bool
@@ -190,6 +193,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) 
 		upstreams = vmdns.UpstreamsFromResolvConf("/etc/resolv.conf")
 	}
 	d.dns = vmdns.New(cfg.DNS.Domain, upstreams, log)
+	d.sweepWorkspaces()
 	return d, nil
 }
 

@@ -59,6 +59,10 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 	if !vm.State.Settled() {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s is %s; only a running or paused vm can be snapshotted", vm.Name, vm.State)
 	}
+	if vm.Workspace != "" {
+		// Its workspace disk is not among the copies a snapshot makes yet.
+		return nil, errdefs.New(errdefs.ErrConflict, "vm %s has a workspace; snapshots of vms with a workspace are not supported", vm.Name)
+	}
 	m := rt.getMachine()
 	if m == nil {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s has no VMM this daemon holds", vm.Name)

@@ -10,6 +10,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
+	"banger/internal/guest"
 	"banger/internal/imagebuild"
 	"banger/internal/model"
 	"banger/internal/opid"
@@ -28,6 +29,9 @@ type createPlan struct {
 	noStart bool
 	rm      bool
 	snap    *model.Snapshot // restore from it instead of booting
+	// wsToken and wsPath are the workspace upload and its guest mount point; "" none.
+	wsToken string
+	wsPath  string
 }
 
 // validateCreate checks params without holding any lock. Resolving the image may pull it.
@@ -59,6 +63,15 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 		return nil, errdefs.WithHint(errdefs.InvalidArgument("nat", true, "needs networking, which is off in this daemon's config"),
 			"set network.enabled: true in the bangerd config and run the root helper")
 	}
+	if p.Workspace != nil {
+		if !workspaceTokenRe.MatchString(p.Workspace.Token) {
+			return nil, errdefs.InvalidArgument("workspace.token", p.Workspace.Token, "must be a token from workspace.upload (32 hex digits)")
+		}
+		plan.wsToken, plan.wsPath = p.Workspace.Token, orDefault(p.Workspace.Path, guest.DefaultWorkspacePath)
+		if err := model.ValidateWorkspacePath("workspace.path", plan.wsPath); err != nil {
+			return nil, err
+		}
+	}
 	if p.FromSnapshot != "" {
 		return d.validateRestore(ctx, p, plan, prog)
 	}
@@ -80,6 +93,8 @@ func (d *Daemon) validateRestore(ctx context.Context, p api.VMCreateParams, plan
 	}{
 		{"image", p.Image != "", p.Image}, {"vcpu", p.VCPU != 0, p.VCPU}, {"memory", p.Memory != "", p.Memory},
 		{"system_overlay_size", p.SystemOverlaySize != "", p.SystemOverlaySize}, {"work_disk_size", p.WorkDiskSize != "", p.WorkDiskSize},
+		// A workspace disk would be a device the snapshot's machine did not have.
+		{"workspace", p.Workspace != nil, "(set)"},
 	} {
 		if f.set {
 			return nil, errdefs.InvalidArgument(f.field, f.value, "cannot be given with from_snapshot: the snapshot's is used")
@@ -157,7 +172,7 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		SystemOverlayBytes: plan.overlay, WorkDiskBytes: plan.work, NAT: plan.nat,
 		GuestIP: ip.String(), MAC: model.MACForIP(ip), CID: model.CIDForIP(ip),
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
-		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm,
+		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm, Workspace: plan.wsPath,
 	}
 	if plan.snap != nil {
 		vm.SnapshotID = plan.snap.ID
@@ -178,9 +193,11 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 const (
 	systemDiskName = "system.cow"
 	workDiskName   = "root.ext4"
-	consoleLogName = "console.log"
-	metricsName    = "metrics.json"
-	channelName    = "agent.sock"
+	// workspaceDiskName is the copy of a host tree a workspace VM gets (workspace.go).
+	workspaceDiskName = "workspace.ext4"
+	consoleLogName    = "console.log"
+	metricsName       = "metrics.json"
+	channelName       = "agent.sock"
 )
 
 // createVM runs the whole create. On any failure nothing is left behind: no row (so no IP
@@ -223,6 +240,12 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 			return fail(err)
 		}
 		prog.stage(ctx, "disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)))
+	}
+	if plan.wsToken != "" {
+		if err := d.claimWorkspace(plan.wsToken, filepath.Join(vm.Dir, workspaceDiskName)); err != nil {
+			return fail(err)
+		}
+		prog.stage(ctx, "workspace_ready", "at "+plan.wsPath)
 	}
 	if plan.noStart {
 		if err := d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.Creating = false }); err != nil {

@@ -17,7 +17,7 @@
 //
 // The client first sends a header: one JSON object on one line ("\n"-terminated):
 //
-//	{"type":"ping"|"exec"|"put"|"get"|"shutdown", "op_id":"op-…", …fields of the type}
+//	{"type":"ping"|"exec"|"put"|"get"|"list"|"shutdown", "op_id":"op-…", …fields of the type}
 //
 // op_id is optional; the agent tags every log line of the request with it. A reply is one
 // JSON line {"ok":true, …} or {"ok":false,"error":"message","code":"kind"}, where code is
@@ -80,6 +80,12 @@
 // trusts none of it: only path's base name is accepted at the top level, and see
 // extractTar and hostPolicy for the rest (confinement, masked modes, size cap).
 //
+// list (a workspace's before/after listing): header field "path". The agent replies one
+// JSON line, then sends one JSON object per line (ListEntry: relative path, st_mode,
+// size, mtime and ctime in ns, inode, symlink target) for path and everything below it,
+// lstat'ed, never following a symlink nor entering another mount, as data frames and
+// data_eof. The host caps line length and entry count and refuses paths that are not
+// clean and relative.
 // identity: header {"type":"identity","identity":{"name":"web-2","addr":"172.30.0.9/24",
 // "gateway":"172.30.0.1","dns":["172.30.0.1"],"mac":"02:b4:ac:1e:00:09",
 // "machine_id":"<32 hex>","unix_nanos":…,"seed":"<64 hex>"}}. Sent by the host to a guest
@@ -131,6 +137,7 @@ const (
 	TypeGet      = "get"
 	TypeShutdown = "shutdown"
 	TypeIdentity = "identity"
+	TypeList     = "list"
 )
 
 // Frame kinds; see the package documentation.
@@ -191,9 +198,13 @@ type Request struct {
 	GID    uint32   `json:"gid,omitempty"`
 	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
 
-	// put, get
+	// put, get, list
 	Path string `json:"path,omitempty"`
-	Mode uint32 `json:"mode,omitempty"`
+	// list: only entries changed at or after this guest time (ns), and the entries of the
+	// directories that did; 0 lists everything; a time in the guest's future lists nothing
+	// (the reply's now tells the client the guest's clock).
+	Since int64  `json:"since,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`
 
 	// identity
 	Identity *Identity `json:"identity,omitempty"`
@@ -211,6 +222,9 @@ type Reply struct {
 	UptimeSeconds float64 `json:"uptime_seconds,omitempty"`
 	AgentVersion  string  `json:"agent_version,omitempty"`
 	Protocol      int     `json:"protocol,omitempty"`
+
+	// list: the guest's wall clock (ns) when the listing began
+	Now int64 `json:"now,omitempty"`
 }
 
 // RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,

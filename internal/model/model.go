@@ -49,6 +49,9 @@ type VM struct {
 	// AutoRemove is vm run --rm: the daemon deletes the VM when the run's command ends, its
 	// connection drops, or it never attaches.
 	AutoRemove bool `json:"auto_remove,omitempty"`
+	// Workspace is the guest path the VM's workspace disk (a copy of a host tree, made by
+	// `vm create/run --workspace`) is mounted at; empty: the VM has none.
+	Workspace string `json:"workspace,omitempty"`
 	// SnapshotID is the snapshot the VM was restored from (vm create --from-snapshot, vm
 	// fork); empty for a VM that booted cold.
 	SnapshotID string    `json:"snapshot_id,omitempty"`

@@ -211,6 +211,8 @@ defaults:
 vmm: qemu
 agent_path: %s
 console_log_max: 256K
+workspace:
+  max_size: 256M
 `, x.stateDir, filepath.Join(x.dir, "run"), cacheDir, x.helperSock, bridgeIP, dnsDomain, filepath.Join(x.bin, "banger-agent"))
 	if err := os.WriteFile(x.config, []byte(cfg), 0o644); err != nil {
 		return x, err
