@@ -21,6 +21,7 @@ func addCreateFlags(fs *pflag.FlagSet, o *ctl.CreateOptions) {
 	fs.StringVar(&o.WorkDiskSize, "work-disk-size", "", "persistent work disk (/root) size, e.g. 8G")
 	fs.BoolVar(&o.NAT, "nat", false, "give the VM outbound internet access through NAT")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "don't print create stages")
+	fs.StringVar(&o.FromSnapshot, "from-snapshot", "", "restore the VM from this snapshot instead of booting it (image, vcpu, memory and disks are the snapshot's)")
 	fs.StringVarP(&o.Workspace.Spec, "workspace", "W", "", "copy host directory DIR into the guest at /work (DIR[:GUESTPATH]; bare -W means .)")
 	fs.Lookup("workspace").NoOptDefVal = bareWorkspace
 	fs.StringArrayVar(&o.Workspace.Excludes, "exclude", nil, "leave paths matching this gitignore-style pattern out of the workspace (repeatable; .bangerignore is read too)")

@@ -11,20 +11,29 @@ import (
 
 // Method names.
 const (
-	MethodPing           = "daemon.ping"
-	MethodVMCreate       = "vm.create"
-	MethodVMCreateBegin  = "vm.create.begin"
-	MethodVMCreateStatus = "vm.create.status"
-	MethodVMList         = "vm.list"
-	MethodVMShow         = "vm.show"
-	MethodVMStart        = "vm.start"
-	MethodVMStop         = "vm.stop"
-	MethodVMRestart      = "vm.restart"
-	MethodVMDelete       = "vm.delete"
-	MethodVMRename       = "vm.rename"
-	MethodVMWaitReady    = "vm.wait_ready"
-	MethodVMAgent        = "vm.agent" // streaming: raw bytes to a new guest agent session
-	MethodVMLogs         = "vm.logs"  // streaming: the console log, optionally followed
+	MethodPing                = "daemon.ping"
+	MethodVMCreate            = "vm.create"
+	MethodVMCreateBegin       = "vm.create.begin"
+	MethodVMCreateStatus      = "vm.create.status"
+	MethodVMList              = "vm.list"
+	MethodVMShow              = "vm.show"
+	MethodVMStart             = "vm.start"
+	MethodVMStop              = "vm.stop"
+	MethodVMRestart           = "vm.restart"
+	MethodVMDelete            = "vm.delete"
+	MethodVMPause             = "vm.pause"
+	MethodVMResume            = "vm.resume"
+	MethodVMFork              = "vm.fork"
+	MethodVMForkBegin         = "vm.fork.begin"
+	MethodSnapshotCreate      = "snapshot.create"
+	MethodSnapshotCreateBegin = "snapshot.create.begin"
+	MethodSnapshotList        = "snapshot.list"
+	MethodSnapshotShow        = "snapshot.show"
+	MethodSnapshotDelete      = "snapshot.delete"
+	MethodVMRename            = "vm.rename"
+	MethodVMWaitReady         = "vm.wait_ready"
+	MethodVMAgent             = "vm.agent" // streaming: raw bytes to a new guest agent session
+	MethodVMLogs              = "vm.logs"  // streaming: the console log, optionally followed
 	// MethodWorkspaceUpload is streaming: a workspace disk image from the CLI, held for a
 	// vm.create.begin naming its token while the stream stays open.
 	MethodWorkspaceUpload = "workspace.upload"
@@ -59,6 +68,9 @@ type VMCreateParams struct {
 	WorkDiskSize      string `json:"work_disk_size,omitempty"`
 	NAT               bool   `json:"nat,omitempty"`
 	NoStart           bool   `json:"no_start,omitempty"`
+	// FromSnapshot restores the VM from a snapshot instead of booting it: image, vcpu,
+	// memory and disk sizes are the snapshot's (giving others is invalid_argument).
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 	// AutoRemove (vm run --rm) hands the VM's removal to the daemon: it deletes the VM when
 	// the first vm.agent stream to it ends, when none attaches within a grace period after
 	// the create, or at its next start if it crashed meanwhile.
@@ -160,6 +172,53 @@ type OpStatusResult struct {
 	VM     *model.VM          `json:"vm,omitempty"`
 	Image  *model.Image       `json:"image,omitempty"`
 	Error  *rpc.ErrorResponse `json:"error,omitempty"` // a failed operation's typed error, as any call's
+	// Snapshot is snapshot.create.begin's result; VMs is vm.fork.begin's.
+	Snapshot *model.Snapshot `json:"snapshot,omitempty"`
+	VMs      []model.VM      `json:"vms,omitempty"`
+}
+
+// SnapshotCreateParams are snapshot.create's and snapshot.create.begin's params.
+type SnapshotCreateParams struct {
+	VM   string `json:"vm"`
+	Name string `json:"name,omitempty"` // default: VM name + "-" + a random suffix
+	// LeavePaused keeps the VM paused afterwards (it is paused while the snapshot is taken).
+	LeavePaused bool `json:"leave_paused,omitempty"`
+}
+
+// SnapshotRef names a snapshot by id, unique id prefix, or exact name.
+type SnapshotRef struct {
+	Snapshot string `json:"snapshot"`
+}
+
+// SnapshotDeleteParams are snapshot.delete's params.
+type SnapshotDeleteParams struct {
+	Snapshot string `json:"snapshot"`
+	Force    bool   `json:"force,omitempty"` // delete even though VMs were restored from it
+}
+
+// SnapshotResult carries one snapshot.
+type SnapshotResult struct {
+	Snapshot model.Snapshot `json:"snapshot"`
+}
+
+// SnapshotListResult answers snapshot.list.
+type SnapshotListResult struct {
+	Snapshots []model.Snapshot `json:"snapshots"`
+}
+
+// VMForkParams are vm.fork's and vm.fork.begin's params.
+type VMForkParams struct {
+	VM         string `json:"vm"`
+	Count      int    `json:"count,omitempty"`       // default 1, at most MaxForkCount
+	NamePrefix string `json:"name_prefix,omitempty"` // forks are PREFIX-1 … PREFIX-N; default the VM's name + "-fork"
+}
+
+// MaxForkCount bounds one vm.fork.
+const MaxForkCount = 64
+
+// VMForkResult answers vm.fork.
+type VMForkResult struct {
+	VMs []model.VM `json:"vms"`
 }
 
 // ImageImportParams imports an image from files on the daemon's host. Either Bundle (a

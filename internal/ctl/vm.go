@@ -257,3 +257,13 @@ func (g *Globals) printVMAction(vm *model.VM, err error) func(verb string) error
 		return nil
 	}
 }
+
+// PauseVM is vm pause.
+func PauseVM(ctx context.Context, g *Globals, ref string) error {
+	return g.printVMAction(g.client().VMPause(ctx, ref))("paused")
+}
+
+// ResumeVM is vm resume.
+func ResumeVM(ctx context.Context, g *Globals, ref string) error {
+	return g.printVMAction(g.client().VMResume(ctx, ref))("resumed")
+}

@@ -72,6 +72,12 @@ func (d *Daemon) register(s *rpc.Server) {
 	s.Handle(api.MethodVMRestart, withParams(func(ctx context.Context, p api.VMStopParams) (any, error) {
 		return vmResult(d.restartVM(ctx, p.VM, seconds(p.TimeoutSeconds)))
 	}))
+	s.Handle(api.MethodVMPause, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
+		return vmResult(d.pauseVM(ctx, p.VM))
+	}))
+	s.Handle(api.MethodVMResume, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
+		return vmResult(d.resumeVM(ctx, p.VM))
+	}))
 	s.Handle(api.MethodVMDelete, withParams(func(ctx context.Context, p api.VMDeleteParams) (any, error) {
 		return vmResult(d.deleteVM(ctx, p.VM, p.Force))
 	}))
@@ -80,6 +86,47 @@ func (d *Daemon) register(s *rpc.Server) {
 	}))
 	s.Handle(api.MethodVMWaitReady, withParams(func(ctx context.Context, p api.VMWaitReadyParams) (any, error) {
 		return d.waitReadyByRef(ctx, p)
+	}))
+	s.Handle(api.MethodSnapshotCreate, withParams(func(ctx context.Context, p api.SnapshotCreateParams) (any, error) {
+		return snapshotResult(d.snapshotVM(ctx, p, progress{}))
+	}))
+	s.Handle(api.MethodSnapshotCreateBegin, withParams(func(ctx context.Context, p api.SnapshotCreateParams) (any, error) {
+		if p.VM == "" {
+			return nil, errdefs.InvalidArgument("vm", "", "is required")
+		}
+		return d.beginOp(ctx, "snapshot.create", func(ctx context.Context, op *operation) {
+			sn, err := d.snapshotVM(ctx, p, progress{op})
+			op.finishWith(sn, nil, err)
+		})
+	}))
+	s.Handle(api.MethodVMFork, withParams(func(ctx context.Context, p api.VMForkParams) (any, error) {
+		vms, err := d.forkVM(ctx, p, progress{})
+		if err != nil {
+			return nil, err
+		}
+		return api.VMForkResult{VMs: vms}, nil
+	}))
+	s.Handle(api.MethodVMForkBegin, withParams(func(ctx context.Context, p api.VMForkParams) (any, error) {
+		if p.VM == "" {
+			return nil, errdefs.InvalidArgument("vm", "", "is required")
+		}
+		return d.beginOp(ctx, "vm.fork", func(ctx context.Context, op *operation) {
+			vms, err := d.forkVM(ctx, p, progress{op})
+			op.finishWith(nil, vms, err)
+		})
+	}))
+	s.Handle(api.MethodSnapshotList, noParams(func(ctx context.Context) (any, error) {
+		list, err := d.store.ListSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return api.SnapshotListResult{Snapshots: list}, nil
+	}))
+	s.Handle(api.MethodSnapshotShow, withParams(func(ctx context.Context, p api.SnapshotRef) (any, error) {
+		return snapshotResult(d.store.ResolveSnapshot(ctx, p.Snapshot))
+	}))
+	s.Handle(api.MethodSnapshotDelete, withParams(func(ctx context.Context, p api.SnapshotDeleteParams) (any, error) {
+		return snapshotResult(d.deleteSnapshot(ctx, p.Snapshot, p.Force))
 	}))
 	s.HandleStream(api.MethodVMAgent, d.agentStream)
 	s.HandleStream(api.MethodVMLogs, d.logsStream)
@@ -155,6 +202,30 @@ func vmResult(vm *model.VM, err error) (any, error) {
 		return nil, err
 	}
 	return api.VMResult{VM: *vm}, nil
+}
+
+func snapshotResult(sn *model.Snapshot, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return api.SnapshotResult{Snapshot: *sn}, nil
+}
+
+// beginOp runs fn as an async operation under the call's op id; fn finishes op.
+func (d *Daemon) beginOp(ctx context.Context, kind string, fn func(ctx context.Context, op *operation)) (api.BeginResult, error) {
+	id := opid.From(ctx)
+	op := newOperation(id, kind)
+	if err := d.ops.add(op); err != nil {
+		return api.BeginResult{}, err
+	}
+	bctx, cancel := d.detach(ctx)
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		defer cancel()
+		fn(bctx, op)
+	}()
+	return api.BeginResult{OpID: id}, nil
 }
 
 func imageResult(im *model.Image, err error) (any, error) {

@@ -70,7 +70,7 @@ func (c *vmStateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(vmStatesDesc, err)
 		return
 	}
-	counts := map[model.VMState]int{model.VMCreated: 0, model.VMStarting: 0, model.VMRunning: 0,
+	counts := map[model.VMState]int{model.VMCreated: 0, model.VMStarting: 0, model.VMRunning: 0, model.VMPaused: 0,
 		model.VMStopping: 0, model.VMStopped: 0, model.VMError: 0}
 	for _, vm := range vms {
 		counts[vm.State]++

@@ -23,6 +23,8 @@ type operation struct {
 	done    bool
 	vm      *model.VM
 	image   *model.Image
+	snap    *model.Snapshot
+	vmList  []model.VM
 	err     *rpc.ErrorResponse
 	changed chan struct{} // closed and replaced on every change, to wake waiters
 	ended   time.Time
@@ -65,6 +67,14 @@ func (o *operation) finish(vm *model.VM, im *model.Image, err error) {
 	o.notifyLocked()
 }
 
+// finishWith ends the operation with a snapshot or a list of VMs.
+func (o *operation) finishWith(sn *model.Snapshot, vms []model.VM, err error) {
+	o.mu.Lock()
+	o.snap, o.vmList = sn, vms
+	o.mu.Unlock()
+	o.finish(nil, nil, err)
+}
+
 // status returns the operation's state. With wait, it blocks until the operation has more
 // than after stages, changes in any way (download progress), ends, or wait passes.
 func (o *operation) status(ctx context.Context, after int, wait time.Duration) api.OpStatusResult {
@@ -83,7 +93,7 @@ func (o *operation) status(ctx context.Context, after int, wait time.Duration) a
 	}
 	defer o.mu.Unlock()
 	return api.OpStatusResult{OpID: o.id, Kind: o.kind, Stages: append([]api.Stage{}, o.stages...),
-		Done: o.done, VM: o.vm, Image: o.image, Error: o.err}
+		Done: o.done, VM: o.vm, Image: o.image, Snapshot: o.snap, VMs: o.vmList, Error: o.err}
 }
 
 // opRegistry keeps operations for a while after they end so late pollers see the result.

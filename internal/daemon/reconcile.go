@@ -23,7 +23,8 @@ import (
 //   - deleting: the delete is finished.
 //   - creating (any state): the create is undone — its caller never got the VM.
 //   - auto-remove (vm run --rm): deleted — the run's connection died with the old daemon.
-//   - running with its VMM alive: re-adopted; with it gone: stopped, saying so.
+//   - running or paused with its VMM alive: re-adopted, the state taken from what the VMM
+//     says (a crash between a pause and its record); with it gone: stopped, saying so.
 //   - starting or stopping (a start or stop was interrupted): its VMM is killed and it is
 //     recorded stopped with the reason.
 //
@@ -46,6 +47,7 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		oplog.G(ctx).Warn("reconcile: sweeping VMM processes failed", "error", err.Error())
 	}
 	d.sweepDirs(ctx)
+	d.sweepSnapshots(ctx)
 	if err := d.reconcileNetwork(ctx); err != nil {
 		// Not fatal: the periodic reconcile retries once the helper answers.
 		d.netPending.Store(true)
@@ -68,9 +70,11 @@ func (d *Daemon) recoverVM(ctx context.Context, rt *vmRuntime, vm *model.VM) {
 	case vm.AutoRemove:
 		log.Info("reconcile: removing vm run --rm VM whose run ended with the previous bangerd")
 		err = d.destroy(ctx, rt, vm, "auto-removed: its vm run ended with the previous bangerd")
-	case vm.State == model.VMRunning:
+	case vm.State.Settled():
 		if d.adopt(ctx, rt, vm) {
-			log.Info("reconcile: re-adopted running vm", "pid", vm.PID, "vmm", vm.VMM)
+			log.Info("reconcile: re-adopted vm", "pid", vm.PID, "vmm", vm.VMM)
+			d.settleRunState(ctx, rt, vm)
+			d.resumeAfterSnapshot(ctx, rt, vm)
 			return
 		}
 		log.Warn("reconcile: vm's VMM process is gone; marking stopped", "pid", vm.PID)
@@ -89,7 +93,7 @@ func (d *Daemon) settleStopped(ctx context.Context, rt *vmRuntime, vm *model.VM,
 	if err := d.killVMMs(ctx, rt, vm); err != nil {
 		return d.recordError(ctx, vm, err)
 	}
-	if vm.State == model.VMStarting || vm.State == model.VMRunning {
+	if vm.State == model.VMStarting || vm.State.Settled() {
 		// running → stopped is legal too, but one path for both keeps the record uniform.
 		if err := d.move(ctx, vm, model.VMStopping, nil); err != nil {
 			return err
@@ -100,6 +104,32 @@ func (d *Daemon) settleStopped(ctx context.Context, rt *vmRuntime, vm *model.VM,
 		note += "; " + err.Error() + " (bangerd retries)"
 	}
 	return d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.PID, v.PIDStart, v.LastError = 0, 0, note })
+}
+
+// settleRunState makes a re-adopted VM's recorded state match its VMM's: a pause or
+// resume whose record a crash cut off. The caller holds rt.mu.
+func (d *Daemon) settleRunState(ctx context.Context, rt *vmRuntime, vm *model.VM) {
+	m := rt.getMachine()
+	if m == nil {
+		return
+	}
+	paused, known := vmmPaused(ctx, m)
+	if !known {
+		return
+	}
+	want := model.VMRunning
+	if paused {
+		want = model.VMPaused
+	}
+	if want == vm.State {
+		return
+	}
+	log := oplog.G(ctx).With("vm", vm.Name)
+	if err := d.move(ctx, vm, want, nil); err != nil {
+		log.Warn("reconcile: recording the VMM's run state failed", "error", err.Error())
+		return
+	}
+	log.Info("reconcile: recorded the VMM's run state", "state", want)
 }
 
 // adopt re-attaches a running VM's VMM: the recorded pid must still be the process that
@@ -144,7 +174,7 @@ func (d *Daemon) sweepVMMs(ctx context.Context) error {
 	var errs []error
 	for _, o := range owned {
 		d.withIdle(o.VMID, func(vm *model.VM) {
-			if vm != nil && vm.State.Live() && (vm.PID == o.PID || vm.State != model.VMRunning) {
+			if vm != nil && vm.State.Live() && (vm.PID == o.PID || !vm.State.Settled()) {
 				return // the VM's own VMM, or one its start or stop in progress owns
 			}
 			oplog.G(ctx).Warn("reconcile: killing VMM with no live row", "pid", o.PID, "vm_id", o.VMID)

@@ -24,6 +24,10 @@ func (d *Daemon) agentStream(ctx context.Context, params json.RawMessage, s *rpc
 	if err != nil {
 		return err
 	}
+	if vm.State == model.VMPaused {
+		return errdefs.WithHint(errdefs.New(errdefs.ErrConflict, "vm %s is paused", vm.Name),
+			"resume it with `banger vm resume "+vm.Name+"`")
+	}
 	if vm.State != model.VMRunning {
 		return errdefs.WithHint(errdefs.New(errdefs.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.State),
 			"start it with `banger vm start "+vm.Name+"`")

@@ -28,6 +28,7 @@ type createPlan struct {
 	nat     bool
 	noStart bool
 	rm      bool
+	snap    *model.Snapshot // restore from it instead of booting
 	// wsToken and wsPath are the workspace upload and its guest mount point; "" none.
 	wsToken string
 	wsPath  string
@@ -71,11 +72,45 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 			return nil, err
 		}
 	}
+	if p.FromSnapshot != "" {
+		return d.validateRestore(ctx, p, plan, prog)
+	}
 	ref := orDefault(p.Image, d.cfg.Defaults.Image)
 	if plan.image, err = d.findOrAutoPullImage(ctx, ref, prog); err != nil {
 		return nil, err
 	}
 	prog.stage(ctx, "image_resolved", plan.image.Name+" "+shortID(plan.image.ID), "image", plan.image.Name, "image_id", plan.image.ID)
+	return plan, nil
+}
+
+// validateRestore finishes a plan for --from-snapshot: the machine is the snapshot's, so
+// asking for another one is refused rather than ignored.
+func (d *Daemon) validateRestore(ctx context.Context, p api.VMCreateParams, plan *createPlan, prog progress) (*createPlan, error) {
+	for _, f := range []struct {
+		field string
+		set   bool
+		value any
+	}{
+		{"image", p.Image != "", p.Image}, {"vcpu", p.VCPU != 0, p.VCPU}, {"memory", p.Memory != "", p.Memory},
+		{"system_overlay_size", p.SystemOverlaySize != "", p.SystemOverlaySize}, {"work_disk_size", p.WorkDiskSize != "", p.WorkDiskSize},
+		// A workspace disk would be a device the snapshot's machine did not have.
+		{"workspace", p.Workspace != nil, "(set)"},
+	} {
+		if f.set {
+			return nil, errdefs.InvalidArgument(f.field, f.value, "cannot be given with from_snapshot: the snapshot's is used")
+		}
+	}
+	sn, err := d.store.ResolveSnapshot(ctx, p.FromSnapshot)
+	if err != nil {
+		return nil, err
+	}
+	im, err := d.store.GetImage(ctx, sn.ImageID)
+	if err != nil {
+		return nil, fmt.Errorf("loading the image of snapshot %s: %w", sn.Name, err)
+	}
+	plan.snap, plan.image = sn, im
+	plan.vcpu, plan.memMiB, plan.overlay, plan.work = sn.VCPU, sn.MemoryMiB, sn.SystemOverlayBytes, sn.WorkDiskBytes
+	prog.stage(ctx, "snapshot_resolved", fmt.Sprintf("%s (%s) of %s", sn.Name, shortID(sn.ID), sn.VMName))
 	return plan, nil
 }
 
@@ -139,6 +174,9 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
 		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm, Workspace: plan.wsPath,
 	}
+	if plan.snap != nil {
+		vm.SnapshotID = plan.snap.ID
+	}
 	// The VM's lifecycle lock is taken before its row becomes visible, so no start or
 	// delete can slip in between the reservation and the rest of the create.
 	rt := d.runtime(vm.ID)
@@ -192,10 +230,17 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 		}
 		return nil, cause
 	}
-	if err := d.prepareDisks(ctx, vm); err != nil {
-		return fail(err)
+	if plan.snap != nil {
+		if err := d.copySnapshotDisks(ctx, vm, plan.snap); err != nil {
+			return fail(err)
+		}
+		prog.stage(ctx, "disks_ready", "copied from snapshot "+plan.snap.Name)
+	} else {
+		if err := d.prepareDisks(ctx, vm); err != nil {
+			return fail(err)
+		}
+		prog.stage(ctx, "disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)))
 	}
-	prog.stage(ctx, "disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)))
 	if plan.wsToken != "" {
 		if err := d.claimWorkspace(plan.wsToken, filepath.Join(vm.Dir, workspaceDiskName)); err != nil {
 			return fail(err)
@@ -228,6 +273,19 @@ func (d *Daemon) prepareDisks(ctx context.Context, vm *model.VM) error {
 	}
 	if err := imagebuild.MakeEmptyExt4(ctx, filepath.Join(vm.Dir, workDiskName), vm.WorkDiskBytes, "work"); err != nil {
 		return fmt.Errorf("creating work disk: %w", err)
+	}
+	return nil
+}
+
+// copySnapshotDisks gives vm its own copies of the snapshot's writable disks.
+func (d *Daemon) copySnapshotDisks(ctx context.Context, vm *model.VM, sn *model.Snapshot) error {
+	if err := os.MkdirAll(vm.Dir, 0o750); err != nil {
+		return fmt.Errorf("creating vm directory: %w", err)
+	}
+	for _, disk := range []string{systemDiskName, workDiskName} {
+		if err := cloneFile(ctx, filepath.Join(sn.Dir, disk), filepath.Join(vm.Dir, disk)); err != nil {
+			return fmt.Errorf("copying the disks of snapshot %s: %w", sn.Name, err)
+		}
 	}
 	return nil
 }

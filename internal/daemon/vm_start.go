@@ -156,7 +156,23 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err != nil {
 		return fmt.Errorf("loading image of vm %s: %w", vm.Name, err)
 	}
-	drv, info, err := d.pickDriver(ctx)
+	// A VM made from a snapshot is restored at its first start and boots cold after that
+	// (its disks are its own by then).
+	var sn *model.Snapshot
+	if vm.SnapshotID != "" && vm.StartedAt.IsZero() {
+		if sn, err = d.store.GetSnapshot(ctx, vm.SnapshotID); err != nil {
+			return fmt.Errorf("loading the snapshot vm %s is restored from: %w", vm.Name, err)
+		}
+	}
+	var (
+		drv  vmm.Driver
+		info vmm.Info
+	)
+	if sn != nil {
+		drv, info, err = d.snapshotDriver(ctx, sn)
+	} else {
+		drv, info, err = d.pickDriver(ctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -202,7 +218,12 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		return nil
 	}
 	started := time.Now()
-	m, err := drv.Start(ctx, spec)
+	var m vmm.Machine
+	if sn != nil {
+		m, err = d.restoreMachine(ctx, drv, spec, sn)
+	} else {
+		m, err = drv.Start(ctx, spec)
+	}
 	if err != nil {
 		return d.explainStartFailure(vm, fmt.Errorf("starting %s: %w", drv.Name(), err))
 	}
@@ -229,6 +250,14 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		}
 		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(kind, "%s", msg)),
 			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
+	}
+	if sn != nil {
+		if err := d.applyIdentity(ctx, rt, vm, m); err != nil {
+			return err
+		}
+		prog.stage(ctx, "identity_applied", fmt.Sprintf("%s %s %s", vm.Name, vm.GuestIP, vm.MAC))
+		oplog.Stage(ctx, "identity_applied")
+		pinfo.Hostname = vm.Name
 	}
 	boot := time.Since(started)
 	d.metrics.bootTime.WithLabelValues(drv.Name(), m.Accel()).Observe(boot.Seconds())
@@ -260,7 +289,7 @@ func (d *Daemon) watchExit(id string, m vmm.Machine) {
 		}
 		ctx := d.newOp(context.Background())
 		vm, err := d.store.GetVM(ctx, id)
-		if err != nil || vm.State != model.VMRunning {
+		if err != nil || !vm.State.Settled() {
 			return
 		}
 		log := oplog.G(ctx).With("vm", vm.Name)

@@ -42,8 +42,18 @@ func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, ti
 		timeout = defaultStopTimeout
 	}
 	log := oplog.G(ctx).With("vm", vm.Name)
+	wasPaused := vm.State == model.VMPaused
 	if err := d.move(ctx, vm, model.VMStopping, nil); err != nil {
 		return err
+	}
+	if m := rt.getMachine(); m != nil && wasPaused {
+		// A paused guest cannot run its agent's shutdown; resume it so it stops cleanly
+		// (if it cannot be resumed, the escalation below ends in a kill).
+		if p, err := vmm.AsPauser(m, vm.VMM); err == nil {
+			if err := p.Resume(ctx); err != nil {
+				log.Warn("resuming paused vm for its shutdown failed", "error", err.Error())
+			}
+		}
 	}
 	if m := rt.getMachine(); m != nil {
 		how := d.haltMachine(ctx, rt, m, timeout)

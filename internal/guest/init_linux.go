@@ -122,7 +122,7 @@ func RunInit() {
 	procs := newProcTable()
 	ctx := context.Background()
 	go procs.reap(ctx, log)
-	agent := &Agent{log: log, powerOff: powerOffAsInit, procs: procs}
+	agent := &Agent{log: log, powerOff: powerOffAsInit, setIdentity: applyIdentity, procs: procs}
 	err = agent.ServeChannels(ctx, channelWait, func() {
 		consoleLine(ReadyLine)
 		log.Info("agent serving", "uptime_ms", uptimeMillis())
@@ -133,7 +133,7 @@ func RunInit() {
 // RunAgent runs the agent inside a guest whose PID 1 is another init: the mode init hands
 // over in ("banger-agent agent"). It returns when ctx ends or no channel exists.
 func RunAgent(ctx context.Context, log *slog.Logger) error {
-	a := NewAgent(log, defaultPowerOff())
+	a := NewDefaultAgent(log)
 	return a.ServeChannels(ctx, channelWait, func() {
 		consoleLine(ReadyLine)
 		log.Info("agent serving")

@@ -86,6 +86,15 @@
 // lstat'ed, never following a symlink nor entering another mount, as data frames and
 // data_eof. The host caps line length and entry count and refuses paths that are not
 // clean and relative.
+// identity: header {"type":"identity","identity":{"name":"web-2","addr":"172.30.0.9/24",
+// "gateway":"172.30.0.1","dns":["172.30.0.1"],"mac":"02:b4:ac:1e:00:09",
+// "machine_id":"<32 hex>","unix_nanos":…,"seed":"<64 hex>"}}. Sent by the host to a guest
+// restored from a snapshot, which still believes it is the VM the snapshot was taken of.
+// The agent validates every field first (nothing changes on bad input), then sets the
+// clock, mixes seed into the kernel's entropy pool and forces a CRNG reseed, gives eth0 the
+// MAC and only the new address, replaces the default route, sets the hostname and writes
+// /etc/hostname, /etc/hosts and /etc/machine-id, and replies {"ok":true}. An agent that
+// does not run in a banger guest refuses with code "unavailable".
 //
 // Only the host opens streams; a stream opened by the guest ends the host's session.
 //
@@ -127,6 +136,7 @@ const (
 	TypePut      = "put"
 	TypeGet      = "get"
 	TypeShutdown = "shutdown"
+	TypeIdentity = "identity"
 	TypeList     = "list"
 )
 
@@ -195,6 +205,9 @@ type Request struct {
 	// (the reply's now tells the client the guest's clock).
 	Since int64  `json:"since,omitempty"`
 	Mode  uint32 `json:"mode,omitempty"`
+
+	// identity
+	Identity *Identity `json:"identity,omitempty"`
 }
 
 // Reply is the agent's JSON answer line.

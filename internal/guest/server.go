@@ -27,7 +27,10 @@ type Agent struct {
 	// powerOff runs in the background after a shutdown request was answered; nil means
 	// this agent cannot power anything off (it runs on a host, for tests or debugging).
 	powerOff func(log *slog.Logger)
-	procs    *procTable
+	// setIdentity applies an identity request (see Identity); nil refuses them, which is
+	// what an agent on a host must do: it would renumber the host.
+	setIdentity func(id Identity, log *slog.Logger) error
+	procs       *procTable
 
 	shutdownOnce sync.Once
 }
@@ -46,7 +49,13 @@ func NewAgent(log *slog.Logger, powerOff func(*slog.Logger)) *Agent {
 // allows: as PID 1 it is the init's power-off, inside a banger guest it signals PID 1, and
 // anywhere else (a host) they are refused.
 func Serve(ctx context.Context, sess *yamux.Session, log *slog.Logger) {
-	NewAgent(log, defaultPowerOff()).Serve(ctx, sess)
+	NewDefaultAgent(log).Serve(ctx, sess)
+}
+
+// WithIdentity makes the agent apply identity requests with fn, and returns it.
+func (a *Agent) WithIdentity(fn func(id Identity, log *slog.Logger) error) *Agent {
+	a.setIdentity = fn
+	return a
 }
 
 // Serve answers streams on sess until it ends or ctx is cancelled.
@@ -109,8 +118,10 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 		err = a.handleList(conn, req)
 	case TypeShutdown:
 		err = a.handleShutdown(conn, log)
+	case TypeIdentity:
+		err = a.handleIdentity(conn, req, log)
 	default:
-		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, list, shutdown")
+		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, list, shutdown, identity")
 		_ = writeJSONLine(conn, errorReply(err))
 	}
 	ms := time.Since(start).Milliseconds()
@@ -206,5 +217,9 @@ func (a *Agent) handleShutdown(conn io.Writer, log *slog.Logger) error {
 // NewDefaultAgent is NewAgent with the power-off Serve uses: right for wherever this
 // process runs, and refusing shutdown on a host.
 func NewDefaultAgent(log *slog.Logger) *Agent {
-	return NewAgent(log, defaultPowerOff())
+	a := NewAgent(log, defaultPowerOff())
+	if os.Getpid() == 1 || inBangerGuest() {
+		a.setIdentity = applyIdentity
+	}
+	return a
 }

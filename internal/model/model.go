@@ -14,6 +14,7 @@ const (
 	VMCreated  VMState = "created"  // reserved, disks being prepared
 	VMStarting VMState = "starting" // VMM launched, agent not yet answering
 	VMRunning  VMState = "running"
+	VMPaused   VMState = "paused" // VMM alive, vCPUs stopped (vm pause, or a snapshot in progress)
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
 	VMError    VMState = "error" // a failure left it needing attention; last_error says why
@@ -50,11 +51,42 @@ type VM struct {
 	AutoRemove bool `json:"auto_remove,omitempty"`
 	// Workspace is the guest path the VM's workspace disk (a copy of a host tree, made by
 	// `vm create/run --workspace`) is mounted at; empty: the VM has none.
-	Workspace string    `json:"workspace,omitempty"`
-	LastError string    `json:"last_error,omitempty"`
+	Workspace string `json:"workspace,omitempty"`
+	// SnapshotID is the snapshot the VM was restored from (vm create --from-snapshot, vm
+	// fork); empty for a VM that booted cold.
+	SnapshotID string    `json:"snapshot_id,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+}
+
+// Snapshot is a stored snapshot of a VM: its memory and device state and copies of its
+// writable disks at one moment, in Dir. The image's read-only rootfs is shared, not copied.
+type Snapshot struct {
+	ID                 string `json:"id"`
+	Name               string `json:"name"`
+	VMID               string `json:"vm_id"`   // the VM it was taken of (which may be gone since)
+	VMName             string `json:"vm_name"` // that VM's name then
+	ImageID            string `json:"image_id"`
+	ImageName          string `json:"image_name"`
+	VCPU               int    `json:"vcpu"`
+	MemoryMiB          int    `json:"memory_mib"`
+	SystemOverlayBytes int64  `json:"system_overlay_bytes"`
+	WorkDiskBytes      int64  `json:"work_disk_bytes"`
+	NAT                bool   `json:"nat"`
+	// GuestIP and MAC are the identity the snapshotted guest believes it has; a restore
+	// gives the new VM its own and tells the guest.
+	GuestIP string `json:"guest_ip"`
+	MAC     string `json:"mac"`
+	// VMM, Accel, Machine and BootArgs must match for a restore (vmm.RestoreInfo).
+	VMM       string    `json:"vmm"`
+	Accel     string    `json:"accel"`
+	Machine   string    `json:"machine,omitempty"`
+	BootArgs  string    `json:"boot_args"`
+	Dir       string    `json:"dir"`
+	SizeBytes int64     `json:"size_bytes"` // disk space its files take (allocated blocks)
 	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-	StartedAt time.Time `json:"started_at,omitzero"`
 }
 
 // Image is a stored, verified image bundle.

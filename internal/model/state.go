@@ -17,7 +17,8 @@ const VMDeleting VMState = "deleting"
 //
 //	created  → starting (boot), stopped (--no-start), deleting (create undone)
 //	starting → running, stopping, stopped (boot failed, undone), error, deleting
-//	running  → stopping, stopped (VMM exited on its own), deleting
+//	running  → paused, stopping, stopped (VMM exited on its own), deleting
+//	paused   → running (resumed), stopping, stopped (VMM exited), deleting
 //	stopping → stopped, error, deleting
 //	stopped  → starting, deleting
 //	error    → starting, stopped, deleting
@@ -25,7 +26,8 @@ const VMDeleting VMState = "deleting"
 var vmTransitions = map[VMState][]VMState{
 	VMCreated:  {VMStarting, VMStopped, VMDeleting},
 	VMStarting: {VMRunning, VMStopping, VMStopped, VMError, VMDeleting},
-	VMRunning:  {VMStopping, VMStopped, VMDeleting},
+	VMRunning:  {VMPaused, VMStopping, VMStopped, VMDeleting},
+	VMPaused:   {VMRunning, VMStopping, VMStopped, VMDeleting},
 	VMStopping: {VMStopped, VMError, VMDeleting},
 	VMStopped:  {VMStarting, VMDeleting},
 	VMError:    {VMStarting, VMStopped, VMDeleting},
@@ -34,7 +36,7 @@ var vmTransitions = map[VMState][]VMState{
 
 // VMStates lists every state, in lifecycle order.
 func VMStates() []VMState {
-	return []VMState{VMCreated, VMStarting, VMRunning, VMStopping, VMStopped, VMError, VMDeleting}
+	return []VMState{VMCreated, VMStarting, VMRunning, VMPaused, VMStopping, VMStopped, VMError, VMDeleting}
 }
 
 // ValidTransition reports whether a VM in state from may move to state to.
@@ -61,7 +63,14 @@ func CheckTransition(from, to VMState) error {
 }
 
 // Live reports whether a VM in this state may have a VMM process: its tap and NAT rule
-// are wanted. Reconcile removes network objects of every VM not in a live state.
+// are wanted. Reconcile removes network objects of every VM not in a live state. A paused
+// VM's VMM runs (its vCPUs are stopped), so it keeps its network.
 func (s VMState) Live() bool {
-	return s == VMStarting || s == VMRunning || s == VMStopping
+	return s == VMStarting || s == VMRunning || s == VMPaused || s == VMStopping
+}
+
+// Settled reports whether the VM's VMM, if any, is the one its row records and no start or
+// stop is under way: running or paused.
+func (s VMState) Settled() bool {
+	return s == VMRunning || s == VMPaused
 }

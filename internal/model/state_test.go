@@ -15,6 +15,8 @@ func TestVMStateMachine(t *testing.T) {
 		{model.VMStarting, model.VMRunning}, {model.VMStarting, model.VMStopping}, {model.VMStarting, model.VMStopped},
 		{model.VMStarting, model.VMError}, {model.VMStarting, model.VMDeleting},
 		{model.VMRunning, model.VMStopping}, {model.VMRunning, model.VMStopped}, {model.VMRunning, model.VMDeleting},
+		{model.VMRunning, model.VMPaused}, {model.VMPaused, model.VMRunning}, {model.VMPaused, model.VMStopping},
+		{model.VMPaused, model.VMStopped}, {model.VMPaused, model.VMDeleting},
 		{model.VMStopping, model.VMStopped}, {model.VMStopping, model.VMError}, {model.VMStopping, model.VMDeleting},
 		{model.VMStopped, model.VMStarting}, {model.VMStopped, model.VMDeleting},
 		{model.VMError, model.VMStarting}, {model.VMError, model.VMStopped}, {model.VMError, model.VMDeleting},
@@ -37,7 +39,7 @@ func TestVMStateMachine(t *testing.T) {
 	if model.ValidTransition(model.VMDeleting, model.VMRunning) {
 		t.Error("deleting → running allowed")
 	}
-	if err := model.CheckTransition(model.VMRunning, "paused"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if err := model.CheckTransition(model.VMRunning, "frozen"); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("unknown target state: %v", err)
 	}
 	if model.ValidTransition("bogus", model.VMStopped) {
@@ -47,7 +49,7 @@ func TestVMStateMachine(t *testing.T) {
 
 func TestLiveStates(t *testing.T) {
 	for _, s := range model.VMStates() {
-		want := s == model.VMStarting || s == model.VMRunning || s == model.VMStopping
+		want := s == model.VMStarting || s == model.VMRunning || s == model.VMPaused || s == model.VMStopping
 		if s.Live() != want {
 			t.Errorf("%s.Live() = %v", s, s.Live())
 		}

@@ -87,6 +87,15 @@ func (s *Store) DeleteImage(ctx context.Context, id string) error {
 	if len(users) > 0 {
 		return imageInUse(id, users)
 	}
+	snaps, err := names(ctx, tx.QueryContext, `SELECT name FROM snapshots WHERE image_id = ?`+snapshotOrder, id)
+	if err != nil {
+		return fmt.Errorf("deleting image %s: finding its snapshots: %w", id, err)
+	}
+	if len(snaps) > 0 {
+		return errdefs.WithHint(
+			errdefs.New(errdefs.ErrConflict, "image %s is used by %d snapshot(s): %s", id, len(snaps), strings.Join(snaps, ", ")),
+			"delete those snapshots first (banger snapshot rm)")
+	}
 
 	res, err := tx.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, id)
 	if err != nil {

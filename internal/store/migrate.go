@@ -79,6 +79,39 @@ ALTER TABLE vms ADD COLUMN auto_remove INTEGER NOT NULL DEFAULT 0 CHECK (auto_re
 	{version: 3, sql: `
 ALTER TABLE vms ADD COLUMN workspace TEXT NOT NULL DEFAULT '';
 `},
+	// Snapshots: a row is inserted only after its directory (memory, device state, disk
+	// copies) is complete and published, and deleted before the directory is removed, so a
+	// row always has its files. vms.snapshot_id names the snapshot a VM was restored from
+	// (not a foreign key: snapshot rm --force may remove a snapshot VMs came from).
+	{version: 5, sql: `
+CREATE TABLE snapshots (
+	id                   TEXT PRIMARY KEY,
+	name                 TEXT NOT NULL,
+	vm_id                TEXT NOT NULL DEFAULT '',
+	vm_name              TEXT NOT NULL DEFAULT '',
+	image_id             TEXT NOT NULL REFERENCES images (id) ON DELETE RESTRICT,
+	image_name           TEXT NOT NULL DEFAULT '',
+	vcpu                 INTEGER NOT NULL,
+	memory_mib           INTEGER NOT NULL,
+	system_overlay_bytes INTEGER NOT NULL DEFAULT 0,
+	work_disk_bytes      INTEGER NOT NULL DEFAULT 0,
+	nat                  INTEGER NOT NULL DEFAULT 0 CHECK (nat IN (0, 1)),
+	guest_ip             TEXT NOT NULL DEFAULT '',
+	mac                  TEXT NOT NULL DEFAULT '',
+	vmm                  TEXT NOT NULL,
+	accel                TEXT NOT NULL DEFAULT '',
+	machine              TEXT NOT NULL DEFAULT '',
+	boot_args            TEXT NOT NULL DEFAULT '',
+	dir                  TEXT NOT NULL,
+	size_bytes           INTEGER NOT NULL DEFAULT 0,
+	created_at           TEXT NOT NULL,
+	UNIQUE (name)
+);
+CREATE INDEX snapshots_created_at ON snapshots (created_at, name);
+CREATE INDEX snapshots_image_id ON snapshots (image_id);
+ALTER TABLE vms ADD COLUMN snapshot_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX vms_snapshot_id ON vms (snapshot_id) WHERE snapshot_id <> '';
+`},
 }
 
 // migrate creates the bookkeeping table and applies each migration in migs that the database

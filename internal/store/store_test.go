@@ -571,7 +571,7 @@ func TestMigrateAppliesOnlyMissing(t *testing.T) {
 	// A later release adds a migration; the existing ones must not run again (re-running
 	// CREATE TABLE vms would fail outright).
 	next := append(append([]migration(nil), migrations...),
-		migration{version: len(migrations) + 1, sql: `CREATE TABLE extra (x INTEGER); INSERT INTO extra VALUES (7);`})
+		migration{version: migrations[len(migrations)-1].version + 1, sql: `CREATE TABLE extra (x INTEGER); INSERT INTO extra VALUES (7);`})
 	if err := migrate(ctx, s.db, next); err != nil {
 		t.Fatalf("migrate with a new migration: %v", err)
 	}
@@ -590,7 +590,7 @@ func TestMigrateAppliesOnlyMissing(t *testing.T) {
 	}
 
 	// A failing migration leaves nothing behind: not its tables, not its version row.
-	broken := append(next, migration{version: len(next) + 1, sql: `CREATE TABLE half (x INTEGER); SELECT * FROM no_such_table;`})
+	broken := append(next, migration{version: next[len(next)-1].version + 1, sql: `CREATE TABLE half (x INTEGER); SELECT * FROM no_such_table;`})
 	if err := migrate(ctx, s.db, broken); err == nil {
 		t.Fatal("broken migration succeeded")
 	}

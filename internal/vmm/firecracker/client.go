@@ -162,6 +162,77 @@ func (c *Client) Action(ctx context.Context, actionType string) error {
 	return c.do(ctx, http.MethodPut, "/actions", instanceAction{ActionType: actionType}, nil)
 }
 
+// VM states of PATCH /vm.
+const (
+	VMStatePaused  = "Paused"
+	VMStateResumed = "Resumed"
+)
+
+// VMState is PATCH /vm.
+type VMState struct {
+	State string `json:"state"`
+}
+
+// PatchVM pauses or resumes the microVM (VMStatePaused, VMStateResumed).
+func (c *Client) PatchVM(ctx context.Context, state string) error {
+	return c.do(ctx, http.MethodPatch, "/vm", VMState{State: state}, nil)
+}
+
+// SnapshotCreate is PUT /snapshot/create.
+type SnapshotCreate struct {
+	SnapshotType string `json:"snapshot_type,omitempty"` // Full (default) or Diff
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+// MemoryBackend is where a snapshot load takes guest memory from.
+type MemoryBackend struct {
+	BackendType string `json:"backend_type"` // File or Uffd
+	BackendPath string `json:"backend_path"`
+}
+
+// NetworkOverride points a restored NIC at another tap.
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+// VsockOverride gives a restored vsock device another host socket.
+type VsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
+// SnapshotLoad is PUT /snapshot/load.
+type SnapshotLoad struct {
+	SnapshotPath     string            `json:"snapshot_path"`
+	MemBackend       *MemoryBackend    `json:"mem_backend,omitempty"`
+	ResumeVM         bool              `json:"resume_vm,omitempty"`
+	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
+	VsockOverride    *VsockOverride    `json:"vsock_override,omitempty"`
+}
+
+// PartialDrive is PATCH /drives/{drive_id}: after a snapshot load, drives are re-pointed
+// at the restored VM's own copies.
+type PartialDrive struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host,omitempty"`
+}
+
+// CreateSnapshot writes a paused microVM's state and memory.
+func (c *Client) CreateSnapshot(ctx context.Context, s SnapshotCreate) error {
+	return c.do(ctx, http.MethodPut, "/snapshot/create", s, nil)
+}
+
+// LoadSnapshot loads a snapshot into a Firecracker that has not been configured.
+func (c *Client) LoadSnapshot(ctx context.Context, s SnapshotLoad) error {
+	return c.do(ctx, http.MethodPut, "/snapshot/load", s, nil)
+}
+
+// PatchDrive updates a drive of a started (or restored) microVM.
+func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
+	return c.do(ctx, http.MethodPatch, "/drives/"+url.PathEscape(d.DriveID), d, nil)
+}
+
 // InstanceInfo returns GET /.
 func (c *Client) InstanceInfo(ctx context.Context) (InstanceInfo, error) {
 	var info InstanceInfo

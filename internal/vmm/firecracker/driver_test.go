@@ -362,3 +362,189 @@ func TestClientErrorBodies(t *testing.T) {
 		t.Fatalf("InstanceInfo: %+v, %v", info, err)
 	}
 }
+
+func TestPauseResumeFollowsTheAPIContract(t *testing.T) {
+	d, record := fakeEnv(t)
+	m := start(t, d, fcSpec(t)).(*Machine)
+	ctx := t.Context()
+	p, err := vmm.AsPauser(m, d.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	if st, err := m.Status(ctx); err != nil || st != "Paused" {
+		t.Fatalf("after Pause: state %q, %v", st, err)
+	}
+	if err := p.Resume(ctx); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	if st, err := m.Status(ctx); err != nil || st != "Running" {
+		t.Fatalf("after Resume: state %q, %v", st, err)
+	}
+	var bodies []string
+	for _, r := range readRecords(t, record) {
+		if r.Path != "/vm" {
+			continue
+		}
+		if r.Method != "PATCH" || r.Status != 204 {
+			t.Errorf("%s /vm: %d %s", r.Method, r.Status, r.Fault)
+		}
+		bodies = append(bodies, string(r.Body))
+	}
+	if want := []string{`{"state":"Paused"}`, `{"state":"Resumed"}`}; !slices.Equal(bodies, want) {
+		t.Fatalf("PATCH /vm bodies %q, want %q", bodies, want)
+	}
+}
+
+// TestPatchVMRefusedBody checks that the validator refuses a state the API does not know,
+// so the contract test above could fail.
+func TestPatchVMRefusedBody(t *testing.T) {
+	spec, err := loadAPISpec(findAPISpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"state":"Frozen"}`
+	if _, err := spec.validateRequest(newAPIRequest("PATCH", "/vm", body), []byte(body)); err == nil {
+		t.Fatal("PATCH /vm with an unknown state passed validation")
+	}
+}
+
+// Snapshot and restore follow the API contract: create only while paused, then a fresh
+// Firecracker loads it with the new tap and vsock socket, re-points the writable drives
+// and resumes; every request is validated against the spec by the fake.
+func TestSnapshotRestoreFollowsTheAPIContract(t *testing.T) {
+	d, record := fakeEnv(t)
+	src := fcSpec(t)
+	m := start(t, d, src).(*Machine)
+	ctx := t.Context()
+	memDir := t.TempDir()
+	mem := filepath.Join(memDir, "memory")
+	if _, err := m.Snapshot(ctx, mem); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("snapshot of a running VM: %v, want conflict", err)
+	}
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, err := m.Snapshot(ctx, mem)
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	if info.Driver != "firecracker" || info.Accel != "kvm" {
+		t.Fatalf("restore info %+v", info)
+	}
+	if _, err := m.Snapshot(ctx, mem); err == nil {
+		t.Fatal("a second snapshot overwrote the files")
+	}
+
+	dst := fcSpec(t)
+	dst.ID = "fedcba9876543210fedcba9876543210"
+	dst.Net.Tap = "bgrfedcba987654"
+	if _, err := d.Restore(ctx, dst, vmm.RestoreInfo{Driver: "qemu"}, mem); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("restoring a qemu snapshot: %v, want conflict", err)
+	}
+	before := len(readRecords(t, record))
+	r, err := d.Restore(ctx, dst, info, mem)
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	t.Cleanup(func() { _ = r.Kill(); <-r.Done() })
+	if st, err := r.(*Machine).Status(ctx); err != nil || st != "Running" {
+		t.Fatalf("restored state %q, %v", st, err)
+	}
+	var seq []string
+	bodies := map[string]map[string]any{}
+	for _, rq := range readRecords(t, record)[before:] {
+		if rq.Method == "GET" {
+			continue // the state queries of this test
+		}
+		if rq.Status/100 != 2 {
+			t.Errorf("%s %s refused: %d %s", rq.Method, rq.Path, rq.Status, rq.Fault)
+		}
+		seq = append(seq, rq.Method+" "+rq.Path)
+		var b map[string]any
+		_ = json.Unmarshal(rq.Body, &b)
+		bodies[rq.Method+" "+rq.Path] = b
+	}
+	if want := []string{"PUT /snapshot/load", "PATCH /drives/work", "PATCH /vm"}; !slices.Equal(seq, want) {
+		t.Fatalf("restore requests:\n got %q\nwant %q", seq, want)
+	}
+	load := bodies["PUT /snapshot/load"]
+	if load["snapshot_path"] != filepath.Join(memDir, StateFileName) {
+		t.Errorf("snapshot_path %v", load["snapshot_path"])
+	}
+	if mb, _ := load["mem_backend"].(map[string]any); mb["backend_type"] != "File" || mb["backend_path"] != mem {
+		t.Errorf("mem_backend %v", load["mem_backend"])
+	}
+	if no, _ := load["network_overrides"].([]any); len(no) != 1 || no[0].(map[string]any)["host_dev_name"] != dst.Net.Tap {
+		t.Errorf("network_overrides %v", load["network_overrides"])
+	}
+	if vo, _ := load["vsock_override"].(map[string]any); vo["uds_path"] != dst.ChannelPath {
+		t.Errorf("vsock_override %v", load["vsock_override"])
+	}
+	if dr := bodies["PATCH /drives/work"]; dr["path_on_host"] != dst.Drives[1].Path {
+		t.Errorf("drive not re-pointed: %v", dr)
+	}
+	// The restored guest's agent answers on the new vsock socket.
+	conn, err := r.DialAgent(ctx)
+	if err != nil {
+		t.Fatalf("DialAgent after restore: %v", err)
+	}
+	conn.Close()
+}
+
+// A load that Firecracker refuses (a corrupt memory file) fails the restore and leaves no
+// process behind.
+func TestRestoreFailsCleanly(t *testing.T) {
+	d, record := fakeEnv(t)
+	dir := t.TempDir()
+	mem := filepath.Join(dir, "memory")
+	os.WriteFile(mem, []byte("garbage"), 0o600)
+	os.WriteFile(filepath.Join(dir, StateFileName), []byte("fake snapshot_path\n"), 0o600)
+	spec := fcSpec(t)
+	_, err := d.Restore(t.Context(), spec, vmm.RestoreInfo{Driver: "firecracker", Accel: "kvm"}, mem)
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) || apiErr.Path != "/snapshot/load" || apiErr.Status != 400 {
+		t.Fatalf("corrupt restore: %v", err)
+	}
+	if pid, err := vmm.ReadPIDFile(spec.Dir); err == nil {
+		if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err == nil {
+			t.Fatalf("failed restore left firecracker pid %d", pid)
+		}
+	}
+	recs := readRecords(t, record)
+	if len(recs) != 1 || recs[0].Path != "/snapshot/load" {
+		t.Fatalf("requests after a failed load: %+v", recs)
+	}
+	if _, err := d.Restore(t.Context(), spec, vmm.RestoreInfo{Driver: "firecracker"}, filepath.Join(dir, "missing")); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("missing memory file: %v", err)
+	}
+}
+
+// The request bodies the driver sends for snapshots are ones the spec accepts, and a
+// misspelt field is refused, so the checks above can fail.
+func TestSnapshotBodiesAgainstSpec(t *testing.T) {
+	spec, err := loadAPISpec(findAPISpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		method, path string
+		body         any
+		ok           bool
+	}{
+		{"PUT", "/snapshot/create", SnapshotCreate{SnapshotType: "Full", SnapshotPath: "/s", MemFilePath: "/m"}, true},
+		{"PUT", "/snapshot/load", SnapshotLoad{SnapshotPath: "/s", MemBackend: &MemoryBackend{BackendType: "File", BackendPath: "/m"},
+			NetworkOverrides: []NetworkOverride{{IfaceID: "eth0", HostDevName: "tap1"}}, VsockOverride: &VsockOverride{UDSPath: "/v"}}, true},
+		{"PATCH", "/drives/work", PartialDrive{DriveID: "work", PathOnHost: "/w"}, true},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "Disk", "backend_path": "/m"}}, false},
+		{"PUT", "/snapshot/create", map[string]any{"snapshot_path": "/s", "mem_file": "/m"}, false},
+	} {
+		b, _ := json.Marshal(c.body)
+		_, err := spec.validateRequest(newAPIRequest(c.method, c.path, string(b)), b)
+		if (err == nil) != c.ok {
+			t.Errorf("%s %s %s: %v, want ok=%v", c.method, c.path, b, err, c.ok)
+		}
+	}
+}

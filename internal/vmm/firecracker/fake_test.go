@@ -54,6 +54,8 @@ type fakeFirecracker struct {
 
 	mu         sync.Mutex
 	started    bool
+	paused     bool
+	configured bool // any pre-boot request accepted: a snapshot load is refused then
 	bootSource bool
 	metrics    bool
 	vsock      net.Listener
@@ -137,6 +139,9 @@ func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any
 		if f.started {
 			state = "Running"
 		}
+		if f.paused {
+			state = "Paused"
+		}
 		return http.StatusOK, "", InstanceInfo{AppName: "Firecracker", ID: f.id, State: state, VMMVersion: "1.17.0-dev"}
 	}
 	var b map[string]any
@@ -148,9 +153,18 @@ func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any
 		}
 		return ""
 	}
-	preBoot := path != "/actions"
-	if preBoot && f.started {
+	postBoot := path == "/actions" || path == "/vm" || path == "/snapshot/create" || method == http.MethodPatch
+	if !postBoot && f.started {
 		return http.StatusBadRequest, "The requested operation is not supported after starting the microVM.", nil
+	}
+	if postBoot && path != "/actions" && !f.started {
+		return http.StatusBadRequest, "The requested operation is not supported before starting the microVM.", nil
+	}
+	if path == "/snapshot/load" && f.configured {
+		return http.StatusBadRequest, "Loading a microVM snapshot not allowed after configuring boot-specific resources.", nil
+	}
+	if !postBoot && path != "/snapshot/load" {
+		f.configured = true
 	}
 	var fault string
 	switch {
@@ -178,6 +192,49 @@ func (f *fakeFirecracker) handle(r *http.Request, body []byte) (int, string, any
 		}
 	case path == "/vsock":
 		fault = f.listenVsock(str("uds_path"))
+	case path == "/snapshot/create":
+		if !f.paused {
+			fault = "Cannot create a snapshot of a running microVM: pause it first."
+		} else {
+			for _, k := range []string{"snapshot_path", "mem_file_path"} {
+				if err := os.WriteFile(str(k), []byte("fake "+k+"\n"), 0o600); err != nil {
+					fault = err.Error()
+				}
+			}
+		}
+	case path == "/snapshot/load":
+		mb, _ := b["mem_backend"].(map[string]any)
+		mem, _ := mb["backend_path"].(string)
+		if fault = exists("snapshot_path"); fault == "" {
+			if data, err := os.ReadFile(mem); err != nil {
+				fault = "Cannot load the guest memory: " + err.Error()
+			} else if string(data) != "fake mem_file_path\n" {
+				fault = "Cannot load the guest memory: not a snapshot memory file"
+			}
+		}
+		if fault == "" {
+			vo, _ := b["vsock_override"].(map[string]any)
+			uds, _ := vo["uds_path"].(string)
+			fault = f.listenVsock(uds)
+		}
+		if fault == "" {
+			// Loaded paused unless resume_vm; the microVM counts as started.
+			f.started, f.bootSource = true, true
+			f.paused = b["resume_vm"] != true
+		}
+	case method == http.MethodPatch && strings.HasPrefix(path, "/drives/"):
+		if params["drive_id"] != str("drive_id") {
+			fault = "The id from the path does not match the id from the body!"
+		} else {
+			fault = exists("path_on_host")
+		}
+	case path == "/vm":
+		// Firecracker refuses a state change before the microVM runs.
+		if !f.started {
+			fault = "The microVM is not running."
+		} else {
+			f.paused = str("state") == VMStatePaused
+		}
 	case path == "/actions":
 		switch str("action_type") {
 		case ActionInstanceStart:

@@ -140,3 +140,26 @@ func (m *Machine) waitAPI(ctx context.Context) error {
 		}
 	}
 }
+
+var _ vmm.Pauser = (*Machine)(nil)
+
+// Pause stops the microVM's vCPUs (PATCH /vm Paused).
+func (m *Machine) Pause(ctx context.Context) error {
+	return m.setState(ctx, VMStatePaused)
+}
+
+// Resume restarts them (PATCH /vm Resumed).
+func (m *Machine) Resume(ctx context.Context) error {
+	return m.setState(ctx, VMStateResumed)
+}
+
+func (m *Machine) setState(ctx context.Context, state string) error {
+	if m.proc.Exited() {
+		return fmt.Errorf("setting VM %s %s: %w", m.spec.ID, state, vmm.ErrNotRunning)
+	}
+	if err := m.api.PatchVM(ctx, state); err != nil {
+		return fmt.Errorf("setting VM %s %s: %w", m.spec.ID, state, err)
+	}
+	m.log.Info("vmm run state changed", "state", state)
+	return nil
+}

@@ -15,7 +15,18 @@ type plan struct {
 	Machine string // microvm or q35
 	TSCkHz  int    // passed to the guest under TCG; 0 leaves it out
 	QMPPath string
+	// Append, if set, is the whole kernel command line, as recorded by a snapshot: a
+	// restore must give QEMU the source's.
+	Append string
+	// RAMFile, if set, backs guest RAM with this file (memory-backend-file), mapped
+	// shared (RAMShared: writes reach the file) or privately (copy-on-write: VMs mapping
+	// one file share its unchanged pages).
+	RAMFile   string
+	RAMShared bool
 }
+
+// nicID is the NIC's device id, which set_link names.
+const nicID = "nic0"
 
 // baseBootArgs go before the Spec's own arguments. reboot=t makes a guest reboot a triple
 // fault, which -no-reboot turns into QEMU exiting: the guest agent powers off that way.
@@ -44,13 +55,18 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		"-name", name,
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 	}
-	switch p.Machine {
-	case "q35":
-		args = append(args, "-machine", "q35")
-	default:
-		// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
-		// microvm's virtio-mmio devices only through ACPI.
-		args = append(args, "-machine", "microvm,acpi=on,isa-serial=on,rtc=on")
+	if p.RAMFile != "" {
+		// The backend's id is the machine's default RAM id, so that its RAM block has the
+		// name a VM booted with plain -m migrates under.
+		share := "off"
+		if p.RAMShared {
+			share = "on"
+		}
+		args = append(args,
+			"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", ramID(p.Machine), spec.MemoryMiB, p.RAMFile, share),
+			"-machine", machineArg(p.Machine)+",memory-backend="+ramID(p.Machine))
+	} else {
+		args = append(args, "-machine", machineArg(p.Machine))
 	}
 	if p.Accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
@@ -93,7 +109,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	}
 
 	if spec.Net != nil {
-		nic := dev("virtio-net") + ",netdev=n0,mac=" + spec.Net.MAC
+		nic := dev("virtio-net") + ",id=" + nicID + ",netdev=n0,mac=" + spec.Net.MAC
 		if p.Machine == "q35" {
 			nic += ",romfile=" // no iPXE option ROM: the kernel is loaded directly
 		}
@@ -112,7 +128,28 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	return args
 }
 
+// ramID is the id QEMU gives a machine's RAM when it is not given a memory backend.
+func ramID(machine string) string {
+	if machine == "q35" {
+		return "pc.ram"
+	}
+	return "microvm.ram"
+}
+
+// machineArg is the -machine argument of a machine type.
+func machineArg(machine string) string {
+	if machine == "q35" {
+		return "q35"
+	}
+	// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
+	// microvm's virtio-mmio devices only through ACPI.
+	return "microvm,acpi=on,isa-serial=on,rtc=on"
+}
+
 func bootArgs(spec vmm.Spec, p plan) string {
+	if p.Append != "" {
+		return p.Append
+	}
 	parts := []string{baseBootArgs}
 	if p.Accel == "tcg" && p.TSCkHz > 0 {
 		// Without the TSC rate a microvm guest under TCG can hang calibrating it.

@@ -70,7 +70,7 @@ func TestBuildArgsMicrovmTCG(t *testing.T) {
 		"-device": {
 			"virtio-blk-device,drive=disk0,serial=rootfs",
 			"virtio-blk-device,drive=disk1,serial=work",
-			"virtio-net-device,netdev=n0,mac=02:b4:ac:1e:00:02",
+			"virtio-net-device,id=nic0,netdev=n0,mac=02:b4:ac:1e:00:02",
 			"virtio-serial-device",
 			"virtserialport,chardev=agent,name=banger.agent",
 		},
@@ -124,7 +124,7 @@ func TestBuildArgsQ35KVMWithoutNet(t *testing.T) {
 
 	spec.Net = &vmm.NetIface{Tap: "bgrx", MAC: "02:00:00:00:00:01"}
 	devs = pairs(buildArgs(spec, plan{Accel: "kvm", Machine: "q35", QMPPath: "/q"}), "-device")
-	if !slices.Contains(devs, "virtio-net-pci,netdev=n0,mac=02:00:00:00:00:01,romfile=") {
+	if !slices.Contains(devs, "virtio-net-pci,id=nic0,netdev=n0,mac=02:00:00:00:00:01,romfile=") {
 		t.Errorf("q35 NIC without romfile=: %q", devs)
 	}
 }

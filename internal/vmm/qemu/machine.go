@@ -122,3 +122,50 @@ func (m *Machine) waitRunning(ctx context.Context) error {
 		}
 	}
 }
+
+var _ vmm.Pauser = (*Machine)(nil)
+
+// Pause stops the guest's vCPUs (QMP stop). QEMU treats a stop of a stopped guest as done.
+func (m *Machine) Pause(ctx context.Context) error {
+	return m.runState(ctx, "stop", "paused")
+}
+
+// Resume restarts the guest's vCPUs (QMP cont).
+func (m *Machine) Resume(ctx context.Context) error {
+	return m.runState(ctx, "cont", "running")
+}
+
+// runState runs a QMP run-state command and checks that QEMU reports want afterwards: the
+// command's return only says QEMU accepted it.
+func (m *Machine) runState(ctx context.Context, command, want string) error {
+	if m.proc.Exited() {
+		return fmt.Errorf("qmp %s on VM %s: %w", command, m.spec.ID, vmm.ErrNotRunning)
+	}
+	m.qmpMu.Lock()
+	err := qmpCall(ctx, m.qmpPath, command, nil, nil)
+	m.qmpMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("qmp %s on VM %s: %w", command, m.spec.ID, err)
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st != want {
+		return fmt.Errorf("qmp %s on VM %s: qemu reports state %q, want %q", command, m.spec.ID, st, want)
+	}
+	m.log.Info("vmm run state changed", "command", command, "state", st)
+	return nil
+}
+
+var _ vmm.Linker = (*Machine)(nil)
+
+// SetLink sets the NIC's link state (QMP set_link).
+func (m *Machine) SetLink(ctx context.Context, up bool) error {
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	if err := qmpCall(ctx, m.qmpPath, "set_link", map[string]any{"name": nicID, "up": up}, nil); err != nil {
+		return fmt.Errorf("setting the link of VM %s: %w", m.spec.ID, err)
+	}
+	return nil
+}
