@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,15 +45,31 @@ func dialUnixRetry(ctx context.Context, path string) (net.Conn, error) {
 		if err == nil {
 			return conn, nil
 		}
+		if ctx.Err() != nil {
+			return nil, dialEnded(ctx, path, err)
+		}
 		if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("dialing vsock socket %s: %w", path, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dialing vsock socket %s: %w (last error: %v)", path, ctx.Err(), err)
+			return nil, dialEnded(ctx, path, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// dialEnded is the error of a dial whose context ended. The dial that was cut short says
+// only "i/o timeout"; what the socket path is (missing, refusing) is the useful part.
+func dialEnded(ctx context.Context, path string, last error) error {
+	if errors.Is(last, os.ErrDeadlineExceeded) || errors.Is(last, context.DeadlineExceeded) || errors.Is(last, context.Canceled) {
+		if _, serr := os.Stat(path); serr != nil {
+			last = serr
+		} else {
+			last = errors.New("the socket exists but did not accept in time")
+		}
+	}
+	return fmt.Errorf("dialing vsock socket %s: %w (last error: %v)", path, ctx.Err(), last)
 }
 
 func handshake(ctx context.Context, conn net.Conn, port uint32) error {

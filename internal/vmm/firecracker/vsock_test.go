@@ -2,8 +2,10 @@ package firecracker
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -105,5 +107,16 @@ func TestDialVsockMissingSocket(t *testing.T) {
 	_, err := DialVsock(ctx, filepath.Join(t.TempDir(), "absent.sock"), 1024)
 	if err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestDialEndedSaysWhatThePathIs: a dial cut short by the context reports why the socket
+// could not be reached, not only "i/o timeout" (under load the context can end mid-dial).
+func TestDialEndedSaysWhatThePathIs(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	err := dialEnded(ctx, filepath.Join(t.TempDir(), "absent.sock"), os.ErrDeadlineExceeded)
+	if !strings.Contains(err.Error(), "no such file") || !errors.Is(err, context.Canceled) {
+		t.Errorf("got %v, want the context's error and the missing path", err)
 	}
 }
