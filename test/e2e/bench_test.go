@@ -1,37 +1,165 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"banger/internal/guest"
 	"banger/internal/imagebuild"
-	"banger/internal/vmm"
+	"banger/internal/testkit/testkernel"
 	"banger/internal/vmm/qemu"
 )
 
-// BenchmarkVMRunTrue is the whole user-visible cycle: `banger vm run --rm -- true`
-// (create disks, tap, boot, agent ready, exec, stop, delete).
-func BenchmarkVMRunTrue(b *testing.B) {
+// The boot benchmarks are measured against a floor taken in the same `go test -bench`
+// invocation: BenchmarkFloorBoot boots the vmlinux banger boots, with the machine,
+// accelerator, CPU model and base kernel arguments banger uses (qemu.MachineArgs via
+// Driver.BareCommand), into an initramfs holding only a static PID 1 that writes a line
+// and reboots; the clock runs from QEMU's start to its exit. Each banger boot benchmark
+// reports its median over that floor's median as the metric "x-floor" and logs a line
+// scripts can read:
+//
+//	ratio bench=CreateToReady baseline=FloorBoot value=1.43
+//
+// The floor is declared first so it runs first; a banger benchmark run without it
+// (-bench CreateToReady) measures a few floor boots itself before reporting.
+
+// floorSamples are the floor boot times measured so far in this process.
+var (
+	floorMu      sync.Mutex
+	floorSamples []time.Duration
+)
+
+func BenchmarkFloorBoot(b *testing.B) {
 	x := needB(b)
-	x.warmImage(b)
+	bin, args := x.floorCommand(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if out, errOut, code := x.cli(nil, "vm", "run", "--rm", "-q", "--", "true"); code != 0 {
-			b.Fatalf("vm run: %d %s %s", code, out, errOut)
+		el := floorBoot(b, bin, args)
+		floorMu.Lock()
+		floorSamples = append(floorSamples, el)
+		floorMu.Unlock()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(floorMedian(b, x).Microseconds())/1000, "ms-median")
+}
+
+// floorCommand builds the floor's PID 1 and initramfs once and returns the QEMU command
+// that boots them.
+func (x *env) floorCommand(b *testing.B) (string, []string) {
+	b.Helper()
+	_, vmlinux := testkernel.Get(b)
+	floorOnce.Do(func() {
+		dir := filepath.Join(x.dir, "floor")
+		if floorErr = os.MkdirAll(dir, 0o755); floorErr != nil {
+			return
+		}
+		init := filepath.Join(dir, "init")
+		cmd := exec.Command("go", "build", "-o", init, "./floorinit")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			floorErr = fmt.Errorf("building floorinit: %v: %s", err, out)
+			return
+		}
+		floorInitrd = filepath.Join(dir, "init.cpio")
+		floorErr = imagebuild.BuildInitOnlyInitrd(floorInitrd, init)
+	})
+	if floorErr != nil {
+		b.Fatal(floorErr)
+	}
+	// The e2e daemon's VMs: 256M (the harness config) and the default vcpu count.
+	bin, args, err := qemu.New(qemu.Config{}).BareCommand(vmlinux, floorInitrd, 256, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bin, args
+}
+
+var (
+	floorOnce   sync.Once
+	floorInitrd string
+	floorErr    error
+)
+
+// floorBoot runs QEMU once and returns the time from its start to its exit.
+func floorBoot(b *testing.B, bin string, args []string) time.Duration {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	el := time.Since(start)
+	if err != nil || !strings.Contains(out.String(), floorLine) {
+		b.Fatalf("floor boot: %v; console:\n%s", err, tail(out.String(), 30))
+	}
+	return el
+}
+
+// floorLine is what test/e2e/floorinit prints (it is a main package, so not importable).
+const floorLine = "floorinit: reached"
+
+// floorMedian is the median floor boot of this process, measuring three when none ran yet.
+func floorMedian(b *testing.B, x *env) time.Duration {
+	b.Helper()
+	floorMu.Lock()
+	n := len(floorSamples)
+	floorMu.Unlock()
+	if n == 0 {
+		bin, args := x.floorCommand(b)
+		for i := 0; i < 3; i++ {
+			el := floorBoot(b, bin, args)
+			floorMu.Lock()
+			floorSamples = append(floorSamples, el)
+			floorMu.Unlock()
 		}
 	}
+	floorMu.Lock()
+	defer floorMu.Unlock()
+	return median(floorSamples)
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// reportRatio reports samples' median over the floor's as "x-floor" and logs the ratio line.
+func reportRatio(b *testing.B, x *env, name string, samples []time.Duration) {
+	b.Helper()
+	floor := floorMedian(b, x)
+	m := median(samples)
+	if floor <= 0 || m <= 0 {
+		return
+	}
+	ratio := float64(m) / float64(floor)
+	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
+	b.ReportMetric(ratio, "x-floor")
+	b.Logf("ratio bench=%s baseline=FloorBoot value=%.3f median_ms=%.1f floor_ms=%.1f n=%d",
+		name, ratio, float64(m.Microseconds())/1000, float64(floor.Microseconds())/1000, len(samples))
 }
 
 // BenchmarkCreateToReady is `banger vm create` until the guest agent answers.
 func BenchmarkCreateToReady(b *testing.B) {
 	x := needB(b)
 	x.warmImage(b)
+	var samples []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		name := fmt.Sprintf("bench-%d", i)
@@ -39,89 +167,31 @@ func BenchmarkCreateToReady(b *testing.B) {
 		if out, errOut, code := x.cli(nil, "vm", "create", "-q", "--name", name); code != 0 {
 			b.Fatalf("vm create: %d %s %s", code, out, errOut)
 		}
-		el := time.Since(start)
+		samples = append(samples, time.Since(start))
 		b.StopTimer()
 		x.cli(nil, "vm", "rm", "-f", name)
-		b.ReportMetric(float64(el.Milliseconds()), "ms-ready")
 		b.StartTimer()
 	}
+	b.StopTimer()
+	reportRatio(b, x, "CreateToReady", samples)
 }
 
-// BenchmarkBareQemuBoot boots the same kernel, initrd and base image with the qemu driver
-// directly (no daemon, no RPC, no tap) and stops the clock when the agent answers: the
-// floor banger's own overhead is measured against.
-func BenchmarkBareQemuBoot(b *testing.B) {
+// BenchmarkVMRunTrue is the whole user-visible cycle: `banger vm run --rm -- true`
+// (create disks, tap, boot, agent ready, exec, stop, delete).
+func BenchmarkVMRunTrue(b *testing.B) {
 	x := needB(b)
 	x.warmImage(b)
-	var im struct {
-		Dir   string                        `json:"dir"`
-		Files []struct{ Role, Name string } `json:"files"`
-	}
-	if err := json.Unmarshal([]byte(x.mustCLIB(b, "image", "show", "--json", "tiny")), &im); err != nil {
-		b.Fatal(err)
-	}
-	files := map[string]string{}
-	for _, f := range im.Files {
-		files[f.Role] = filepath.Join(im.Dir, f.Name)
-	}
-	drv := qemu.New(qemu.Config{})
+	var samples []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		dir := b.TempDir()
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		for _, d := range []string{"system.cow", "root.ext4"} {
-			if err := imagebuild.MakeEmptyExt4(ctx, filepath.Join(dir, d), 1<<30, d); err != nil {
-				b.Fatal(err)
-			}
+		start := time.Now()
+		if out, errOut, code := x.cli(nil, "vm", "run", "--rm", "-q", "--", "true"); code != 0 {
+			b.Fatalf("vm run: %d %s %s", code, out, errOut)
 		}
-		spec := vmm.Spec{
-			ID: fmt.Sprintf("bare%d", i), Name: "bare", Dir: dir,
-			Kernel: files["kernel"], Initrd: files["initrd"],
-			BootArgs: guest.ParamName + "=bare " + guest.ParamRoot + "=/dev/vda " + guest.ParamSystem + "=/dev/vdb " + guest.ParamWork + "=/dev/vdc",
-			Drives: []vmm.Drive{
-				{ID: "rootfs", Path: files["rootfs"], ReadOnly: true, Root: true},
-				{ID: "system", Path: filepath.Join(dir, "system.cow")},
-				{ID: "work", Path: filepath.Join(dir, "root.ext4")},
-			},
-			VCPU: 1, MemoryMiB: 256,
-			LogPath: filepath.Join(dir, "console.log"), MetricsPath: filepath.Join(dir, "metrics"),
-			CID: 3, ChannelPath: filepath.Join(dir, "agent.sock"),
-		}
-		b.StartTimer()
-		m, err := drv.Start(ctx, spec)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pingAgent(ctx, m); err != nil {
-			b.Fatalf("bare boot: %v\n%s", err, readFile(spec.LogPath))
-		}
-		b.StopTimer()
-		m.Kill()
-		vmm.Wait(ctx, m)
-		cancel()
-		os.RemoveAll(dir)
-		b.StartTimer()
+		samples = append(samples, time.Since(start))
 	}
-}
-
-func pingAgent(ctx context.Context, m vmm.Machine) error {
-	conn, err := m.DialAgent(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	sess, err := guest.NewClientSession(conn)
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	st, err := sess.OpenStream()
-	if err != nil {
-		return err
-	}
-	_, err = guest.Ping(ctx, st, "op-benchbareboot")
-	return err
+	b.StopTimer()
+	reportRatio(b, x, "VMRunTrue", samples)
 }
 
 func needB(b *testing.B) *env {
@@ -160,12 +230,19 @@ func BenchmarkExecTrue(b *testing.B) {
 	x.warmImage(b)
 	x.mustCLIB(b, "vm", "create", "-q", "--name", "bench-exec")
 	defer x.cli(nil, "vm", "rm", "-f", "bench-exec")
+	var samples []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		start := time.Now()
 		if _, errOut, code := x.cli(nil, "vm", "exec", "bench-exec", "--", "true"); code != 0 {
 			b.Fatalf("exec: %d %s", code, errOut)
 		}
+		samples = append(samples, time.Since(start))
 	}
+	b.StopTimer()
+	m := median(samples)
+	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
+	b.Logf("exec bench=ExecTrue median_ms=%.1f n=%d", float64(m.Microseconds())/1000, len(samples))
 }
 
 // BenchmarkCopyIn64MiB copies a 64 MiB file into a running VM's work disk.

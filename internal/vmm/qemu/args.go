@@ -2,10 +2,12 @@ package qemu
 
 import (
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 
+	"banger/internal/errdefs"
 	"banger/internal/vmm"
 )
 
@@ -21,6 +23,29 @@ type plan struct {
 // fault, which -no-reboot turns into QEMU exiting: the guest agent powers off that way.
 // panic=-1 reboots (so exits) at once on a kernel panic instead of hanging.
 const baseBootArgs = "console=ttyS0 reboot=t panic=-1 loglevel=4"
+
+// MachineArgs are the QEMU arguments that decide how fast a guest can boot: no default
+// devices, no reboot (a guest reboot ends QEMU), the machine type and the accelerator with
+// its CPU model. buildArgs starts every VM's command line with them, and the floor
+// benchmark (test/e2e) boots its bare guest with them, so the two cannot drift apart.
+// machine is microvm or q35, accel kvm or tcg.
+func MachineArgs(machine, accel string) []string {
+	args := []string{"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"}
+	switch machine {
+	case "q35":
+		args = append(args, "-machine", "q35")
+	default:
+		// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
+		// microvm's virtio-mmio devices only through ACPI.
+		args = append(args, "-machine", "microvm,acpi=on,isa-serial=on,rtc=on")
+	}
+	if accel == "kvm" {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg", "-cpu", "max")
+	}
+	return args
+}
 
 // driveSerial is what virtio-blk accepts as a serial (at most 20 bytes) and what needs no
 // escaping in an option list; the guest finds drives by it in /sys/block/*/serial.
@@ -40,23 +65,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	if name == "" {
 		name = spec.ID
 	}
-	args := []string{
-		"-name", name,
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-	}
-	switch p.Machine {
-	case "q35":
-		args = append(args, "-machine", "q35")
-	default:
-		// ACPI stays on: the Debian kernel lacks VIRTIO_MMIO_CMDLINE_DEVICES and finds
-		// microvm's virtio-mmio devices only through ACPI.
-		args = append(args, "-machine", "microvm,acpi=on,isa-serial=on,rtc=on")
-	}
-	if p.Accel == "kvm" {
-		args = append(args, "-accel", "kvm", "-cpu", "host")
-	} else {
-		args = append(args, "-accel", "tcg", "-cpu", "max")
-	}
+	args := append([]string{"-name", name}, MachineArgs(p.Machine, p.Accel)...)
 	args = append(args,
 		"-m", strconv.Itoa(spec.MemoryMiB)+"M",
 		"-smp", strconv.Itoa(spec.VCPU),
@@ -122,4 +131,37 @@ func bootArgs(spec vmm.Spec, p plan) string {
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, " ")
+}
+
+// BareCommand returns the QEMU binary and arguments that boot kernel with initrd and
+// nothing else: no disks, no NIC, no agent channel, no QMP, the serial console on stdout.
+// It uses the machine, accelerator, CPU model and base kernel arguments Start would use
+// for a VM, so it measures the floor under banger's boots: how fast this QEMU can hand a
+// guest's PID 1 the machine and let it power off.
+func (d *Driver) BareCommand(kernel, initrd string, memMiB, vcpu int) (string, []string, error) {
+	if err := d.validateConfig(); err != nil {
+		return "", nil, err
+	}
+	bin, err := exec.LookPath(d.cfg.Binary)
+	if err != nil {
+		return "", nil, errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "finding qemu binary %q: %w", d.cfg.Binary, err), installHint)
+	}
+	accel, _, err := d.accel()
+	if err != nil {
+		return "", nil, err
+	}
+	p := plan{Accel: accel, Machine: d.cfg.Machine}
+	if accel == "tcg" {
+		p.TSCkHz = d.tscKHz()
+	}
+	args := append(MachineArgs(p.Machine, p.Accel),
+		"-m", strconv.Itoa(memMiB)+"M",
+		"-smp", strconv.Itoa(vcpu),
+		"-kernel", kernel,
+		"-initrd", initrd,
+		"-append", bootArgs(vmm.Spec{}, p),
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+	)
+	return bin, args, nil
 }
