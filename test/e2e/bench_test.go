@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/imagebuild"
+	"banger/internal/model"
+	"banger/internal/rpc"
 	"banger/internal/testkit/testkernel"
 	"banger/internal/vmm/qemu"
 )
@@ -271,4 +274,100 @@ func BenchmarkCopyIn64MiB(b *testing.B) {
 			b.Fatalf("cp: %d %s", code, errOut)
 		}
 	}
+}
+
+// createNoStart is one vm.create --no-start over the daemon's socket (no CLI process): the
+// control plane alone — validate, reserve, disks, row.
+func (x *env) createNoStart(ctx context.Context, name string) (model.VM, error) {
+	c, err := rpc.Dial(ctx, x.socket)
+	if err != nil {
+		return model.VM{}, err
+	}
+	defer c.Close()
+	var res api.VMResult
+	err = c.Call(ctx, api.MethodVMCreate, api.VMCreateParams{Name: name, NoStart: true}, &res)
+	return res.VM, err
+}
+
+func (x *env) deleteVM(ctx context.Context, b *testing.B, name string) {
+	c, err := rpc.Dial(ctx, x.socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Call(ctx, api.MethodVMDelete, api.VMDeleteParams{VM: name, Force: true}, nil); err != nil {
+		b.Fatalf("deleting %s: %v", name, err)
+	}
+}
+
+// BenchmarkCreateSequential is one `vm create --no-start` after another over the socket;
+// it reports the median (p50) create.
+func BenchmarkCreateSequential(b *testing.B) {
+	x := needB(b)
+	x.warmImage(b)
+	ctx := context.Background()
+	var samples []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		name := fmt.Sprintf("seq-%d", i)
+		start := time.Now()
+		if _, err := x.createNoStart(ctx, name); err != nil {
+			b.Fatalf("create %s: %v", name, err)
+		}
+		samples = append(samples, time.Since(start))
+		b.StopTimer()
+		x.deleteVM(ctx, b, name)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	p50 := median(samples)
+	b.ReportMetric(float64(p50.Microseconds())/1000, "ms-p50")
+	b.Logf("create bench=CreateSequential p50_ms=%.2f n=%d", float64(p50.Microseconds())/1000, len(samples))
+}
+
+// BenchmarkCreateParallel is 100 `vm create --no-start` at once, each on its own
+// connection; one op is the whole batch (wall time). Every name and guest IP must be
+// distinct.
+func BenchmarkCreateParallel(b *testing.B) {
+	const n = 100
+	x := needB(b)
+	x.warmImage(b)
+	ctx := context.Background()
+	var walls []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		vms := make([]model.VM, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for j := 0; j < n; j++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				vms[j], errs[j] = x.createNoStart(ctx, fmt.Sprintf("par-%d-%d", i, j))
+			}()
+		}
+		wg.Wait()
+		walls = append(walls, time.Since(start))
+		b.StopTimer()
+		names, ips := map[string]bool{}, map[string]bool{}
+		for j, err := range errs {
+			if err != nil {
+				b.Fatalf("create %d: %v", j, err)
+			}
+			if names[vms[j].Name] || ips[vms[j].GuestIP] {
+				b.Fatalf("create %d: name %s or IP %s handed out twice", j, vms[j].Name, vms[j].GuestIP)
+			}
+			names[vms[j].Name], ips[vms[j].GuestIP] = true, true
+		}
+		for j := 0; j < n; j++ {
+			x.deleteVM(ctx, b, vms[j].Name)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	m := median(walls)
+	b.ReportMetric(float64(m.Microseconds())/1e6, "s-wall-100")
+	b.ReportMetric(n/m.Seconds(), "creates/s")
+	b.Logf("create bench=CreateParallel n=%d wall_s=%.3f creates_per_s=%.0f", n, m.Seconds(), n/m.Seconds())
 }
