@@ -155,6 +155,8 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err != nil {
 		return err
 	}
+	// tl is this boot's timeline, stored once the agent answered.
+	tl := newBootClock()
 	// Stale sockets from a previous run would make the VMM fail to bind.
 	os.Remove(spec.ChannelPath)
 	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) {
@@ -182,6 +184,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		return err
 	}
 	if d.helper != nil {
+		tl.mark("network_ready")
 		prog.stage("network_ready", fmt.Sprintf("tap %s, %s", vm.Tap, vm.GuestIP), 0, 0)
 		rpc.Stage(ctx, d.log, "network_ready", "tap", vm.Tap)
 	}
@@ -190,6 +193,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.PIDStart = pid, start }); err != nil {
 			return err
 		}
+		tl.mark("vmm_launched")
 		rpc.Stage(ctx, d.log, "vmm_launched", "pid", pid)
 		return nil
 	}
@@ -198,6 +202,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err != nil {
 		return d.explainStartFailure(vm, fmt.Errorf("starting %s: %w", drv.Name(), err))
 	}
+	tl.mark("vmm_running")
 	rt.setMachine(m)
 	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.Accel = m.PID(), m.Accel() }); err != nil {
 		return err
@@ -218,12 +223,23 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
 	}
 	boot := time.Since(started)
+	tl.mark("agent_ready")
 	d.metrics.bootTime.WithLabelValues(drv.Name(), m.Accel()).Observe(boot.Seconds())
 	// Reaching running also ends a create: from here a crash keeps the VM.
 	if err := d.move(ctx, vm, model.VMRunning, func(v *model.VM) {
 		v.StartedAt, v.Creating = time.Now().UTC(), false
 	}); err != nil {
 		return err
+	}
+	if pinfo.BootDropped > 0 {
+		rpc.Logger(ctx, d.log).Warn("guest boot stages dropped", "vm", vm.Name, "count", pinfo.BootDropped, "first", pinfo.BootDroppedWhy)
+	}
+	timeline := tl.timeline(pinfo.Boot)
+	if err := d.store.SetVMBoot(ctx, vm.ID, timeline); err != nil {
+		// The VM runs; a timeline it cannot show is not worth failing the boot for.
+		rpc.Logger(ctx, d.log).Warn("recording the boot timeline failed", "vm", vm.Name, "error", err.Error())
+	} else {
+		vm.Boot = timeline
 	}
 	prog.stage("agent_ready", fmt.Sprintf("%s answered after %.1fs (kernel %s)", pinfo.Hostname, boot.Seconds(), pinfo.Kernel), 0, 0)
 	rpc.Stage(ctx, d.log, "agent_ready", "boot_ms", boot.Milliseconds())

@@ -19,6 +19,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"banger/internal/model"
 )
 
 // Where the pieces of the root end up inside the running guest. The lower and system
@@ -85,6 +87,9 @@ func RunInit() {
 	if err := mountEarly(); err != nil {
 		fatal(slog.New(slog.NewTextHandler(os.Stderr, nil)), "mounting /proc, /sys, /dev and /run", err)
 	}
+	// The first stage: how long the kernel took to hand over to PID 1.
+	boot := &bootStages{}
+	boot.mark(model.GuestStageInit)
 	log := ConsoleLogger(attachConsole())
 	log.Info("init starting", "version", Version)
 	start := time.Now()
@@ -100,12 +105,15 @@ func RunInit() {
 	log.Info("boot parameters", "params", params.Args())
 
 	loadModules(params.ModulesDir, log)
+	boot.mark(model.GuestStageModules)
 	if err := assembleRoot(params, log); err != nil {
 		fatal(log, "assembling the root file system", err)
 	}
+	boot.mark(model.GuestStageRoot)
 	if err := configureNetwork(params, log); err != nil {
 		fatal(log, "configuring the network", err)
 	}
+	boot.mark(model.GuestStageNetwork)
 	freeInitramfs(log)
 	if err := switchRoot(); err != nil {
 		fatal(log, "switching to the new root", err)
@@ -116,14 +124,15 @@ func RunInit() {
 	log.Info("root ready", "duration_ms", time.Since(start).Milliseconds())
 
 	if init := chooseInit(params, log); init != "" {
-		handOver(init, log)
+		handOver(init, boot, log)
 	}
 
 	procs := newProcTable()
 	ctx := context.Background()
 	go procs.reap(ctx, log)
-	agent := &Agent{log: log, powerOff: powerOffAsInit, procs: procs}
+	agent := &Agent{log: log, powerOff: powerOffAsInit, procs: procs, boot: boot}
 	err = agent.ServeChannels(ctx, channelWait, func() {
+		boot.mark(model.GuestStageAgentServing)
 		consoleLine(ReadyLine)
 		log.Info("agent serving", "uptime_ms", uptimeMillis())
 	})
@@ -134,7 +143,9 @@ func RunInit() {
 // over in ("banger-agent agent"). It returns when ctx ends or no channel exists.
 func RunAgent(ctx context.Context, log *slog.Logger) error {
 	a := NewAgent(log, defaultPowerOff())
+	a.boot = bootStagesFromEnv()
 	return a.ServeChannels(ctx, channelWait, func() {
+		a.boot.mark(model.GuestStageAgentServing)
 		consoleLine(ReadyLine)
 		log.Info("agent serving")
 	})
@@ -498,10 +509,10 @@ func chooseInit(p BootParams, log *slog.Logger) string {
 
 // handOver starts the agent as a child, then replaces this process with the rootfs's
 // init. The child survives the exec: it stays a child of PID 1, now the other init.
-func handOver(init string, log *slog.Logger) {
+func handOver(init string, boot *bootStages, log *slog.Logger) {
 	cmd := exec.Command("/proc/self/exe", "agent")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stderr, os.Stderr
-	cmd.Env = []string{"PATH=" + DefaultPath, "HOME=/root"}
+	cmd.Env = []string{"PATH=" + DefaultPath, "HOME=/root", BootStagesEnv + "=" + boot.env()}
 	// Its own session, so the init's job control on the console does not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

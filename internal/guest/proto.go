@@ -101,6 +101,7 @@ import (
 	"unicode/utf8"
 
 	"banger/internal/errdefs"
+	"banger/internal/model"
 	"banger/internal/rpc"
 )
 
@@ -188,6 +189,8 @@ type Reply struct {
 	UptimeSeconds float64 `json:"uptime_seconds,omitempty"`
 	AgentVersion  string  `json:"agent_version,omitempty"`
 	Protocol      int     `json:"protocol,omitempty"`
+	// Boot is the guest's boot stages (uptime ms), oldest first.
+	Boot []model.BootStage `json:"boot,omitempty"`
 }
 
 // RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,

@@ -28,6 +28,8 @@ type Agent struct {
 	// this agent cannot power anything off (it runs on a host, for tests or debugging).
 	powerOff func(log *slog.Logger)
 	procs    *procTable
+	// boot is the guest's boot stages, reported by ping; nil off a guest.
+	boot *bootStages
 
 	shutdownOnce sync.Once
 }
@@ -163,6 +165,7 @@ func (a *Agent) handlePing(conn io.Writer) error {
 		UptimeSeconds: up,
 		AgentVersion:  Version,
 		Protocol:      ProtocolVersion,
+		Boot:          a.boot.list(),
 	}, nil)
 }
 

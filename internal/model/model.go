@@ -52,6 +52,8 @@ type VM struct {
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	StartedAt  time.Time `json:"started_at,omitzero"`
+	// Boot is the latest boot's timeline; nil before the first boot.
+	Boot *BootTimeline `json:"boot,omitempty"`
 }
 
 // Image is a stored, verified image bundle.

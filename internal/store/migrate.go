@@ -76,6 +76,10 @@ ALTER TABLE vms ADD COLUMN pid_start INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vms ADD COLUMN creating INTEGER NOT NULL DEFAULT 0 CHECK (creating IN (0, 1));
 ALTER TABLE vms ADD COLUMN auto_remove INTEGER NOT NULL DEFAULT 0 CHECK (auto_remove IN (0, 1));
 `},
+	// The latest boot's timeline (model.BootTimeline as JSON; '' before the first boot).
+	{version: 4, sql: `
+ALTER TABLE vms ADD COLUMN boot TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // migrate creates the bookkeeping table and applies each migration in migs that the database
