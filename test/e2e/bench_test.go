@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,6 +54,10 @@ func BenchmarkFloorBoot(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(floorMedian(b, x).Microseconds())/1000, "ms-median")
+	floorMu.Lock()
+	up := median(floorInitUptime)
+	floorMu.Unlock()
+	b.ReportMetric(float64(up.Milliseconds()), "ms-init-uptime")
 }
 
 // floorCommand builds the floor's PID 1 and initramfs once and returns the QEMU command
@@ -105,11 +111,26 @@ func floorBoot(b *testing.B, bin string, args []string) time.Duration {
 	if err != nil || !strings.Contains(out.String(), floorLine) {
 		b.Fatalf("floor boot: %v; console:\n%s", err, tail(out.String(), 30))
 	}
+	if m := floorUptime.FindStringSubmatch(out.String()); m != nil {
+		if ms, err := strconv.Atoi(m[1]); err == nil {
+			floorMu.Lock()
+			floorInitUptime = append(floorInitUptime, time.Duration(ms)*time.Millisecond)
+			floorMu.Unlock()
+		}
+	}
 	return el
 }
 
-// floorLine is what test/e2e/floorinit prints (it is a main package, so not importable).
+// floorLine is what test/e2e/floorinit prints (it is a main package, so not importable),
+// followed by the guest uptime at its start.
 const floorLine = "floorinit: reached"
+
+var (
+	floorUptime = regexp.MustCompile(`floorinit: reached uptime_ms=([0-9]+)`)
+	// floorInitUptime is the floor guests' uptime when PID 1 started: compare with the
+	// "init" stage of a banger VM's boot timeline.
+	floorInitUptime []time.Duration
+)
 
 // floorMedian is the median floor boot of this process, measuring three when none ran yet.
 func floorMedian(b *testing.B, x *env) time.Duration {

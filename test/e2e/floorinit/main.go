@@ -7,6 +7,7 @@ package main
 
 import (
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,8 +16,11 @@ import (
 const Line = "floorinit: reached"
 
 func main() {
+	// Uptime at PID 1's start: the same "init" stage banger's guests report.
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
-		_, _ = f.WriteString(Line + "\n")
+		_, _ = f.WriteString(Line + " uptime_ms=" + strconv.FormatInt(ts.Nano()/1e6, 10) + "\n")
 		_ = f.Sync()
 	}
 	// RESTART, not POWER_OFF: it is how banger's agent ends a VM too, and it needs no ACPI
