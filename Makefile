@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./internal/rpc/... ./internal/store/... ./internal/daemon/... ./internal/guest/... \
              ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/... \
-             ./internal/helper/... ./internal/hostnet/...
+             ./internal/helper/... ./internal/hostnet/... ./internal/client/...
 
 .PHONY: deps build test lint unit e2e bench clean
 

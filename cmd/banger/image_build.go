@@ -31,7 +31,7 @@ func newImageBuildCmd() *cobra.Command {
 			default:
 				p.Builder = "tiny"
 			}
-			return ctl.PullImage(cmd.Context(), globals, api.MethodImageBuild, p, term.IsTerminal(int(os.Stderr.Fd())))
+			return ctl.BuildImage(cmd.Context(), globals, p, term.IsTerminal(int(os.Stderr.Fd())))
 		},
 	}
 	cmd.Flags().StringVar(&p.Name, "name", "", "image name (default: the builder's)")

@@ -6,7 +6,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"banger/internal/api"
 	"banger/internal/ctl"
 )
 
@@ -16,7 +15,7 @@ func newImagePullCmd() *cobra.Command {
 		Short: "Fetch a catalog image (or a bundle URL), verifying every file's digest",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return ctl.PullImage(cmd.Context(), globals, api.MethodImagePullBegin, api.ImagePullParams{Ref: args[0]},
+			return ctl.PullImage(cmd.Context(), globals, args[0],
 				term.IsTerminal(int(os.Stderr.Fd())))
 		},
 	}

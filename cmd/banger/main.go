@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"banger/internal/config"
 	"banger/internal/ctl"
 )
 
@@ -29,7 +30,7 @@ func newRoot() *cobra.Command {
 			globals.Socket = ctl.ResolveSocket(socket)
 		},
 	}
-	root.PersistentFlags().StringVar(&socket, "socket", "", "bangerd socket (default: $BANGER_SOCKET, then "+ctl.DefaultSocket()+")")
+	root.PersistentFlags().StringVar(&socket, "socket", "", "bangerd socket (default: $BANGER_SOCKET, then "+config.DefaultSocket()+")")
 	root.AddCommand(newVersionCmd(), newVMCmd(), newImageCmd(), newDoctorCmd())
 	return root
 }

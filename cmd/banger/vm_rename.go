@@ -3,7 +3,6 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/ctl"
 )
 
@@ -13,7 +12,7 @@ func newVMRenameCmd() *cobra.Command {
 		Short: "Rename a VM; its DNS name follows at once (the guest's hostname at its next start)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return ctl.VMAction(cmd.Context(), globals, api.MethodVMRename, api.VMRenameParams{VM: args[0], Name: args[1]})
+			return ctl.RenameVM(cmd.Context(), globals, args[0], args[1])
 		},
 	}
 	addJSON(cmd)

@@ -3,7 +3,6 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/ctl"
 )
 
@@ -16,7 +15,7 @@ func newVMRmCmd() *cobra.Command {
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, ref := range args {
-				if err := ctl.VMAction(cmd.Context(), globals, api.MethodVMDelete, api.VMDeleteParams{VM: ref, Force: force}); err != nil {
+				if err := ctl.DeleteVM(cmd.Context(), globals, ref, force); err != nil {
 					return err
 				}
 			}

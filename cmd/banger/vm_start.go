@@ -3,7 +3,6 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/ctl"
 )
 
@@ -13,7 +12,7 @@ func newVMStartCmd() *cobra.Command {
 		Short: "Boot a stopped VM and wait until its agent answers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return ctl.VMAction(cmd.Context(), globals, api.MethodVMStart, api.VMRef{VM: args[0]})
+			return ctl.StartVM(cmd.Context(), globals, args[0])
 		},
 	}
 	addJSON(cmd)

@@ -3,7 +3,6 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/ctl"
 )
 
@@ -14,7 +13,7 @@ func newVMStopCmd() *cobra.Command {
 		Short: "Shut a VM down cleanly (killed if it doesn't stop within --timeout)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return ctl.VMAction(cmd.Context(), globals, api.MethodVMStop, api.VMStopParams{VM: args[0], TimeoutSeconds: timeout})
+			return ctl.StopVM(cmd.Context(), globals, args[0], timeout)
 		},
 	}
 	cmd.Flags().Float64Var(&timeout, "timeout", 20, "seconds to wait for a clean shutdown")

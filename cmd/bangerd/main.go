@@ -56,11 +56,11 @@ func main() {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := newLogger()
-			d, err := daemon.New(ctx, cfg, log)
+			d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
 			if err != nil {
 				return err
 			}
-			return d.Run(ctx, daemon.Options{Cleanup: cleanup})
+			return d.Run(ctx, daemon.RunOptions{Cleanup: cleanup})
 		},
 	}
 	f := root.Flags()

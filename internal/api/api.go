@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"banger/internal/model"
+	"banger/internal/rpc"
 )
 
 // Method names.
@@ -132,23 +133,15 @@ type Stage struct {
 	Total int64 `json:"total,omitempty"`
 }
 
-// OpError is a failed operation's typed error (the same shape as an rpc error).
-type OpError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	OpID    string `json:"op_id"`
-	Hint    string `json:"hint,omitempty"`
-}
-
 // OpStatusResult answers vm.create.status and op.status.
 type OpStatusResult struct {
-	OpID   string       `json:"op_id"`
-	Kind   string       `json:"kind"`
-	Stages []Stage      `json:"stages"`
-	Done   bool         `json:"done"`
-	VM     *model.VM    `json:"vm,omitempty"`
-	Image  *model.Image `json:"image,omitempty"`
-	Error  *OpError     `json:"error,omitempty"`
+	OpID   string             `json:"op_id"`
+	Kind   string             `json:"kind"`
+	Stages []Stage            `json:"stages"`
+	Done   bool               `json:"done"`
+	VM     *model.VM          `json:"vm,omitempty"`
+	Image  *model.Image       `json:"image,omitempty"`
+	Error  *rpc.ErrorResponse `json:"error,omitempty"` // a failed operation's typed error, as any call's
 }
 
 // ImageImportParams imports an image from files on the daemon's host. Either Bundle (a

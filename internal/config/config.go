@@ -145,11 +145,18 @@ func Load(path string) (Config, error) {
 	return c, nil
 }
 
+// socketName is bangerd's socket in its runtime directory.
+const socketName = "bangerd.sock"
+
+// DefaultSocket is where bangerd listens, and so where the CLI looks, when nothing (flag,
+// config, BANGER_SOCKET) says otherwise: the default runtime directory's socket for this user.
+func DefaultSocket() string { return filepath.Join(Default().RuntimeDir, socketName) }
+
 // Finish fills derived values (socket from runtime dir) and validates. Call it after flags
 // have overridden fields.
 func (c *Config) Finish() error {
 	if c.Socket == "" {
-		c.Socket = filepath.Join(c.RuntimeDir, "bangerd.sock")
+		c.Socket = filepath.Join(c.RuntimeDir, socketName)
 	}
 	for _, p := range []struct{ field, v string }{{"state_dir", c.StateDir}, {"runtime_dir", c.RuntimeDir}} {
 		if !filepath.IsAbs(p.v) {

@@ -92,3 +92,18 @@ func boolStr(b bool) string {
 	}
 	return "false"
 }
+
+// TestDefaultSocketIsTheDaemonsDefault: the CLI's default socket is the one an unconfigured
+// bangerd listens on, whatever the user (root, XDG_RUNTIME_DIR set or not).
+func TestDefaultSocketIsTheDaemonsDefault(t *testing.T) {
+	for _, xdg := range []string{"", t.TempDir()} {
+		t.Setenv("XDG_RUNTIME_DIR", xdg)
+		c := Default()
+		if err := c.Finish(); err != nil {
+			t.Fatal(err)
+		}
+		if got := DefaultSocket(); got != c.Socket {
+			t.Errorf("XDG_RUNTIME_DIR=%q: DefaultSocket() = %s, daemon listens on %s", xdg, got, c.Socket)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/opid"
@@ -34,12 +33,7 @@ func Copy(ctx context.Context, g *Globals, src, dst string, opts guest.CopyOptio
 		return errdefs.InvalidArgument("src", src, "one of src and dst must be NAME:/path")
 	}
 	vm := svm + dvm
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	stream, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: vm}, nil)
+	stream, err := g.client().VMAgent(ctx, vm)
 	if err != nil {
 		return err
 	}

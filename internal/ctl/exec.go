@@ -42,12 +42,7 @@ func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
 	}
 	req := guest.ExecRequest{Argv: argv, Env: o.Env, Cwd: o.Cwd, TTY: tty, OpID: id}
 
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	stream, err := c.Stream(ctx, api.MethodVMAgent, api.VMRef{VM: o.VM}, nil)
+	stream, err := g.client().VMAgent(ctx, o.VM)
 	if err != nil {
 		return err
 	}
@@ -138,37 +133,32 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	ctx, _ = opid.Ensure(ctx)
 	// The first Ctrl-C during create cancels it; cleanup still runs.
 	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	var begin api.BeginResult
 	params := o.Create.VMCreateParams
 	// The daemon owns --rm: it removes the VM even if this process dies.
 	params.AutoRemove = o.Remove
-	err := g.call(createCtx, api.MethodVMCreateBegin, params, &begin)
-	if err != nil {
-		stop()
-		return err
-	}
-	name := params.Name
-	st, err := Follow(createCtx, g, api.MethodVMCreateStatus, begin.OpID, nameOf(&name, createPrinter(g, o.Create.Quiet)))
+	vm, opID, name, err := create(createCtx, g, params, o.Create.Quiet)
 	interrupted := createCtx.Err() != nil
 	stop()
+	if opID == "" {
+		return err
+	}
 	if interrupted && o.Remove {
 		// The daemon keeps creating; wait for it to settle, then delete what it made.
 		fmt.Fprintln(g.Stderr, "banger: interrupted; removing the VM being created")
 		cleanupCtx := context.WithoutCancel(ctx)
-		if st2, err2 := Follow(cleanupCtx, g, api.MethodVMCreateStatus, begin.OpID, func(api.Stage, bool) {}); err2 == nil && st2.VM != nil {
+		if st2, err2 := g.client().FollowCreate(cleanupCtx, opID, nil); err2 == nil && st2.VM != nil {
 			removeVM(cleanupCtx, g, st2.VM.ID)
 		}
 		return &ExitError{Code: 130}
 	}
 	if interrupted {
 		fmt.Fprintf(g.Stderr, "banger: interrupted; bangerd finishes creating the VM (operation %s); "+
-			"`banger vm ls` shows it and `banger vm rm -f NAME` removes it\n", begin.OpID)
+			"`banger vm ls` shows it and `banger vm rm -f NAME` removes it\n", opID)
 		return &ExitError{Code: 130}
 	}
 	if err != nil {
 		return lostVM(ctx, g, err, "vm run", name)
 	}
-	vm := st.VM
 	o.Exec.VM = vm.ID
 	execErr := Exec(ctx, g, o.Exec)
 	if o.Remove {
@@ -180,7 +170,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 // removeVM deletes the VM and waits for it; the daemon may already be removing it (the
 // run's stream ended), in which case it is simply gone.
 func removeVM(ctx context.Context, g *Globals, id string) {
-	err := g.call(ctx, api.MethodVMDelete, api.VMDeleteParams{VM: id, Force: true}, nil)
+	_, err := g.client().VMDelete(ctx, api.VMDeleteParams{VM: id, Force: true})
 	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		fmt.Fprintf(g.Stderr, "banger: removing vm %s: %v\n", shortID(id), err)
 	}
@@ -188,13 +178,7 @@ func removeVM(ctx context.Context, g *Globals, id string) {
 
 // Logs prints a VM's console log, following it with follow until interrupted.
 func Logs(ctx context.Context, g *Globals, ref string, follow bool) error {
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, _ = opid.Ensure(ctx)
-	stream, err := c.Stream(ctx, api.MethodVMLogs, api.VMLogsParams{VM: ref, Follow: follow}, nil)
+	stream, err := g.client().VMLogs(ctx, api.VMLogsParams{VM: ref, Follow: follow})
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,6 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/model"
-	"banger/internal/opid"
 )
 
 // ImportImage is image import. Paths are made absolute: the daemon reads them itself.
@@ -21,11 +20,11 @@ func ImportImage(ctx context.Context, g *Globals, p api.ImageImportParams) error
 			}
 		}
 	}
-	var res api.ImageResult
-	if err := g.call(ctx, api.MethodImageImport, p, &res); err != nil {
+	im, err := g.client().ImageImport(ctx, p)
+	if err != nil {
 		return err
 	}
-	return g.printImage(res.Image, "imported")
+	return g.printImage(*im, "imported")
 }
 
 func (g *Globals) printImage(im model.Image, verb string) error {
@@ -38,16 +37,16 @@ func (g *Globals) printImage(im model.Image, verb string) error {
 
 // ListImages prints the installed images.
 func ListImages(ctx context.Context, g *Globals) error {
-	var res api.ImageListResult
-	if err := g.call(ctx, api.MethodImageList, nil, &res); err != nil {
+	images, err := g.client().ImageList(ctx)
+	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(res.Images)
+		return g.printJSON(images)
 	}
 	tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tARCH\tSIZE\tSOURCE\tAGE")
-	for _, im := range res.Images {
+	for _, im := range images {
 		var size int64
 		for _, f := range im.Files {
 			size += f.Size
@@ -72,11 +71,10 @@ func humanBytes(b int64) string {
 
 // ShowImage prints one image with its files and digests.
 func ShowImage(ctx context.Context, g *Globals, ref string) error {
-	var res api.ImageResult
-	if err := g.call(ctx, api.MethodImageShow, api.ImageRef{Image: ref}, &res); err != nil {
+	im, err := g.client().ImageShow(ctx, ref)
+	if err != nil {
 		return err
 	}
-	im := res.Image
 	if g.JSON {
 		return g.printJSON(im)
 	}
@@ -91,42 +89,43 @@ func ShowImage(ctx context.Context, g *Globals, ref string) error {
 
 // DeleteImage is image rm.
 func DeleteImage(ctx context.Context, g *Globals, ref string) error {
-	var res api.ImageResult
-	if err := g.call(ctx, api.MethodImageDelete, api.ImageRef{Image: ref}, &res); err != nil {
-		return err
-	}
-	return g.printImage(res.Image, "deleted")
-}
-
-// PullImage is image pull (and image build): an async operation with live progress.
-func PullImage(ctx context.Context, g *Globals, method string, params any, isTTY bool) error {
-	ctx, _ = opid.Ensure(ctx)
-	var begin api.BeginResult
-	if err := g.call(ctx, method, params, &begin); err != nil {
-		return err
-	}
-	st, err := Follow(ctx, g, api.MethodOpStatus, begin.OpID, progressPrinter(g, isTTY))
+	im, err := g.client().ImageDelete(ctx, ref)
 	if err != nil {
 		return err
 	}
-	if st.Image == nil {
-		return fmt.Errorf("operation %s finished without an image", begin.OpID)
+	return g.printImage(*im, "deleted")
+}
+
+// PullImage is image pull: an async operation with live progress.
+func PullImage(ctx context.Context, g *Globals, ref string, isTTY bool) error {
+	im, err := g.client().ImagePull(ctx, api.ImagePullParams{Ref: ref}, progressPrinter(g, isTTY))
+	if err != nil {
+		return err
 	}
-	return g.printImage(*st.Image, "ready:")
+	return g.printImage(*im, "ready:")
+}
+
+// BuildImage is image build: an async operation with live progress.
+func BuildImage(ctx context.Context, g *Globals, p api.ImageBuildParams, isTTY bool) error {
+	im, err := g.client().ImageBuild(ctx, p, progressPrinter(g, isTTY))
+	if err != nil {
+		return err
+	}
+	return g.printImage(*im, "ready:")
 }
 
 // Catalog prints the catalog.
 func Catalog(ctx context.Context, g *Globals) error {
-	var res api.CatalogResult
-	if err := g.call(ctx, api.MethodImageCatalog, nil, &res); err != nil {
+	entries, err := g.client().ImageCatalog(ctx)
+	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(res.Entries)
+		return g.printJSON(entries)
 	}
 	tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tVERSION\tARCH\tINSTALLED\tSOURCE\tDESCRIPTION")
-	for _, e := range res.Entries {
+	for _, e := range entries {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", e.Name, e.Version, e.Arch, e.Installed, e.Source, e.Description)
 	}
 	return tw.Flush()
@@ -134,15 +133,15 @@ func Catalog(ctx context.Context, g *Globals) error {
 
 // Doctor prints the daemon's host checks.
 func Doctor(ctx context.Context, g *Globals) (bool, error) {
-	var res api.DoctorResult
-	if err := g.call(ctx, api.MethodDoctor, nil, &res); err != nil {
+	checks, err := g.client().Doctor(ctx)
+	if err != nil {
 		return false, err
 	}
 	if g.JSON {
-		return true, g.printJSON(res.Checks)
+		return true, g.printJSON(checks)
 	}
 	ok := true
-	for _, c := range res.Checks {
+	for _, c := range checks {
 		mark := "ok  "
 		switch {
 		case !c.OK && c.Optional:
@@ -160,9 +159,5 @@ func Doctor(ctx context.Context, g *Globals) (bool, error) {
 
 // Ping prints the daemon's version and uptime.
 func Ping(ctx context.Context, g *Globals) (*api.PingResult, error) {
-	var res api.PingResult
-	if err := g.call(ctx, api.MethodPing, nil, &res); err != nil {
-		return nil, err
-	}
-	return &res, nil
+	return g.client().Ping(ctx)
 }

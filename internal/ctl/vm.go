@@ -14,7 +14,6 @@ import (
 	"banger/internal/api"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
 )
 
 // CreateOptions are vm create's flags.
@@ -26,56 +25,36 @@ type CreateOptions struct {
 // CreateVM creates a VM through vm.create.begin and shows each stage as it happens.
 func CreateVM(ctx context.Context, g *Globals, o CreateOptions) (*model.VM, error) {
 	ctx, _ = opid.Ensure(ctx)
-	var begin api.BeginResult
-	if err := g.call(ctx, api.MethodVMCreateBegin, o.VMCreateParams, &begin); err != nil {
-		return nil, err
-	}
-	name := o.Name
-	st, err := Follow(ctx, g, api.MethodVMCreateStatus, begin.OpID, nameOf(&name, createPrinter(g, o.Quiet || g.JSON)))
+	vm, id, name, err := create(ctx, g, o.VMCreateParams, o.Quiet || g.JSON)
 	if err != nil {
-		return nil, lostVM(ctx, g, err, "create", name)
-	}
-	if st.VM == nil {
-		return nil, fmt.Errorf("vm.create finished without a VM (%s)", begin.OpID)
-	}
-	if g.JSON {
-		return st.VM, g.printJSON(st.VM)
-	}
-	return st.VM, nil
-}
-
-// Follow polls an async operation until it ends, calling onStage for each new or updated
-// stage, and returns the final status or the operation's typed error.
-func Follow(ctx context.Context, g *Globals, method, id string, onStage func(api.Stage, bool)) (*api.OpStatusResult, error) {
-	seen := 0
-	var last api.Stage
-	for {
-		var st api.OpStatusResult
-		if err := g.call(ctx, method, api.OpStatusParams{OpID: id, After: seen, WaitSeconds: 1}, &st); err != nil {
+		if id == "" {
 			return nil, err
 		}
-		for i := range st.Stages {
-			s := st.Stages[i]
-			if i >= seen {
-				onStage(s, false)
-			} else if i == seen-1 && (s.Done != last.Done || s.Total != last.Total) {
-				onStage(s, true)
-			}
-		}
-		if len(st.Stages) > 0 {
-			last = st.Stages[len(st.Stages)-1]
-		}
-		seen = len(st.Stages)
-		if st.Done {
-			if st.Error != nil {
-				return nil, &rpc.ErrorResponse{Code: st.Error.Code, Message: st.Error.Message, OpID: st.Error.OpID, Hint: st.Error.Hint}
-			}
-			return &st, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
+		return nil, lostVM(ctx, g, err, "create", name)
 	}
+	if g.JSON {
+		return vm, g.printJSON(vm)
+	}
+	return vm, nil
+}
+
+// create begins vm.create and follows it under ctx, printing its stages. It returns the
+// operation's id ("" when the begin itself failed), so a caller can follow it again after
+// an interruption, and the VM's name as far as it is known, for errors.
+func create(ctx context.Context, g *Globals, p api.VMCreateParams, quiet bool) (vm *model.VM, id, name string, err error) {
+	c := g.client()
+	if id, err = c.VMCreateBegin(ctx, p); err != nil {
+		return nil, "", p.Name, err
+	}
+	name = p.Name
+	st, err := c.FollowCreate(ctx, id, nameOf(&name, createPrinter(g, quiet)))
+	if err != nil {
+		return nil, id, name, err
+	}
+	if st.VM == nil {
+		return nil, id, name, fmt.Errorf("vm.create finished without a VM (%s)", id)
+	}
+	return st.VM, id, name, nil
 }
 
 // nameOf wraps a stage printer to learn the VM's name from the "persisted" stage (its
@@ -121,16 +100,16 @@ func stagePrinter(g *Globals, quiet bool) func(api.Stage, bool) {
 
 // ListVMs prints the VMs.
 func ListVMs(ctx context.Context, g *Globals) error {
-	var res api.VMListResult
-	if err := g.call(ctx, api.MethodVMList, nil, &res); err != nil {
+	vms, err := g.client().VMList(ctx)
+	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(res.VMs)
+		return g.printJSON(vms)
 	}
 	tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tIMAGE\tIP\tVCPU\tMEMORY\tVMM\tAGE")
-	for _, vm := range res.VMs {
+	for _, vm := range vms {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", vm.ID[:12], vm.Name, vm.State, vm.ImageName,
 			vm.GuestIP, vm.VCPU, model.FormatSize(int64(vm.MemoryMiB)<<20), vmmLabel(vm), age(vm.CreatedAt))
 	}
@@ -159,12 +138,12 @@ func age(t time.Time) string {
 
 // VMNames lists the VMs' names, for shell completion.
 func VMNames(ctx context.Context, g *Globals) ([]string, error) {
-	var res api.VMListResult
-	if err := g.call(ctx, api.MethodVMList, nil, &res); err != nil {
+	vms, err := g.client().VMList(ctx)
+	if err != nil {
 		return nil, err
 	}
-	names := make([]string, 0, len(res.VMs))
-	for _, vm := range res.VMs {
+	names := make([]string, 0, len(vms))
+	for _, vm := range vms {
 		names = append(names, vm.Name)
 	}
 	return names, nil
@@ -172,14 +151,14 @@ func VMNames(ctx context.Context, g *Globals) ([]string, error) {
 
 // ShowVM prints one VM.
 func ShowVM(ctx context.Context, g *Globals, ref string) error {
-	var res api.VMResult
-	if err := g.call(ctx, api.MethodVMShow, api.VMRef{VM: ref}, &res); err != nil {
+	vm, err := g.client().VMShow(ctx, ref)
+	if err != nil {
 		return err
 	}
 	if g.JSON {
-		return g.printJSON(res.VM)
+		return g.printJSON(vm)
 	}
-	printVM(g.Stdout, res.VM)
+	printVM(g.Stdout, *vm)
 	return nil
 }
 
@@ -253,17 +232,41 @@ func shortID(id string) string {
 	return id
 }
 
-// VMAction runs vm.start, vm.stop, vm.restart or vm.delete and prints the VM's new state.
-func VMAction(ctx context.Context, g *Globals, method string, params any) error {
-	var res api.VMResult
-	if err := g.call(ctx, method, params, &res); err != nil {
-		return err
+// StartVM is vm start.
+func StartVM(ctx context.Context, g *Globals, ref string) error {
+	return g.printVMAction(g.client().VMStart(ctx, ref))("started")
+}
+
+// StopVM is vm stop; timeout 0 is the daemon's default.
+func StopVM(ctx context.Context, g *Globals, ref string, timeoutSeconds float64) error {
+	return g.printVMAction(g.client().VMStop(ctx, api.VMStopParams{VM: ref, TimeoutSeconds: timeoutSeconds}))("stopped")
+}
+
+// RestartVM is vm restart.
+func RestartVM(ctx context.Context, g *Globals, ref string, timeoutSeconds float64) error {
+	return g.printVMAction(g.client().VMRestart(ctx, api.VMStopParams{VM: ref, TimeoutSeconds: timeoutSeconds}))("restarted")
+}
+
+// DeleteVM is vm rm of one VM.
+func DeleteVM(ctx context.Context, g *Globals, ref string, force bool) error {
+	return g.printVMAction(g.client().VMDelete(ctx, api.VMDeleteParams{VM: ref, Force: force}))("deleted")
+}
+
+// RenameVM is vm rename.
+func RenameVM(ctx context.Context, g *Globals, ref, name string) error {
+	return g.printVMAction(g.client().VMRename(ctx, api.VMRenameParams{VM: ref, Name: name}))("renamed")
+}
+
+// printVMAction prints the VM a lifecycle call returned: as JSON, or its name and verb.
+func (g *Globals) printVMAction(vm *model.VM, err error) func(verb string) error {
+	return func(verb string) error {
+		if err != nil {
+			return err
+		}
+		if g.JSON {
+			return g.printJSON(vm)
+		}
+		fmt.Fprintf(g.Stdout, "%s %s\n", vm.Name, verb)
+		return nil
 	}
-	if g.JSON {
-		return g.printJSON(res.VM)
-	}
-	verb := map[string]string{api.MethodVMStart: "started", api.MethodVMStop: "stopped",
-		api.MethodVMRestart: "restarted", api.MethodVMDelete: "deleted", api.MethodVMRename: "renamed"}[method]
-	fmt.Fprintf(g.Stdout, "%s %s\n", res.VM.Name, verb)
-	return nil
 }

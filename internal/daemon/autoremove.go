@@ -1,10 +1,9 @@
 package daemon
 
 import (
+	"banger/internal/oplog"
 	"context"
 	"time"
-
-	"banger/internal/opid"
 )
 
 // autoRemoveGrace is how long a vm run --rm VM may go without its run attaching (the CLI
@@ -59,7 +58,7 @@ func (d *Daemon) attachRun(id string) (release func()) {
 // autoRemove deletes an auto-remove VM in the background (the caller may hold its lock).
 func (d *Daemon) autoRemove(id, why string) {
 	go func() {
-		ctx := opid.With(context.Background(), opid.New())
+		ctx := d.newOp(context.Background())
 		rt := d.runtime(id)
 		rt.mu.Lock()
 		defer rt.mu.Unlock()
@@ -67,7 +66,7 @@ func (d *Daemon) autoRemove(id, why string) {
 		if err != nil || !vm.AutoRemove {
 			return
 		}
-		log := opid.Logger(ctx, d.log).With("vm", vm.Name, "vm_id", id)
+		log := oplog.G(ctx).With("vm", vm.Name, "vm_id", id)
 		if err := d.destroy(ctx, rt, vm, "auto-removed: "+why); err != nil {
 			log.Warn("vm run --rm: removing vm failed; reconcile retries", "error", err.Error())
 			return

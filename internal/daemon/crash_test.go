@@ -15,9 +15,11 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
+	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/rpc"
 	"banger/internal/store"
+	"banger/internal/testkit"
 	"banger/internal/vmm"
 )
 
@@ -267,7 +269,7 @@ func TestHelperKilledMidCreateTap(t *testing.T) {
 // stream ends, whatever the CLI does.
 func TestAutoRemoveIsOwnedByTheDaemon(t *testing.T) {
 	h, drv := newFakeHelper(), &fakeDriver{binary: fakeVMMBinary(t)}
-	td := startFakeDaemonAt(t, t.TempDir(), h, drv, func(d *Daemon) { d.rmGrace = 200 * time.Millisecond })
+	td := startFakeDaemonAt(t, t.TempDir(), h, drv, func(o *Options) { o.AutoRemoveGrace = 200 * time.Millisecond })
 	td.addImage(t, "img")
 	ctx := context.Background()
 	var res api.VMResult
@@ -358,4 +360,27 @@ func TestBootFailureOnFullDiskSaysSo(t *testing.T) {
 // fakeImageID is the id addImage gives the image called name.
 func fakeImageID(name string) string {
 	return strings.Repeat("a", 63) + fmt.Sprint(len(name)%10)
+}
+
+// TestAgentOfAnotherProtocolIsRefusedAtOnce: a guest agent that speaks another protocol
+// version fails the start with a conflict naming both versions, without waiting out the
+// boot timeout, and the create leaves nothing behind.
+func TestAgentOfAnotherProtocolIsRefusedAtOnce(t *testing.T) {
+	h, drv := newFakeHelper(), &fakeDriver{binary: fakeVMMBinary(t), oldAgent: true}
+	td := startFakeDaemonAt(t, t.TempDir(), h, drv, nil)
+	td.addImage(t, "img")
+	err := testkit.Within(t, "create with an old agent", func() error {
+		return rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMCreate, api.VMCreateParams{Name: "old", Image: "img"}, nil)
+	})
+	var er *rpc.ErrorResponse
+	if !errors.As(err, &er) || er.Code != rpc.CodeConflict || !strings.Contains(er.Message, "protocol 0") ||
+		!strings.Contains(er.Message, fmt.Sprintf("speaks %d", guest.ProtocolVersion)) {
+		t.Fatalf("create with an old agent: %v, want a conflict naming protocol 0 and %d", err, guest.ProtocolVersion)
+	}
+	if _, err := showVM(td, "old"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("vm of the failed create still there: %v", err)
+	}
+	if taps, nat := h.snapshot(); taps != 0 || nat != 0 {
+		t.Errorf("failed create left %d taps and %d NAT rules", taps, nat)
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"banger/internal/imagecat"
 	"banger/internal/imagestore"
 	"banger/internal/opid"
+	"banger/internal/oplog"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/vmdns"
@@ -40,7 +41,7 @@ type Daemon struct {
 	store   *store.Store
 	prefix  netip.Prefix
 	drivers map[string]vmm.Driver
-	helper  netHelper // nil when networking is off
+	helper  NetHelper // nil when networking is off
 	dns     *vmdns.Server
 	// dnsOnBridge serves DNS on the bridge address too (networking on); tests without a
 	// bridge turn it off.
@@ -78,6 +79,12 @@ type Daemon struct {
 	bgCancel context.CancelFunc
 }
 
+// newOp returns a context under parent for work the daemon begins itself (startup, a
+// reconcile pass, an exit watcher): a fresh op id, and the daemon's logger for oplog.G.
+func (d *Daemon) newOp(parent context.Context) context.Context {
+	return oplog.With(opid.With(parent, opid.New()), d.log)
+}
+
 // detach returns a context for work that outlives the request that began it: it keeps the
 // request's values (op id, operation logger) but ends only when the daemon shuts down.
 func (d *Daemon) detach(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -86,8 +93,8 @@ func (d *Daemon) detach(ctx context.Context) (context.Context, context.CancelFun
 	return out, func() { stop(); cancel() }
 }
 
-// netHelper is what the daemon needs from the root helper (helper.Client).
-type netHelper interface {
+// NetHelper is what the daemon needs from the root helper (helper.Client).
+type NetHelper interface {
 	Ping(ctx context.Context) error
 	EnsureBridge(ctx context.Context) error
 	CreateTap(ctx context.Context, tap string) error
@@ -98,14 +105,35 @@ type netHelper interface {
 	State(ctx context.Context) (helper.StateResult, error)
 }
 
-// Options are start-up options that are not configuration.
+// Options are what New takes besides the configuration: the logger, and replacements for
+// the parts that reach the host, so tests (and embedders) inject them rather than patch a
+// built daemon.
 type Options struct {
+	Logger *slog.Logger // nil: slog's default
+	// Drivers add or replace VMM drivers by name; a test's fake registered as "qemu"
+	// stands in for the configured VMM.
+	Drivers map[string]vmm.Driver
+	// Helper replaces the root helper client used when networking is on. An injected
+	// helper makes no real bridge, so DNS is then not served on the bridge address.
+	Helper NetHelper
+	// ReconcileInterval and AutoRemoveGrace override the periodic reconcile's pace and how
+	// long a `vm run --rm` VM waits for its run to attach (0: the defaults).
+	ReconcileInterval time.Duration
+	AutoRemoveGrace   time.Duration
+}
+
+// RunOptions are Run's options.
+type RunOptions struct {
 	// Cleanup makes Run stop every VM and remove all network objects on exit.
 	Cleanup bool
 }
 
 // New opens the store and prepares drivers; it does not listen yet.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, error) {
+func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	if err := cfg.Finish(); err != nil {
 		return nil, err
 	}
@@ -146,9 +174,21 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 			"firecracker": firecracker.New(firecracker.Config{Binary: cfg.Firecracker.Binary, Logger: log}),
 		},
 	}
+	for name, drv := range opts.Drivers {
+		d.drivers[name] = drv
+	}
+	if opts.ReconcileInterval > 0 {
+		d.reconcileInterval = opts.ReconcileInterval
+	}
+	if opts.AutoRemoveGrace > 0 {
+		d.rmGrace = opts.AutoRemoveGrace
+	}
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.metrics = newMetrics(d)
-	if cfg.Network.Enabled {
+	switch {
+	case cfg.Network.Enabled && opts.Helper != nil:
+		d.helper = opts.Helper
+	case cfg.Network.Enabled:
 		d.helper = &helper.Client{Socket: cfg.Network.HelperSocket}
 		d.dnsOnBridge = true
 	}
@@ -161,9 +201,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 }
 
 // Run serves until ctx ends. VMs keep running after Run returns unless opts.Cleanup.
-func (d *Daemon) Run(ctx context.Context, opts Options) error {
+func (d *Daemon) Run(ctx context.Context, opts RunOptions) error {
 	defer d.store.Close()
-	startCtx := opid.With(ctx, opid.New())
+	startCtx := d.newOp(ctx)
 	if d.helper != nil {
 		if err := d.helper.EnsureBridge(startCtx); err != nil {
 			return fmt.Errorf("ensuring bridge %s through the root helper: %w", d.cfg.Network.Bridge, err)
@@ -205,7 +245,7 @@ func (d *Daemon) Run(ctx context.Context, opts Options) error {
 	d.bg.Wait()
 	os.Remove(d.cfg.Socket)
 	if opts.Cleanup {
-		d.cleanup(opid.With(context.Background(), opid.New()))
+		d.cleanup(d.newOp(context.Background()))
 	}
 	d.closeSessions()
 	return serveErr
@@ -257,7 +297,7 @@ func listenUnix(path string) (net.Listener, error) {
 
 // cleanup stops every running VM and removes every network object banger created.
 func (d *Daemon) cleanup(ctx context.Context) {
-	log := opid.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		log.Error("cleanup: listing vms failed", "error", err.Error())

@@ -1,10 +1,11 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -29,6 +30,44 @@ type testDaemon struct {
 	d      *Daemon
 	cancel context.CancelFunc
 	done   chan error
+	log    *logSink
+}
+
+// logSink collects the daemon's JSON log records for tests that check what was logged.
+type logSink struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// stages returns, in order, the stage names logged as "operation stage" under op id id.
+func (l *logSink) stages(t *testing.T, id string) []string {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range bytes.Split(l.buf.Bytes(), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r struct {
+			Msg   string `json:"msg"`
+			OpID  string `json:"op_id"`
+			Stage string `json:"stage"`
+		}
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("daemon log line %q: %v", line, err)
+		}
+		if r.Msg == "operation stage" && r.OpID == id {
+			out = append(out, r.Stage)
+		}
+	}
+	return out
 }
 
 func requireMkfs(t *testing.T) {
@@ -48,12 +87,12 @@ func startDaemon(t *testing.T, stateDir, cidr string, tweaks ...func(*config.Con
 		for _, tw := range tweaks {
 			tw(c)
 		}
-	}, nil)
+	}, Options{})
 }
 
-// startDaemonWith runs a daemon with tweak applied to its config and, before it serves,
-// hook applied to the daemon itself (fake drivers and helper).
-func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), hook func(*Daemon)) *testDaemon {
+// startDaemonWith runs a daemon with tweak applied to its config and opts (fake drivers and
+// helper) injected; the test's log sink replaces opts.Logger.
+func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), opts Options) *testDaemon {
 	t.Helper()
 	requireMkfs(t)
 	cfg := config.Default()
@@ -66,18 +105,16 @@ func startDaemonWith(t *testing.T, stateDir string, tweak func(*config.Config), 
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	sink := &logSink{}
+	opts.Logger = slog.New(slog.NewJSONHandler(sink, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := New(ctx, cfg, log)
+	d, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	if hook != nil {
-		hook(d)
-	}
-	td := &testDaemon{cfg: d.cfg, d: d, cancel: cancel, done: make(chan error, 1)}
-	go func() { td.done <- d.Run(ctx, Options{}) }()
+	td := &testDaemon{cfg: d.cfg, d: d, cancel: cancel, done: make(chan error, 1), log: sink}
+	go func() { td.done <- d.Run(ctx, RunOptions{}) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodPing, nil, nil); err == nil {
@@ -322,6 +359,10 @@ func TestCreateBeginStatusReportsStages(t *testing.T) {
 	want := "image_resolved,validated,persisted,disks_ready,created"
 	if strings.Join(names, ",") != want {
 		t.Fatalf("stages %v, want %s", names, want)
+	}
+	// Every stage a poller saw is in the operation log under the same op id, in order.
+	if logged := td.log.stages(t, begin.OpID); strings.Join(logged, ",") != want {
+		t.Fatalf("logged stages %v, want %s", logged, want)
 	}
 	// A failing async create reports the typed error under the same op id.
 	if err := rpc.Call(context.Background(), td.cfg.Socket, api.MethodVMCreateBegin, api.VMCreateParams{Image: "img", NoStart: true, Name: "async"}, &begin); err != nil {

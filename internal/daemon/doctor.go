@@ -23,7 +23,7 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 		out.Checks = append(out.Checks, c)
 	}
 	_, info, err := d.pickDriver(ctx)
-	for _, name := range []string{"firecracker", "qemu"} {
+	for _, name := range autoOrder {
 		pi := d.drivers[name].Probe(ctx)
 		detail := pi.Detail
 		if pi.Available {

@@ -21,7 +21,7 @@ func (d *Daemon) register(s *rpc.Server) {
 			UptimeSeconds: time.Since(d.started).Seconds(), PID: os.Getpid()}, nil
 	}))
 	s.Handle(api.MethodVMCreate, withParams(func(ctx context.Context, p api.VMCreateParams) (any, error) {
-		vm, err := d.createVM(ctx, p, noProgress{})
+		vm, err := d.createVM(ctx, p, progress{})
 		if err != nil {
 			return nil, err
 		}
@@ -104,7 +104,7 @@ func (d *Daemon) register(s *rpc.Server) {
 		return imageResult(d.deleteImage(ctx, p.Image))
 	}))
 	s.Handle(api.MethodImagePull, withParams(func(ctx context.Context, p api.ImagePullParams) (any, error) {
-		return imageResult(d.pullImage(ctx, p.Ref, noProgress{}))
+		return imageResult(d.pullImage(ctx, p.Ref, progress{}))
 	}))
 	s.Handle(api.MethodImagePullBegin, withParams(func(ctx context.Context, p api.ImagePullParams) (any, error) {
 		if p.Ref == "" {

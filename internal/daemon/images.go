@@ -15,7 +15,7 @@ import (
 	"banger/internal/imagestore"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 )
 
 // findOrAutoPullImage resolves ref in the store, and when it is missing but the catalog
@@ -33,8 +33,7 @@ func (d *Daemon) findOrAutoPullImage(ctx context.Context, ref string, prog progr
 		return nil, errdefs.WithHint(errdefs.NotFound("image", ref),
 			"list images with `banger image ls` and the catalog with `banger image catalog`, or import one with `banger image import`")
 	}
-	prog.stage("auto_pull_image", fmt.Sprintf("%s is not installed; fetching it from the catalog", ref), 0, 0)
-	rpc.Stage(ctx, d.log, "auto_pull_image", "image", ref)
+	prog.stage(ctx, "auto_pull_image", fmt.Sprintf("%s is not installed; fetching it from the catalog", ref), "image", ref)
 	return d.fetchImage(ctx, entry, "auto_pull_image", prog)
 }
 
@@ -61,7 +60,7 @@ func (d *Daemon) fetchImage(ctx context.Context, entry imagecat.Entry, stage str
 		defer cleanup()
 		return d.publishBundle(ctx, bundle, entry.Name, source)
 	}, func(p imagecat.Progress) {
-		prog.stage(stage, p.String(), p.Done, p.Total)
+		prog.count(ctx, stage, p.String(), p.Done, p.Total)
 	})
 }
 
@@ -78,7 +77,7 @@ func (d *Daemon) produceBundle(ctx context.Context, entry imagecat.Entry, report
 		WorkDir:      work,
 		AgentPath:    d.agentPath(),
 		DebianMirror: d.cfg.DebianMirror,
-		Log:          rpc.Logger(ctx, d.log),
+		Log:          oplog.G(ctx),
 	}, report)
 	if err != nil {
 		cleanup()
@@ -152,7 +151,7 @@ func (d *Daemon) recordImage(ctx context.Context, im *model.Image, source string
 	if err := d.store.InsertImage(ctx, im); err != nil {
 		return nil, err
 	}
-	rpc.Logger(ctx, d.log).Info("image published", "image", im.Name, "image_id", im.ID)
+	oplog.G(ctx).Info("image published", "image", im.Name, "image_id", im.ID)
 	return im, nil
 }
 
@@ -241,7 +240,7 @@ func (d *Daemon) deleteImage(ctx context.Context, ref string) (*model.Image, err
 // an installed image is returned as is; `image rm` first to refetch.
 func (d *Daemon) pullImage(ctx context.Context, ref string, prog progress) (*model.Image, error) {
 	if im, err := d.store.ResolveImage(ctx, ref); err == nil && im.Name == ref {
-		prog.stage("image_resolved", "already installed", 0, 0)
+		prog.stage(ctx, "image_resolved", "already installed", "image", im.Name, "image_id", im.ID)
 		return im, nil
 	}
 	entry, ok := d.catalog.Lookup(ref)
@@ -283,7 +282,7 @@ func (d *Daemon) beginImageOp(ctx context.Context, kind string, fn func(ctx cont
 	go func() {
 		defer d.bg.Done()
 		defer cancel()
-		im, err := fn(bctx, op)
+		im, err := fn(bctx, progress{op})
 		op.finish(nil, im, err)
 	}()
 	return api.BeginResult{OpID: id}, nil

@@ -9,7 +9,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/model"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 
 	"golang.org/x/sys/unix"
@@ -83,7 +83,7 @@ func (d *Daemon) killVMMs(ctx context.Context, rt *vmRuntime, vm *model.VM) erro
 		if o.VMID != vm.ID {
 			continue
 		}
-		rpc.Logger(ctx, d.log).Warn("killing untracked VMM of vm", "vm", vm.Name, "pid", o.PID)
+		oplog.G(ctx).Warn("killing untracked VMM of vm", "vm", vm.Name, "pid", o.PID)
 		errs = append(errs, vmm.KillOwned(o, d.cfg.VMsDir(), d.vmmBinaries(), 10*time.Second))
 	}
 	return errors.Join(errs...)
@@ -128,7 +128,7 @@ func (d *Daemon) deleteUnfinished(ctx context.Context, vm *model.VM, cause error
 	d.netPending.Store(true)
 	msg := "delete unfinished: " + cause.Error()
 	if err := d.move(ctx, vm, model.VMDeleting, func(v *model.VM) { v.LastError = msg }); err != nil {
-		rpc.Logger(ctx, d.log).Error("recording unfinished delete failed", "vm", vm.Name, "error", err.Error())
+		oplog.G(ctx).Error("recording unfinished delete failed", "vm", vm.Name, "error", err.Error())
 	}
 	return errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "vm %s: %s; it stays in state deleting and bangerd retries", vm.Name, msg),
 		"bangerd retries when the root helper answers; `banger vm show "+vm.Name+"` shows progress, `banger vm rm -f "+vm.Name+"` retries now")

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -162,6 +163,8 @@ type fakeDriver struct {
 	// console, if set, writes the "guest's" console log, and the machine then exits
 	// before its agent answers, like a guest that panics at boot.
 	console func(logPath string)
+	// oldAgent makes the machines' agents answer pings as an agent of protocol 0 would.
+	oldAgent bool
 }
 
 func (f *fakeDriver) Name() string { return "fake" }
@@ -175,7 +178,7 @@ func (f *fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, err
 		return nil, errors.New("cannot load kernel")
 	}
 	f.started = append(f.started, spec)
-	hang, console := f.hang, f.console
+	hang, console, oldAgent := f.hang, f.console, f.oldAgent
 	f.mu.Unlock()
 	proc, err := launchFakeVMM(f.binary, spec.Dir, spec.LogPath)
 	if err != nil {
@@ -191,6 +194,7 @@ func (f *fakeDriver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, err
 		return nil, ctx.Err()
 	}
 	m := newFakeMachine(proc)
+	m.oldAgent = oldAgent
 	if console != nil {
 		m.stop()
 		<-proc.Done()
@@ -242,6 +246,7 @@ func launchFakeVMM(binary, dir, logPath string) (*vmm.Process, error) {
 type fakeMachine struct {
 	proc     *vmm.Process
 	agentLog *slog.Logger
+	oldAgent bool
 }
 
 func newFakeMachine(proc *vmm.Process) *fakeMachine {
@@ -257,11 +262,33 @@ func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m.oldAgent {
+		go serveOldAgent(sess)
+		return host, nil
+	}
 	agent := guest.NewAgent(m.agentLog, func(*slog.Logger) { m.stop() })
 	go agent.Serve(context.Background(), sess)
 	go func() { <-m.proc.Done(); sess.Close() }()
 	return host, nil
 }
+
+// serveOldAgent answers every request on every stream as an agent from before protocol
+// versions were reported.
+func serveOldAgent(sess *yamux.Session) {
+	for {
+		st, err := sess.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer st.Close()
+			if _, err := bufio.NewReader(st).ReadString('\n'); err == nil {
+				io.WriteString(st, `{"ok":true,"hostname":"old","kernel":"6.1","agent_version":"0.1"}`+"\n")
+			}
+		}()
+	}
+}
+
 func (m *fakeMachine) Shutdown(context.Context) error { m.stop(); return nil }
 func (m *fakeMachine) Kill() error                    { return m.proc.Kill() }
 func (m *fakeMachine) Done() <-chan struct{}          { return m.proc.Done() }
@@ -274,9 +301,9 @@ func startFakeDaemon(t *testing.T) (*testDaemon, *fakeHelper, *fakeDriver) {
 	return td, h, drv
 }
 
-// startFakeDaemonAt runs a daemon on stateDir with the fake helper and driver; hook
-// tunes it further before it serves.
-func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDriver, hook func(*Daemon)) *testDaemon {
+// startFakeDaemonAt runs a daemon on stateDir with the fake helper and driver; tune
+// adjusts the other options.
+func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDriver, tune func(*Options)) *testDaemon {
 	t.Helper()
 	// VMMs outlive their daemon by design; the test's must not outlive the test.
 	t.Cleanup(func() { killFakeVMMs(t, filepath.Join(stateDir, "vms"), drv.binary) })
@@ -284,18 +311,16 @@ func startFakeDaemonAt(t *testing.T, stateDir string, h *fakeHelper, drv *fakeDr
 		c.Network.Enabled = true
 		c.VMM = "qemu"
 		c.Qemu.Binary = drv.binary
-	}, func(d *Daemon) {
-		d.helper = h
-		d.dnsOnBridge = false
+	}, func() Options {
 		// The fake stands in for the configured VMM and answers to its own name, which
 		// is what records and reconcile use.
-		d.drivers["qemu"] = drv
-		d.drivers["fake"] = drv
-		d.reconcileInterval = 20 * time.Millisecond
-		if hook != nil {
-			hook(d)
+		o := Options{Helper: h, Drivers: map[string]vmm.Driver{"qemu": drv, "fake": drv},
+			ReconcileInterval: 20 * time.Millisecond}
+		if tune != nil {
+			tune(&o)
 		}
-	})
+		return o
+	}())
 }
 
 func TestLifecycleWithFakeVMM(t *testing.T) {

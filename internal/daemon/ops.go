@@ -8,6 +8,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/model"
+	"banger/internal/oplog"
 	"banger/internal/rpc"
 )
 
@@ -22,7 +23,7 @@ type operation struct {
 	done    bool
 	vm      *model.VM
 	image   *model.Image
-	err     *api.OpError
+	err     *rpc.ErrorResponse
 	changed chan struct{} // closed and replaced on every change, to wake waiters
 	ended   time.Time
 }
@@ -38,16 +39,18 @@ func (o *operation) notifyLocked() {
 
 // stage records one step. Download progress updates the last stage in place when it is
 // the same stage, so polling clients see a moving counter rather than thousands of stages.
-func (o *operation) stage(name, msg string, done, total int64) {
+// It reports whether the stage was updated in place rather than added.
+func (o *operation) stage(name, msg string, done, total int64) (updated bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	defer o.notifyLocked()
 	if n := len(o.stages); n > 0 && o.stages[n-1].Name == name && (done > 0 || total > 0) {
 		o.stages[n-1].Done, o.stages[n-1].Total, o.stages[n-1].Message = done, total, msg
 		o.stages[n-1].At = time.Now().UTC()
-	} else {
-		o.stages = append(o.stages, api.Stage{Name: name, Message: msg, At: time.Now().UTC(), Done: done, Total: total})
+		return true
 	}
-	o.notifyLocked()
+	o.stages = append(o.stages, api.Stage{Name: name, Message: msg, At: time.Now().UTC(), Done: done, Total: total})
+	return false
 }
 
 func (o *operation) finish(vm *model.VM, im *model.Image, err error) {
@@ -57,8 +60,7 @@ func (o *operation) finish(vm *model.VM, im *model.Image, err error) {
 	o.ended = time.Now()
 	o.vm, o.image = vm, im
 	if err != nil {
-		w := rpc.ToWire(err, o.id)
-		o.err = &api.OpError{Code: w.Code, Message: w.Message, OpID: o.id, Hint: w.Hint}
+		o.err = rpc.ToWire(err, o.id)
 	}
 	o.notifyLocked()
 }
@@ -132,12 +134,24 @@ func (r *opRegistry) get(id string) (*operation, error) {
 	return o, nil
 }
 
-// progress is how long-running daemon work reports stages: to the async operation if
-// there is one, and always to the operation log.
-type progress interface {
-	stage(name, msg string, done, total int64)
+// progress is where daemon work reports its steps. stage is the one call per step: it
+// records the stage for the async operation's pollers (when the work runs as one; the zero
+// progress has none) and logs it with the op id, so the two can never drift.
+type progress struct{ op *operation }
+
+// stage reports step name: msg for people polling, attrs for the log.
+func (p progress) stage(ctx context.Context, name, msg string, attrs ...any) {
+	if p.op != nil {
+		p.op.stage(name, msg, 0, 0)
+	}
+	oplog.Stage(ctx, name, attrs...)
 }
 
-type noProgress struct{}
-
-func (noProgress) stage(string, string, int64, int64) {}
+// count updates a stage that moves (a download): pollers see every update, the log only
+// the stage's first, so a large pull does not write thousands of records.
+func (p progress) count(ctx context.Context, name, msg string, done, total int64) {
+	if p.op == nil || p.op.stage(name, msg, done, total) {
+		return
+	}
+	oplog.Stage(ctx, name, "done", done, "total", total)
+}

@@ -12,8 +12,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/model"
-	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -44,20 +43,20 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		rt.mu.Unlock()
 	}
 	if err := d.sweepVMMs(ctx); err != nil {
-		opid.Logger(ctx, d.log).Warn("reconcile: sweeping VMM processes failed", "error", err.Error())
+		oplog.G(ctx).Warn("reconcile: sweeping VMM processes failed", "error", err.Error())
 	}
 	d.sweepDirs(ctx)
 	if err := d.reconcileNetwork(ctx); err != nil {
 		// Not fatal: the periodic reconcile retries once the helper answers.
 		d.netPending.Store(true)
-		opid.Logger(ctx, d.log).Warn("reconcile: network not reconciled", "error", err.Error())
+		oplog.G(ctx).Warn("reconcile: network not reconciled", "error", err.Error())
 	}
 	return nil
 }
 
 // recoverVM decides one VM's fate after a restart (see reconcile). The caller holds rt.mu.
 func (d *Daemon) recoverVM(ctx context.Context, rt *vmRuntime, vm *model.VM) {
-	log := opid.Logger(ctx, d.log).With("vm", vm.Name, "vm_id", vm.ID, "was", vm.State)
+	log := oplog.G(ctx).With("vm", vm.Name, "vm_id", vm.ID, "was", vm.State)
 	var err error
 	switch {
 	case vm.State == model.VMDeleting:
@@ -125,7 +124,7 @@ func (d *Daemon) adopt(ctx context.Context, rt *vmRuntime, vm *model.VM) bool {
 	m, err := drv.Recover(ctx, spec, vm.PID)
 	if err != nil {
 		if !errors.Is(err, vmm.ErrNotRunning) {
-			opid.Logger(ctx, d.log).Warn("reconcile: recover failed", "vm", vm.Name, "error", err.Error())
+			oplog.G(ctx).Warn("reconcile: recover failed", "vm", vm.Name, "error", err.Error())
 		}
 		return false
 	}
@@ -148,7 +147,7 @@ func (d *Daemon) sweepVMMs(ctx context.Context) error {
 			if vm != nil && vm.State.Live() && (vm.PID == o.PID || vm.State != model.VMRunning) {
 				return // the VM's own VMM, or one its start or stop in progress owns
 			}
-			opid.Logger(ctx, d.log).Warn("reconcile: killing VMM with no live row", "pid", o.PID, "vm_id", o.VMID)
+			oplog.G(ctx).Warn("reconcile: killing VMM with no live row", "pid", o.PID, "vm_id", o.VMID)
 			err := vmm.KillOwned(o, d.cfg.VMsDir(), d.vmmBinaries(), 10*time.Second)
 			errs = append(errs, err)
 			if err == nil && vm != nil && !vm.State.Live() && vm.PID != 0 {
@@ -174,7 +173,7 @@ func (d *Daemon) sweepDirs(ctx context.Context) {
 		}
 		d.withIdle(e.Name(), func(vm *model.VM) {
 			if vm == nil {
-				opid.Logger(ctx, d.log).Info("reconcile: removing VM directory without a row", "vm_id", e.Name())
+				oplog.G(ctx).Info("reconcile: removing VM directory without a row", "vm_id", e.Name())
 				os.RemoveAll(filepath.Join(d.cfg.VMsDir(), e.Name()))
 			}
 		})
@@ -209,7 +208,7 @@ func (d *Daemon) reconcileNetwork(ctx context.Context) error {
 	if d.helper == nil {
 		return nil
 	}
-	log := opid.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	st, err := d.helper.State(ctx)
 	if err != nil {
 		return err
@@ -286,7 +285,7 @@ func (d *Daemon) clearNetNote(ctx context.Context, vm *model.VM, err error) {
 		return
 	}
 	if err := d.move(ctx, vm, vm.State, func(v *model.VM) { v.LastError = "" }); err != nil {
-		opid.Logger(ctx, d.log).Warn("reconcile: clearing network note failed", "vm", vm.Name, "error", err.Error())
+		oplog.G(ctx).Warn("reconcile: clearing network note failed", "vm", vm.Name, "error", err.Error())
 	}
 }
 
@@ -294,7 +293,7 @@ func (d *Daemon) dropTap(ctx context.Context, tap string) error {
 	if err := d.helper.DeleteTap(ctx, tap); err != nil {
 		return err
 	}
-	opid.Logger(ctx, d.log).Info("reconcile: deleted stale tap", "tap", tap)
+	oplog.G(ctx).Info("reconcile: deleted stale tap", "tap", tap)
 	return nil
 }
 
@@ -316,7 +315,7 @@ func (d *Daemon) dropStrayNAT(ctx context.Context, ip netip.Addr) error {
 	if err := d.helper.DisableNAT(ctx, ip); err != nil {
 		return err
 	}
-	opid.Logger(ctx, d.log).Info("reconcile: removed NAT rule without a VM", "guest_ip", ip.String())
+	oplog.G(ctx).Info("reconcile: removed NAT rule without a VM", "guest_ip", ip.String())
 	return nil
 }
 
@@ -345,14 +344,14 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 			continue
 		}
 		last = time.Now()
-		d.reconcilePass(opid.With(ctx, opid.New()))
+		d.reconcilePass(d.newOp(ctx))
 	}
 }
 
 // reconcilePass is one periodic pass; it clears netPending only if everything settled.
 func (d *Daemon) reconcilePass(ctx context.Context) {
 	d.netPending.Store(false)
-	log := opid.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		d.netPending.Store(true)
@@ -379,6 +378,6 @@ func (d *Daemon) reconcilePass(ctx context.Context) {
 	}
 	if err := d.reconcileNetwork(ctx); err != nil {
 		d.netPending.Store(true)
-		rpc.Logger(ctx, d.log).Warn("reconcile: network not reconciled", "error", err.Error())
+		oplog.G(ctx).Warn("reconcile: network not reconciled", "error", err.Error())
 	}
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -146,6 +147,9 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (gue
 			cancel()
 			if r.err == nil {
 				return r.info, nil
+			}
+			if _, ok := errors.AsType[*guest.ProtocolMismatchError](r.err); ok {
+				return guest.PingInfo{}, r.err
 			}
 			if ctx.Err() != nil {
 				return guest.PingInfo{}, ctx.Err()

@@ -12,7 +12,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 )
 
 // createPlan is a validated vm.create request: everything checked before any lock is taken.
@@ -61,7 +61,7 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 	if plan.image, err = d.findOrAutoPullImage(ctx, ref, prog); err != nil {
 		return nil, err
 	}
-	prog.stage("image_resolved", plan.image.Name+" "+shortID(plan.image.ID), 0, 0)
+	prog.stage(ctx, "image_resolved", plan.image.Name+" "+shortID(plan.image.ID), "image", plan.image.Name, "image_id", plan.image.ID)
 	return plan, nil
 }
 
@@ -153,13 +153,12 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	if err != nil {
 		return nil, err
 	}
-	prog.stage("validated", "", 0, 0)
+	prog.stage(ctx, "validated", "")
 	vm, err := d.reserve(ctx, plan)
 	if err != nil {
 		return nil, err
 	}
-	rpc.Stage(ctx, d.log, "persisted", "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
-	prog.stage("persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), 0, 0)
+	prog.stage(ctx, "persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
 	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
 		d.dns.Set(vm.Name, ip)
 	}
@@ -172,7 +171,7 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 		// cleans up, so the undo gets a context of its own.
 		undo := context.WithoutCancel(ctx)
 		if err := d.destroy(undo, rt, vm, "create failed: "+cause.Error()); err != nil {
-			rpc.Logger(ctx, d.log).Error("undo create failed", "vm_id", vm.ID, "error", err.Error())
+			oplog.G(ctx).Error("undo create failed", "vm_id", vm.ID, "error", err.Error())
 			return nil, fmt.Errorf("%w (undoing the create: %w)", cause, err)
 		}
 		return nil, cause
@@ -180,13 +179,12 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	if err := d.prepareDisks(ctx, vm); err != nil {
 		return fail(err)
 	}
-	prog.stage("disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)), 0, 0)
-	rpc.Stage(ctx, d.log, "disks_ready")
+	prog.stage(ctx, "disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)))
 	if plan.noStart {
 		if err := d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.Creating = false }); err != nil {
 			return fail(err)
 		}
-		prog.stage("created", "not started (--no-start)", 0, 0)
+		prog.stage(ctx, "created", "not started (--no-start)")
 		return vm, nil
 	}
 	if err := d.startLocked(ctx, rt, vm, prog); err != nil {
@@ -227,8 +225,8 @@ func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.Beg
 		defer d.bg.Done()
 		defer cancel()
 		start := time.Now()
-		log := rpc.Logger(bctx, d.log).With("async", true)
-		vm, err := d.createVM(bctx, p, op)
+		log := oplog.G(bctx).With("async", true)
+		vm, err := d.createVM(bctx, p, progress{op})
 		if err != nil {
 			log.Error("async operation failed", "duration_ms", time.Since(start).Milliseconds(), "error", err.Error())
 		} else {

@@ -14,7 +14,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -22,11 +22,15 @@ import (
 // tens of seconds; a KVM guest takes well under one.
 const bootTimeout = 3 * time.Minute
 
-// pickDriver resolves the configured VMM ("auto" prefers firecracker when it can run).
+// autoOrder is the built-in VMMs in the order "auto" tries them: firecracker when it can
+// run, else qemu. doctor reports them in the same order.
+var autoOrder = []string{"firecracker", "qemu"}
+
+// pickDriver resolves the configured VMM.
 func (d *Daemon) pickDriver(ctx context.Context) (vmm.Driver, vmm.Info, error) {
 	order := []string{d.cfg.VMM}
 	if d.cfg.VMM == "auto" {
-		order = []string{"firecracker", "qemu"}
+		order = autoOrder
 	}
 	var reasons []string
 	for _, name := range order {
@@ -127,7 +131,7 @@ func (d *Daemon) teardownNetwork(ctx context.Context, vm *model.VM) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		d.netPending.Store(true)
-		rpc.Logger(ctx, d.log).Warn("network teardown failed; reconcile retries", "vm", vm.Name, "error", err.Error())
+		oplog.G(ctx).Warn("network teardown failed; reconcile retries", "vm", vm.Name, "error", err.Error())
 		return fmt.Errorf("%s: %w", netTeardownNote, err)
 	}
 	return nil
@@ -185,8 +189,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	}
 	if d.helper != nil {
 		tl.mark("network_ready")
-		prog.stage("network_ready", fmt.Sprintf("tap %s, %s", vm.Tap, vm.GuestIP), 0, 0)
-		rpc.Stage(ctx, d.log, "network_ready", "tap", vm.Tap)
+		prog.stage(ctx, "network_ready", fmt.Sprintf("tap %s, %s", vm.Tap, vm.GuestIP), "tap", vm.Tap)
 	}
 	undo = append(undo, func(c context.Context) error { return d.killVMMs(c, rt, vm) })
 	spec.OnLaunch = func(pid int, start uint64) error {
@@ -194,7 +197,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 			return err
 		}
 		tl.mark("vmm_launched")
-		rpc.Stage(ctx, d.log, "vmm_launched", "pid", pid)
+		oplog.Stage(ctx, "vmm_launched", "pid", pid)
 		return nil
 	}
 	started := time.Now()
@@ -207,8 +210,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.Accel = m.PID(), m.Accel() }); err != nil {
 		return err
 	}
-	prog.stage("vmm_started", fmt.Sprintf("%s/%s pid %d", drv.Name(), m.Accel(), m.PID()), 0, 0)
-	rpc.Stage(ctx, d.log, "vmm_started", "vmm", drv.Name(), "accel", m.Accel(), "pid", m.PID())
+	prog.stage(ctx, "vmm_started", fmt.Sprintf("%s/%s pid %d", drv.Name(), m.Accel(), m.PID()), "vmm", drv.Name(), "accel", m.Accel(), "pid", m.PID())
 
 	readyCtx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
@@ -219,7 +221,13 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		if tail != "" {
 			msg += "\nlast console lines:\n" + tail
 		}
-		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(errdefs.ErrUnavailable, "%s", msg)),
+		// An agent of another protocol version is a conflict (rebuild the image), not a
+		// guest that might still come up.
+		kind := errdefs.ErrUnavailable
+		if _, ok := errors.AsType[*guest.ProtocolMismatchError](err); ok {
+			kind = errdefs.ErrConflict
+		}
+		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(kind, "%s", msg)),
 			"see the full console log with `banger vm logs "+vm.Name+"` (kept only if the VM was not being created)")
 	}
 	boot := time.Since(started)
@@ -232,17 +240,16 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		return err
 	}
 	if pinfo.BootDropped > 0 {
-		rpc.Logger(ctx, d.log).Warn("guest boot stages dropped", "vm", vm.Name, "count", pinfo.BootDropped, "first", pinfo.BootDroppedWhy)
+		oplog.G(ctx).Warn("guest boot stages dropped", "vm", vm.Name, "count", pinfo.BootDropped, "first", pinfo.BootDroppedWhy)
 	}
 	timeline := tl.timeline(pinfo.Boot)
 	if err := d.store.SetVMBoot(ctx, vm.ID, timeline); err != nil {
 		// The VM runs; a timeline it cannot show is not worth failing the boot for.
-		rpc.Logger(ctx, d.log).Warn("recording the boot timeline failed", "vm", vm.Name, "error", err.Error())
+		oplog.G(ctx).Warn("recording the boot timeline failed", "vm", vm.Name, "error", err.Error())
 	} else {
 		vm.Boot = timeline
 	}
-	prog.stage("agent_ready", fmt.Sprintf("%s answered after %.1fs (kernel %s)", pinfo.Hostname, boot.Seconds(), pinfo.Kernel), 0, 0)
-	rpc.Stage(ctx, d.log, "agent_ready", "boot_ms", boot.Milliseconds())
+	prog.stage(ctx, "agent_ready", fmt.Sprintf("%s answered after %.1fs (kernel %s)", pinfo.Hostname, boot.Seconds(), pinfo.Kernel), "boot_ms", boot.Milliseconds())
 	d.watchExit(vm.ID, m)
 	return nil
 }
@@ -262,12 +269,12 @@ func (d *Daemon) watchExit(id string, m vmm.Machine) {
 		if rt.getMachine() != m {
 			return
 		}
-		ctx := opid.With(context.Background(), opid.New())
+		ctx := d.newOp(context.Background())
 		vm, err := d.store.GetVM(ctx, id)
 		if err != nil || vm.State != model.VMRunning {
 			return
 		}
-		log := d.log.With("op_id", opid.From(ctx), "vm", vm.Name)
+		log := oplog.G(ctx).With("vm", vm.Name)
 		log.Info("vm exited on its own", "pid", vm.PID)
 		rt.resetSession()
 		rt.setMachine(nil)
@@ -303,7 +310,7 @@ func (d *Daemon) startVM(ctx context.Context, ref string) (*model.VM, error) {
 // startRecorded starts an existing VM; a failed start leaves it stopped with the error
 // recorded for `vm show`. The caller holds rt.mu.
 func (d *Daemon) startRecorded(ctx context.Context, rt *vmRuntime, vm *model.VM) error {
-	err := d.startLocked(ctx, rt, vm, noProgress{})
+	err := d.startLocked(ctx, rt, vm, progress{})
 	if err != nil {
 		rt.setMachine(nil)
 		rt.resetSession()

@@ -9,7 +9,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
-	"banger/internal/rpc"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -41,14 +41,14 @@ func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, ti
 	if timeout <= 0 {
 		timeout = defaultStopTimeout
 	}
-	log := rpc.Logger(ctx, d.log).With("vm", vm.Name)
+	log := oplog.G(ctx).With("vm", vm.Name)
 	if err := d.move(ctx, vm, model.VMStopping, nil); err != nil {
 		return err
 	}
 	if m := rt.getMachine(); m != nil {
 		how := d.haltMachine(ctx, rt, m, timeout)
 		log.Info("vm stopped", "how", how)
-		rpc.Stage(ctx, d.log, "vmm_exited", "how", how)
+		oplog.Stage(ctx, "vmm_exited", "how", how)
 	}
 	// A VMM this daemon does not hold (its start was interrupted) must not outlive the stop.
 	if err := d.killVMMs(ctx, rt, vm); err != nil {
@@ -71,7 +71,7 @@ func (d *Daemon) recordError(ctx context.Context, vm *model.VM, cause error) err
 
 // haltMachine escalates from a guest shutdown to a kill and reports which step worked.
 func (d *Daemon) haltMachine(ctx context.Context, rt *vmRuntime, m vmm.Machine, timeout time.Duration) string {
-	log := rpc.Logger(ctx, d.log)
+	log := oplog.G(ctx)
 	deadline, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	if st, err := rt.openStream(deadline); err == nil {

@@ -102,6 +102,9 @@ func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, 
 	if err := r.err(); err != nil {
 		return PingInfo{}, fmt.Errorf("ping: %w", err)
 	}
+	if r.Protocol != ProtocolVersion {
+		return PingInfo{}, &ProtocolMismatchError{Agent: r.Protocol, AgentVersion: peerText(r.AgentVersion, maxPingField)}
+	}
 	// These strings come from the guest and are printed in progress lines and logs.
 	info := PingInfo{
 		Hostname:      peerText(r.Hostname, maxPingField),
@@ -112,6 +115,22 @@ func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, 
 	info.Boot, info.BootDropped, info.BootDroppedWhy = peerBootStages(r.Boot)
 	return info, nil
 }
+
+// ProtocolMismatchError is Ping's answer when the agent speaks another protocol version:
+// retrying cannot help, the image's agent must be rebuilt (or banger updated). It is a
+// conflict, so the wire code says the request cannot succeed as things are.
+type ProtocolMismatchError struct {
+	Agent        int // 0: an agent too old to report one
+	AgentVersion string
+}
+
+func (e *ProtocolMismatchError) Error() string {
+	return fmt.Sprintf("the guest agent (version %q) speaks protocol %d, this banger speaks %d: rebuild the image's agent with this banger (`banger image rm IMAGE`, then build or pull it again)",
+		e.AgentVersion, e.Agent, ProtocolVersion)
+}
+
+// Is makes a mismatch an errdefs.ErrConflict.
+func (e *ProtocolMismatchError) Is(target error) bool { return target == errdefs.ErrConflict }
 
 // Shutdown asks the agent to power the VM off. It returns once the agent accepted; the VMM
 // process exits shortly after (wait for it with vmm.Wait).

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -485,7 +486,7 @@ func TestGuestTextIsMadeSafe(t *testing.T) {
 	// Strings the guest sends end up in terminals, progress lines and stored errors: no
 	// escape sequences, and a bounded length.
 	evil := "web\x1b]0;owned\x07\x1b[2J" + strings.Repeat("A", 1<<17)
-	s := hostileGuestReplying(t, Reply{OK: true, Hostname: evil, Kernel: evil, AgentVersion: evil}, func(io.ReadWriteCloser) {})
+	s := hostileGuestReplying(t, Reply{OK: true, Hostname: evil, Kernel: evil, AgentVersion: evil, Protocol: ProtocolVersion}, func(io.ReadWriteCloser) {})
 	info, err := Ping(testCtx(t), openStream(t, s), "")
 	if err != nil {
 		t.Fatal(err)
@@ -506,5 +507,20 @@ func TestGuestTextIsMadeSafe(t *testing.T) {
 	err = copyOut(t, s, "/root/out", t.TempDir(), CopyOptions{})
 	if err == nil || strings.ContainsAny(err.Error(), "\x1b\x07") || len(err.Error()) > 5000 {
 		t.Errorf("error frame from the guest not made safe: %.80q (%d bytes)", err, len(err.Error()))
+	}
+}
+
+// TestPingRefusesAnotherProtocol: an agent reporting another protocol version (or none, as
+// agents before versioning did) is a conflict naming both versions, with its own text made safe.
+func TestPingRefusesAnotherProtocol(t *testing.T) {
+	for _, p := range []int{0, ProtocolVersion + 1} {
+		s := hostileGuestReplying(t, Reply{OK: true, Hostname: "web", AgentVersion: "v\x1b[2J", Protocol: p}, func(io.ReadWriteCloser) {})
+		_, err := Ping(testCtx(t), openStream(t, s), "")
+		if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), fmt.Sprintf("speaks protocol %d, this banger speaks %d", p, ProtocolVersion)) {
+			t.Errorf("agent of protocol %d: %v, want a conflict naming both versions", p, err)
+		}
+		if strings.Contains(err.Error(), "\x1b") {
+			t.Errorf("agent text reached the error unescaped: %q", err)
+		}
 	}
 }

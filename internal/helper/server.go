@@ -79,10 +79,9 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	}
-	// The helper writes exactly one record per call itself (see wrap); rpc's own operation
-	// records are dropped, but its records about refused connections and malformed
-	// requests, which never reach a handler, are kept.
-	rs := rpc.NewServer(slog.New(&dropOperationRecords{log.Handler()}))
+	rs := rpc.NewServer(log)
+	// The helper writes exactly one record per call itself (see wrap).
+	rs.QuietOperations = true
 	s := &Server{cfg: cfg, log: log, rpc: rs}
 	rs.Authorize = s.authorize
 	rs.Limits = cfg.Limits
@@ -307,23 +306,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
-}
-
-// dropOperationRecords passes rpc's records through except its per-call operation records,
-// which the helper replaces with its own single record per call.
-type dropOperationRecords struct{ slog.Handler }
-
-func (h *dropOperationRecords) Handle(ctx context.Context, r slog.Record) error {
-	if strings.HasPrefix(r.Message, "operation ") {
-		return nil
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h *dropOperationRecords) WithAttrs(as []slog.Attr) slog.Handler {
-	return &dropOperationRecords{h.Handler.WithAttrs(as)}
-}
-
-func (h *dropOperationRecords) WithGroup(name string) slog.Handler {
-	return &dropOperationRecords{h.Handler.WithGroup(name)}
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"log/slog"
 	"regexp"
 	"strings"
 )
@@ -45,12 +44,4 @@ func Ensure(ctx context.Context) (context.Context, string) {
 	}
 	id := New()
 	return With(ctx, id), id
-}
-
-// Logger returns l with the context's op_id attached, so every record carries it.
-func Logger(ctx context.Context, l *slog.Logger) *slog.Logger {
-	if id := From(ctx); id != "" {
-		return l.With("op_id", id)
-	}
-	return l
 }

@@ -22,6 +22,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/opid"
+	"banger/internal/oplog"
 	"banger/internal/rpc"
 	"banger/internal/rpc/rpctest"
 )
@@ -632,9 +633,9 @@ func TestStreamErrorBeforeAccept(t *testing.T) {
 func TestOperationLog(t *testing.T) {
 	ts := startServer(t, func(s *rpc.Server) {
 		s.Handle("vm.create", func(ctx context.Context, _ json.RawMessage) (any, error) {
-			rpc.Stage(ctx, slog.Default(), "disks_ready", "vm", "web")
+			oplog.Stage(ctx, "disks_ready", "vm", "web")
 			time.Sleep(5 * time.Millisecond)
-			rpc.Stage(ctx, slog.Default(), "vmm_started")
+			oplog.Stage(ctx, "vmm_started")
 			return "ok", nil
 		})
 		s.Handle("vm.delete", func(context.Context, json.RawMessage) (any, error) {

@@ -19,6 +19,7 @@ import (
 
 	"banger/internal/errdefs"
 	"banger/internal/opid"
+	"banger/internal/oplog"
 )
 
 // HandlerFunc serves one method. The returned value is marshalled as the result.
@@ -83,6 +84,10 @@ type Server struct {
 	Observe func(method, code string, d time.Duration)
 	// Limits bound connections, set before Serve.
 	Limits Limits
+	// QuietOperations leaves out the per-call "operation begin/done/failed" records, for
+	// a server (the root helper) that writes its own single record per call. Records
+	// about refused connections and malformed requests, which reach no handler, stay.
+	QuietOperations bool
 
 	mu      sync.RWMutex
 	methods map[string]HandlerFunc
@@ -384,33 +389,6 @@ func adoptID(raw json.RawMessage) string {
 	return opid.New()
 }
 
-type startKey struct{}
-type methodKey struct{}
-type loggerKey struct{}
-
-// Logger returns the operation's logger (with op_id and method) carried by ctx, or base.
-func Logger(ctx context.Context, base *slog.Logger) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
-		return l
-	}
-	return opid.Logger(ctx, base)
-}
-
-// WithLogger attaches an operation logger to ctx.
-func WithLogger(ctx context.Context, l *slog.Logger) context.Context {
-	return context.WithValue(ctx, loggerKey{}, l)
-}
-
-// Stage logs one stage of the operation carried by ctx with the elapsed time since it began.
-func Stage(ctx context.Context, base *slog.Logger, stage string, attrs ...any) {
-	l := Logger(ctx, base)
-	args := []any{"stage", stage}
-	if t, ok := ctx.Value(startKey{}).(time.Time); ok {
-		args = append(args, "elapsed_ms", time.Since(t).Milliseconds())
-	}
-	l.Info("operation stage", append(args, attrs...)...)
-}
-
 // dispatch serves one request; it returns false when the connection must close.
 func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, line []byte) bool {
 	req, id, werr := DecodeRequest(line)
@@ -428,12 +406,12 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 		return writeResponse(c, &Response{OpID: id, Error: werr}) == nil
 	}
 	start := time.Now()
-	log := s.Logger.With("op_id", id, "method", req.Method)
 	octx := opid.With(ctx, id)
-	octx = context.WithValue(octx, startKey{}, start)
-	octx = context.WithValue(octx, methodKey{}, req.Method)
-	octx = WithLogger(octx, log)
-	log.Info("operation begin")
+	octx = oplog.Began(oplog.With(octx, s.Logger.With("method", req.Method)), start)
+	log := oplog.G(octx)
+	if !s.QuietOperations {
+		log.Info("operation begin")
+	}
 
 	finish := func(err error) {
 		d := time.Since(start)
@@ -444,10 +422,12 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, br *bufio.Reader, lin
 			}
 			s.Observe(req.Method, code, d)
 		}
-		if err != nil {
+		switch {
+		case s.QuietOperations:
+		case err != nil:
 			code := CodeOf(err)
 			log.Log(ctx, LogLevel(code), "operation failed", "duration_ms", d.Milliseconds(), "code", code, "error", err.Error())
-		} else {
+		default:
 			log.Info("operation done", "duration_ms", d.Milliseconds())
 		}
 	}

@@ -1,13 +1,11 @@
 package store
 
 import (
+	"banger/internal/oplog"
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"time"
-
-	"banger/internal/opid"
 )
 
 // migration is one schema change. Versions are append-only: a released migration is never
@@ -133,6 +131,6 @@ func applyMigration(ctx context.Context, db *sql.DB, m migration) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("migration %d: committing: %w", m.version, err)
 	}
-	opid.Logger(ctx, slog.Default()).InfoContext(ctx, "applied schema migration", "version", m.version)
+	oplog.G(ctx).InfoContext(ctx, "applied schema migration", "version", m.version)
 	return nil
 }
