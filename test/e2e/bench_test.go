@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -184,6 +185,7 @@ func BenchmarkCreateToReady(b *testing.B) {
 	x := needB(b)
 	x.warmImage(b)
 	var samples []time.Duration
+	var tl timelines
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		name := fmt.Sprintf("bench-%d", i)
@@ -193,11 +195,65 @@ func BenchmarkCreateToReady(b *testing.B) {
 		}
 		samples = append(samples, time.Since(start))
 		b.StopTimer()
+		tl.add(x, name)
 		x.cli(nil, "vm", "rm", "-f", name)
 		b.StartTimer()
 	}
 	b.StopTimer()
 	reportRatio(b, x, "CreateToReady", samples)
+	tl.report(b, "CreateToReady")
+}
+
+// timelines gathers the guest's boot stages of each benchmark boot (untimed): where the
+// time above the floor goes. A daemon that records no timeline (older builds) adds none.
+type timelines struct {
+	stages map[string][]time.Duration // stage name -> guest uptime at it
+	order  []string
+	// initToServing is, per boot, agent_serving minus init: the guest init's own work.
+	initToServing []time.Duration
+}
+
+func (t *timelines) add(x *env, name string) {
+	out, _, code := x.cli(nil, "vm", "show", "--json", name)
+	var vm model.VM
+	if code != 0 || json.Unmarshal([]byte(out), &vm) != nil || vm.Boot == nil {
+		return
+	}
+	if t.stages == nil {
+		t.stages = map[string][]time.Duration{}
+	}
+	at := map[string]int64{}
+	for _, st := range vm.Boot.Guest {
+		at[st.Name] = st.MS
+		if _, ok := t.stages[st.Name]; !ok {
+			t.order = append(t.order, st.Name)
+		}
+		t.stages[st.Name] = append(t.stages[st.Name], time.Duration(st.MS)*time.Millisecond)
+	}
+	if i, ok := at[model.GuestStageInit]; ok {
+		if s, ok := at[model.GuestStageAgentServing]; ok {
+			t.initToServing = append(t.initToServing, time.Duration(s-i)*time.Millisecond)
+		}
+	}
+}
+
+// report logs the median guest uptime at each stage, and reports init (the kernel's hand
+// over, comparable to FloorBoot's ms-init-uptime) and init to agent serving.
+func (t *timelines) report(b *testing.B, bench string) {
+	if len(t.stages) == 0 {
+		return
+	}
+	var parts []string
+	for _, n := range t.order {
+		parts = append(parts, fmt.Sprintf("%s=%d", n, median(t.stages[n]).Milliseconds()))
+	}
+	b.Logf("timeline bench=%s guest_uptime_ms %s", bench, strings.Join(parts, " "))
+	if init := median(t.stages[model.GuestStageInit]); init > 0 {
+		b.ReportMetric(float64(init.Milliseconds()), "ms-guest-init")
+	}
+	if len(t.initToServing) > 0 {
+		b.ReportMetric(float64(median(t.initToServing).Milliseconds()), "ms-init-to-serving")
+	}
 }
 
 // BenchmarkVMRunTrue is the whole user-visible cycle: `banger vm run --rm -- true`
