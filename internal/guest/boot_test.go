@@ -41,7 +41,7 @@ func TestHostileBootStagesAreChecked(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		sent = append(sent, model.BootStage{Name: "flood", MS: int64(i)})
 	}
-	s := hostileGuestReplying(t, Reply{OK: true, Hostname: "web", Boot: sent}, func(io.ReadWriteCloser) {})
+	s := hostileGuestReplying(t, Reply{OK: true, Hostname: "web", Protocol: ProtocolVersion, Boot: sent}, func(io.ReadWriteCloser) {})
 	info, err := Ping(testCtx(t), openStream(t, s), "")
 	if err != nil {
 		t.Fatal(err)
