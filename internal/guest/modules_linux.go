@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -16,7 +17,8 @@ import (
 
 // Module loading is a third of the guest's own boot time under TCG, so init loads the
 // initrd's modules concurrently, each once its dependencies (the depends= field of its
-// .modinfo) are in, and leaves out those for hardware the VM does not have: the virtio-pci
+// .modinfo) are in and, for virtio drivers, once the transports are (so devices probe in
+// the order they were registered and the disks keep their names vda, vdb, vdc), and leaves out those for hardware the VM does not have: the virtio-pci
 // transport on a machine with no virtio PCI device (microvm), the vsock transport
 // without a virtio vsock device (QEMU), the network driver without a virtio NIC. While
 // one module's init waits for its device (a disk's partition table, the console's control
@@ -60,6 +62,9 @@ type modJob struct {
 	path string
 	deps []string
 	cond modCondition
+	// driver: a virtio device driver (depends on virtio, not a transport); it loads only
+	// once every transport has registered its devices.
+	driver bool
 
 	done    chan struct{}
 	loaded  bool
@@ -158,12 +163,15 @@ func (l *modLoader) start(dir string) *modSet {
 	}
 	order := m.order
 
-	// Transports first make devices visible; device conditions wait for them.
+	// Transports first make devices visible; device conditions and drivers wait for them.
 	var transports []*modJob
 	for _, j := range order {
 		if transportModules[j.name] {
 			transports = append(transports, j)
 		}
+	}
+	for _, j := range order {
+		j.driver = !transportModules[j.name] && slices.Contains(j.deps, "virtio")
 	}
 	var devOnce sync.Once
 	var devs map[string]bool
@@ -196,6 +204,15 @@ func (l *modLoader) start(dir string) *modSet {
 			defer close(j.done)
 			for _, d := range j.deps {
 				<-jobs[d].done
+			}
+			if j.driver {
+				// A virtio driver binds to the devices the transports registered in the
+				// order they were registered only when they are all there first: a disk
+				// probed while the transport still adds devices could be named vda
+				// instead of vdb, and the guest finds its disks by those names.
+				for _, t := range transports {
+					<-t.done
+				}
 			}
 			switch j.cond {
 			case modPCI:

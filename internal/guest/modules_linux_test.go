@@ -92,6 +92,13 @@ func TestModulesLoadAfterDepsAndOnlyWhenNeeded(t *testing.T) {
 			}
 		}
 	}
+	// Drivers bind only once every transport registered its devices: a disk probed while
+	// virtio_mmio still adds devices would take another disk's name.
+	for _, drv := range []string{"virtio_blk", "virtio_net", "virtio_console"} {
+		if rec.starts[drv].Before(rec.ends["virtio_mmio"]) {
+			t.Errorf("%s started before the virtio_mmio transport finished", drv)
+		}
+	}
 	// Independent modules overlap: overlay need not wait for the virtio chain.
 	if !rec.starts["overlay"].Before(rec.ends["virtio_ring"]) && !rec.starts["virtio_ring"].Before(rec.ends["overlay"]) {
 		t.Error("independent modules were loaded one after the other")
