@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./internal/rpc/... ./internal/store/... ./internal/daemon/... ./internal/guest/... \
              ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/... \
-             ./internal/helper/... ./internal/hostnet/... ./internal/client/...
+             ./internal/helper/... ./internal/hostnet/... ./internal/client/... ./internal/ctrshim/...
 
 .PHONY: deps build test lint unit e2e bench clean
 
@@ -20,6 +20,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/banger ./cmd/banger
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/bangerd ./cmd/bangerd
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/banger-agent ./cmd/banger-agent
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/containerd-shim-banger-v2 ./cmd/containerd-shim-banger-v2
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages banger needs on a host: qemu (the VMM that works
 # everywhere), busybox-static and e2fsprogs (image builders), nftables and iproute2 (the
-# root helper), dnsutils and socat (tests and debugging), debootstrap (debian builder).
+# root helper), dnsutils and socat (tests and debugging), debootstrap (debian builder),
+# containerd (the runtime shim's e2e test runs a private containerd).
 set -euo pipefail
-pkgs=(qemu-system-x86 busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make)
+pkgs=(qemu-system-x86 busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make containerd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

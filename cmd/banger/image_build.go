@@ -18,7 +18,8 @@ func newImageBuildCmd() *cobra.Command {
 		Short: "Build an image: tiny (busybox), from an OCI image, or from Debian",
 		Example: `  banger image build tiny
   banger image build --from-oci docker.io/library/alpine:3 --name alpine
-  banger image build --debian bookworm`,
+  banger image build --debian bookworm
+  banger image build --debian bookworm --packages build-essential,git,python3 --name dev`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -37,6 +38,7 @@ func newImageBuildCmd() *cobra.Command {
 	cmd.Flags().StringVar(&p.Name, "name", "", "image name (default: the builder's)")
 	cmd.Flags().StringVar(&fromOCI, "from-oci", "", "build the rootfs from this OCI image reference")
 	cmd.Flags().StringVar(&debian, "debian", "", "build with debootstrap from this Debian suite")
+	cmd.Flags().StringSliceVar(&p.Packages, "packages", nil, "extra Debian packages to install (comma separated; --debian only)")
 	addJSON(cmd)
 	return cmd
 }

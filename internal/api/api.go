@@ -25,16 +25,19 @@ const (
 	MethodVMWaitReady    = "vm.wait_ready"
 	MethodVMAgent        = "vm.agent" // streaming: raw bytes to a new guest agent session
 	MethodVMLogs         = "vm.logs"  // streaming: the console log, optionally followed
-	MethodImageImport    = "image.import"
-	MethodImageList      = "image.list"
-	MethodImageShow      = "image.show"
-	MethodImageDelete    = "image.delete"
-	MethodImagePull      = "image.pull"
-	MethodImagePullBegin = "image.pull.begin"
-	MethodImageBuild     = "image.build"
-	MethodImageCatalog   = "image.catalog"
-	MethodOpStatus       = "op.status"
-	MethodDoctor         = "daemon.doctor"
+	// MethodWorkspaceUpload is streaming: a workspace disk image from the CLI, held for a
+	// vm.create.begin naming its token while the stream stays open.
+	MethodWorkspaceUpload = "workspace.upload"
+	MethodImageImport     = "image.import"
+	MethodImageList       = "image.list"
+	MethodImageShow       = "image.show"
+	MethodImageDelete     = "image.delete"
+	MethodImagePull       = "image.pull"
+	MethodImagePullBegin  = "image.pull.begin"
+	MethodImageBuild      = "image.build"
+	MethodImageCatalog    = "image.catalog"
+	MethodOpStatus        = "op.status"
+	MethodDoctor          = "daemon.doctor"
 )
 
 // PingResult answers daemon.ping.
@@ -60,6 +63,21 @@ type VMCreateParams struct {
 	// the first vm.agent stream to it ends, when none attaches within a grace period after
 	// the create, or at its next start if it crashed meanwhile.
 	AutoRemove bool `json:"auto_remove,omitempty"`
+	// Workspace attaches an uploaded workspace disk (workspace.upload) to the VM.
+	Workspace *WorkspaceParams `json:"workspace,omitempty"`
+}
+
+// WorkspaceParams name an uploaded workspace image and where the guest mounts it.
+type WorkspaceParams struct {
+	Token string `json:"token"`          // from workspace.upload's accept result
+	Path  string `json:"path,omitempty"` // guest mount point; default /work
+}
+
+// WorkspaceUploadResult is workspace.upload's accept result.
+type WorkspaceUploadResult struct {
+	Token string `json:"token"`
+	// MaxBytes is the daemon's workspace.max_size: the largest tree (file bytes) accepted.
+	MaxBytes int64 `json:"max_bytes"`
 }
 
 // VMResult carries one VM.
@@ -179,6 +197,8 @@ type ImageBuildParams struct {
 	Name    string `json:"name,omitempty"`
 	Builder string `json:"builder"`       // tiny, oci, debian
 	Ref     string `json:"ref,omitempty"` // OCI reference or Debian suite
+	// Packages are extra Debian packages (debian builder only; debootstrap --include).
+	Packages []string `json:"packages,omitempty"`
 }
 
 // CatalogEntry is one image the catalog knows.

@@ -163,13 +163,29 @@ func (c *Client) VMLogs(ctx context.Context, p api.VMLogsParams) (*Stream, error
 	return c.stream(ctx, api.MethodVMLogs, p)
 }
 
+// WorkspaceUpload is workspace.upload: the stream takes a workspace image
+// (workspace.SendImage) and must stay open until a create has claimed its token.
+func (c *Client) WorkspaceUpload(ctx context.Context) (*Stream, *api.WorkspaceUploadResult, error) {
+	var res api.WorkspaceUploadResult
+	s, err := c.streamOut(ctx, api.MethodWorkspaceUpload, nil, &res)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, &res, nil
+}
+
 func (c *Client) stream(ctx context.Context, method string, params any) (*Stream, error) {
+	return c.streamOut(ctx, method, params, nil)
+}
+
+// streamOut opens a streaming call, decoding its accept result into out (if not nil).
+func (c *Client) streamOut(ctx context.Context, method string, params, out any) (*Stream, error) {
 	ctx, id := opid.Ensure(ctx)
 	rc, err := c.dial(ctx)
 	if err != nil {
 		return nil, withOpID(err, id)
 	}
-	s, err := rc.Stream(ctx, method, params, nil)
+	s, err := rc.Stream(ctx, method, params, out)
 	if err != nil {
 		rc.Close()
 		return nil, withOpID(err, id)

@@ -26,6 +26,8 @@ type Config struct {
 	Network  Network  `yaml:"network"`
 	DNS      DNS      `yaml:"dns"`
 	Defaults Defaults `yaml:"defaults"`
+	// Workspace bounds `vm run/create --workspace` copies of host trees.
+	Workspace Workspace `yaml:"workspace"`
 
 	// VMM is auto, qemu or firecracker.
 	VMM         string      `yaml:"vmm"`
@@ -71,6 +73,14 @@ type DNS struct {
 	// held (by another bangerd started side by side) serves on a free port of the same IP,
 	// logged and shown by `banger doctor`.
 	FixedPorts bool `yaml:"fixed_ports"`
+}
+
+// Workspace is the workspaces section.
+type Workspace struct {
+	// MaxSize is the largest host tree (the bytes of its files) a workspace may copy.
+	MaxSize string `yaml:"max_size"`
+	// MaxSizeBytes is MaxSize parsed by Finish.
+	MaxSizeBytes int64 `yaml:"-"`
 }
 
 // Defaults are used when vm create leaves a value out.
@@ -125,6 +135,7 @@ func Default() Config {
 		Firecracker:   Firecracker{Binary: "firecracker"},
 		DebianMirror:  "http://deb.debian.org/debian",
 		ConsoleLogMax: "2M",
+		Workspace:     Workspace{MaxSize: "4G"},
 	}
 }
 
@@ -198,6 +209,15 @@ func (c *Config) Finish() error {
 			"must be between "+model.FormatSize(minConsoleLog)+" and "+model.FormatSize(maxConsoleLog))
 	}
 	c.ConsoleLogMaxBytes = n
+	ws, err := model.ParseSize("workspace.max_size", c.Workspace.MaxSize)
+	if err != nil {
+		return err
+	}
+	if ws < 1<<20 || ws > maxWorkspace {
+		return errdefs.InvalidArgument("workspace.max_size", c.Workspace.MaxSize,
+			"must be between 1M and "+model.FormatSize(maxWorkspace))
+	}
+	c.Workspace.MaxSizeBytes = ws
 	return nil
 }
 
@@ -206,6 +226,9 @@ func (c *Config) Finish() error {
 const (
 	minConsoleLog = 64 << 10
 	maxConsoleLog = 1 << 30
+	// maxWorkspace keeps a workspace image below what a sparse file and a copy can hold
+	// sanely on a workstation.
+	maxWorkspace = 1 << 40
 )
 
 func firstLabel(d string) string {

@@ -125,17 +125,47 @@ type RunOptions struct {
 	Create CreateOptions
 	Exec   ExecOptions
 	Remove bool // --rm
+	// Diff ("-": stdout) receives a patch of what the command changed in the workspace.
+	Diff string
+	// Outs are --out GUESTPATH[:HOSTDIR] copies made after the command.
+	Outs []string
 }
 
 // Run creates and boots a VM, runs the command (or a shell) in it and, with Remove,
 // deletes the VM afterwards — also when interrupted.
 func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	ctx, _ = opid.Ensure(ctx)
+	if o.Diff != "" && o.Create.Workspace.Spec == "" {
+		return errdefs.InvalidArgument("--diff", o.Diff, "needs --workspace")
+	}
+	for _, spec := range o.Outs {
+		if _, _, err := parseOut(spec, wsPathOf(o.Create.Workspace.Spec)); err != nil {
+			return err
+		}
+	}
 	// The first Ctrl-C during create cancels it; cleanup still runs.
 	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	params := o.Create.VMCreateParams
 	// The daemon owns --rm: it removes the VM even if this process dies.
 	params.AutoRemove = o.Remove
+	var ws *workspaceUpload
+	if o.Create.Workspace.Spec != "" {
+		var err error
+		if ws, err = uploadWorkspace(createCtx, g, o.Create.Workspace, o.Create.Quiet); err != nil {
+			interrupted := createCtx.Err() != nil
+			stop()
+			if interrupted {
+				fmt.Fprintln(g.Stderr, "banger: interrupted while preparing the workspace; nothing was created")
+				return &ExitError{Code: 130}
+			}
+			return err
+		}
+		defer ws.Close()
+		params.Workspace = &ws.params
+		if o.Exec.Cwd == "" {
+			o.Exec.Cwd = ws.params.Path
+		}
+	}
 	vm, opID, name, err := create(createCtx, g, params, o.Create.Quiet)
 	interrupted := createCtx.Err() != nil
 	stop()
@@ -159,8 +189,43 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	if err != nil {
 		return lostVM(ctx, g, err, "vm run", name)
 	}
+	// The create claimed the upload; the stream has no more use.
+	ws.Close()
 	o.Exec.VM = vm.ID
+	var since int64
+	if o.Diff != "" || len(o.Outs) > 0 {
+		// With --rm the daemon deletes the VM when its last vm.agent stream ends; this one
+		// stays open (idle) until the diff and the copies are done.
+		if anchor, err := agentStream(ctx, g, vm.ID); err == nil {
+			defer anchor.Close()
+		}
+	}
+	if o.Diff != "" {
+		if since, err = guestClock(ctx, g, vm.ID, ws.params.Path); err != nil {
+			if o.Remove {
+				removeVM(context.WithoutCancel(ctx), g, vm.ID)
+			}
+			return fmt.Errorf("--diff: reading the guest's clock before the command: %w", err)
+		}
+	}
 	execErr := Exec(ctx, g, o.Exec)
+	var after error
+	if o.Diff != "" && ctx.Err() == nil {
+		after = workspaceDiff(ctx, g, vm.ID, ws, since, o.Diff)
+	}
+	for _, spec := range o.Outs {
+		if after != nil || ctx.Err() != nil {
+			break
+		}
+		gp, hd, _ := parseOut(spec, ws.pathOrEmpty())
+		after = getFromGuest(ctx, g, vm.ID, gp, hd)
+	}
+	if after != nil {
+		fmt.Fprintf(g.Stderr, "banger: %v\n", after)
+		if execErr == nil {
+			execErr = &ExitError{Code: 1}
+		}
+	}
 	if o.Remove {
 		removeVM(context.WithoutCancel(ctx), g, vm.ID)
 	}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -19,12 +21,26 @@ import (
 // CreateOptions are vm create's flags.
 type CreateOptions struct {
 	api.VMCreateParams
-	Quiet bool // no stage lines
+	Quiet     bool // no stage lines
+	Workspace WorkspaceOptions
 }
 
 // CreateVM creates a VM through vm.create.begin and shows each stage as it happens.
 func CreateVM(ctx context.Context, g *Globals, o CreateOptions) (*model.VM, error) {
 	ctx, _ = opid.Ensure(ctx)
+	if o.Workspace.Spec != "" {
+		// Ctrl-C while packing or uploading must leave nothing: the upload is dropped.
+		wctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		ws, err := uploadWorkspace(wctx, g, o.Workspace, o.Quiet || g.JSON)
+		stop()
+		if err != nil {
+			return nil, err
+		}
+		// The daemon holds the upload until this stream closes, which is after the
+		// create claimed it (or failed).
+		defer ws.Close()
+		o.VMCreateParams.Workspace = &ws.params
+	}
 	vm, id, name, err := create(ctx, g, o.VMCreateParams, o.Quiet || g.JSON)
 	if err != nil {
 		if id == "" {
@@ -177,6 +193,9 @@ func printVM(w io.Writer, vm model.VM) {
 	row("Memory", model.FormatSize(int64(vm.MemoryMiB)<<20))
 	row("System overlay", model.FormatSize(vm.SystemOverlayBytes))
 	row("Work disk", model.FormatSize(vm.WorkDiskBytes))
+	if vm.Workspace != "" {
+		row("Workspace", vm.Workspace)
+	}
 	row("Guest IP", vm.GuestIP)
 	row("MAC", vm.MAC)
 	row("Tap", vm.Tap)

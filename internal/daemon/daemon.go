@@ -66,6 +66,9 @@ type Daemon struct {
 	// size) instead of running mkfs per VM.
 	disks *disktmpl.Cache
 
+	// uploads are staged workspace images awaiting their create (workspace.go).
+	uploads uploads
+
 	// netPending is set when a teardown or reconcile step could not finish (helper down, VM
 	// busy): the periodic reconcile then runs every reconcileInterval until all settles.
 	netPending        atomic.Bool
@@ -197,6 +200,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) 
 		upstreams = vmdns.UpstreamsFromResolvConf("/etc/resolv.conf")
 	}
 	d.dns = vmdns.New(cfg.DNS.Domain, upstreams, log)
+	d.sweepWorkspaces()
 	return d, nil
 }
 

@@ -83,6 +83,7 @@ func (d *Daemon) register(s *rpc.Server) {
 	}))
 	s.HandleStream(api.MethodVMAgent, d.agentStream)
 	s.HandleStream(api.MethodVMLogs, d.logsStream)
+	s.HandleStream(api.MethodWorkspaceUpload, d.workspaceUpload)
 
 	s.Handle(api.MethodImageImport, withParams(func(ctx context.Context, p api.ImageImportParams) (any, error) {
 		return imageResult(d.importImage(ctx, p))

@@ -10,6 +10,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
+	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/oplog"
@@ -26,6 +27,9 @@ type createPlan struct {
 	nat     bool
 	noStart bool
 	rm      bool
+	// wsToken and wsPath are the workspace upload and its guest mount point; "" none.
+	wsToken string
+	wsPath  string
 }
 
 // validateCreate checks params without holding any lock. Resolving the image may pull it.
@@ -56,6 +60,15 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 	if p.NAT && !d.cfg.Network.Enabled {
 		return nil, errdefs.WithHint(errdefs.InvalidArgument("nat", true, "needs networking, which is off in this daemon's config"),
 			"set network.enabled: true in the bangerd config and run the root helper")
+	}
+	if p.Workspace != nil {
+		if !workspaceTokenRe.MatchString(p.Workspace.Token) {
+			return nil, errdefs.InvalidArgument("workspace.token", p.Workspace.Token, "must be a token from workspace.upload (32 hex digits)")
+		}
+		plan.wsToken, plan.wsPath = p.Workspace.Token, orDefault(p.Workspace.Path, guest.DefaultWorkspacePath)
+		if err := model.ValidateWorkspacePath("workspace.path", plan.wsPath); err != nil {
+			return nil, err
+		}
 	}
 	ref := orDefault(p.Image, d.cfg.Defaults.Image)
 	if plan.image, err = d.findOrAutoPullImage(ctx, ref, prog); err != nil {
@@ -123,7 +136,7 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		SystemOverlayBytes: plan.overlay, WorkDiskBytes: plan.work, NAT: plan.nat,
 		GuestIP: ip.String(), MAC: model.MACForIP(ip), CID: model.CIDForIP(ip),
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
-		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm,
+		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm, Workspace: plan.wsPath,
 	}
 	// The VM's lifecycle lock is taken before its row becomes visible, so no start or
 	// delete can slip in between the reservation and the rest of the create.
@@ -141,9 +154,11 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 const (
 	systemDiskName = "system.cow"
 	workDiskName   = "root.ext4"
-	consoleLogName = "console.log"
-	metricsName    = "metrics.json"
-	channelName    = "agent.sock"
+	// workspaceDiskName is the copy of a host tree a workspace VM gets (workspace.go).
+	workspaceDiskName = "workspace.ext4"
+	consoleLogName    = "console.log"
+	metricsName       = "metrics.json"
+	channelName       = "agent.sock"
 )
 
 // createVM runs the whole create. On any failure nothing is left behind: no row (so no IP
@@ -180,6 +195,12 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 		return fail(err)
 	}
 	prog.stage(ctx, "disks_ready", fmt.Sprintf("system %s, work %s", model.FormatSize(vm.SystemOverlayBytes), model.FormatSize(vm.WorkDiskBytes)))
+	if plan.wsToken != "" {
+		if err := d.claimWorkspace(plan.wsToken, filepath.Join(vm.Dir, workspaceDiskName)); err != nil {
+			return fail(err)
+		}
+		prog.stage(ctx, "workspace_ready", "at "+plan.wsPath)
+	}
 	if plan.noStart {
 		if err := d.move(ctx, vm, model.VMStopped, func(v *model.VM) { v.Creating = false }); err != nil {
 			return fail(err)

@@ -84,6 +84,11 @@ func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
 	args := []string{im.KernelArgs,
 		guest.ParamName + "=" + vm.Name,
 		guest.ParamRoot + "=/dev/vda", guest.ParamSystem + "=/dev/vdb", guest.ParamWork + "=/dev/vdc"}
+	if vm.Workspace != "" {
+		// The fourth drive: drivers attach drives in order, so it is /dev/vdd.
+		s.Drives = append(s.Drives, vmm.Drive{ID: "workspace", Path: filepath.Join(vm.Dir, workspaceDiskName)})
+		args = append(args, guest.ParamWorkspace+"=/dev/vdd", guest.ParamWorkspacePath+"="+vm.Workspace)
+	}
 	if d.cfg.Network.Enabled {
 		s.Net = &vmm.NetIface{Tap: vm.Tap, MAC: vm.MAC}
 		args = append(args,

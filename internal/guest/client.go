@@ -41,6 +41,11 @@ type ExecRequest struct {
 	Rows, Cols uint16
 	Term       string
 	OpID       string
+	// Root chroots the process into a guest directory (a container's rootfs); UID/GID
+	// set its credentials. See the exec request in the package documentation.
+	Root     string
+	UID, GID uint32
+	Groups   []uint32
 }
 
 // ExecIO connects a guest process to the caller. A nil Stdin sends EOF at once; nil Stdout
@@ -50,6 +55,10 @@ type ExecIO struct {
 	Stdout, Stderr io.Writer
 	Resize         <-chan [2]uint16
 	Signals        <-chan syscall.Signal
+	// Started, if set, is called once the agent reported the process running, before any
+	// output: a caller that must answer "started" (containerd's task start) learns it
+	// here, and an error from Exec before it was called means the process never ran.
+	Started func()
 }
 
 // bindContext closes conn when ctx ends; the returned function detaches it.
@@ -161,12 +170,16 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 		Type: TypeExec, OpID: req.OpID,
 		Argv: req.Argv, Env: req.Env, Cwd: req.Cwd,
 		TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, Term: req.Term,
+		Root: req.Root, UID: req.UID, GID: req.GID, Groups: req.Groups,
 	})
 	if err != nil {
 		return -1, err
 	}
 	if err := r.err(); err != nil {
 		return -1, fmt.Errorf("exec %s: %w", req.Argv[0], err)
+	}
+	if stdio.Started != nil {
+		stdio.Started()
 	}
 
 	fw := &frameWriter{w: conn}

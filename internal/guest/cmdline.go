@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"banger/internal/errdefs"
+	"banger/internal/model"
 )
 
 // Kernel command line keys the guest init reads; bangerd writes them with BootParams.Args.
@@ -20,7 +21,14 @@ const (
 	ParamWork    = "banger.work"   // work disk mounted at /root; absent: none
 	ParamModules = "banger.mods"   // initrd directory with the .ko files and their "order" file
 	ParamInit    = "banger.init"   // "none": the agent stays PID 1; a path: the init to hand over to
+	// ParamWorkspace is the workspace disk (a copy of a host tree) and ParamWorkspacePath
+	// where it is mounted; absent: none.
+	ParamWorkspace     = "banger.ws"
+	ParamWorkspacePath = "banger.wspath"
 )
+
+// DefaultWorkspacePath is where a workspace is mounted when no GUESTPATH is given.
+const DefaultWorkspacePath = "/work"
 
 // DefaultModulesDir is where the image builder puts kernel modules in the initrd.
 const DefaultModulesDir = "/lib/modules/banger"
@@ -39,6 +47,9 @@ type BootParams struct {
 	Work       string
 	ModulesDir string
 	Init       string // "" (use the rootfs's /sbin/init if any), InitNone, or a path
+	// Workspace is the workspace disk's device and WorkspacePath its mount point.
+	Workspace     string
+	WorkspacePath string
 }
 
 var hostnameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -98,6 +109,10 @@ func ParseCmdline(cmdline string) (BootParams, error) {
 			p.ModulesDir = v
 		case ParamInit:
 			p.Init = v
+		case ParamWorkspace:
+			p.Workspace = v
+		case ParamWorkspacePath:
+			p.WorkspacePath = v
 		}
 	}
 	if !hostnameRe.MatchString(p.Name) {
@@ -110,6 +125,19 @@ func ParseCmdline(cmdline string) (BootParams, error) {
 	}
 	if p.Work != "" && !strings.HasPrefix(p.Work, "/dev/") {
 		return BootParams{}, errdefs.InvalidArgument(ParamWork, p.Work, "must be a block device path under /dev")
+	}
+	if p.Workspace != "" {
+		if !strings.HasPrefix(p.Workspace, "/dev/") {
+			return BootParams{}, errdefs.InvalidArgument(ParamWorkspace, p.Workspace, "must be a block device path under /dev")
+		}
+		if p.WorkspacePath == "" {
+			p.WorkspacePath = DefaultWorkspacePath
+		}
+		if err := model.ValidateWorkspacePath(ParamWorkspacePath, p.WorkspacePath); err != nil {
+			return BootParams{}, err
+		}
+	} else if p.WorkspacePath != "" {
+		return BootParams{}, errdefs.InvalidArgument(ParamWorkspacePath, p.WorkspacePath, "needs "+ParamWorkspace)
 	}
 	if !strings.HasPrefix(p.ModulesDir, "/") {
 		return BootParams{}, errdefs.InvalidArgument(ParamModules, p.ModulesDir, "must be an absolute path")
@@ -169,6 +197,9 @@ func (p BootParams) Args() string {
 	args = append(args, ParamRoot+"="+p.Root, ParamSystem+"="+p.System)
 	if p.Work != "" {
 		args = append(args, ParamWork+"="+p.Work)
+	}
+	if p.Workspace != "" {
+		args = append(args, ParamWorkspace+"="+p.Workspace, ParamWorkspacePath+"="+p.WorkspacePath)
 	}
 	if p.ModulesDir != "" {
 		args = append(args, ParamModules+"="+p.ModulesDir)

@@ -143,6 +143,54 @@ func execCwd(cwd string) (string, error) {
 	return cwd, nil
 }
 
+// maxGroups is NGROUPS_MAX.
+const maxGroups = 65536
+
+// rootedPaths resolves cwd (default /) and argv0 for a process chrooted into root. The
+// names are paths inside root: symlinks in a container's rootfs point at the container's
+// own root, so they are not followed from here (Lstat); the kernel resolves them after
+// the chroot, and a dangling one fails the start as command not found.
+func rootedPaths(root, cwd, argv0, pathEnv string) (string, string, error) {
+	if !filepath.IsAbs(root) || filepath.Clean(root) == "/" {
+		return "", "", errdefs.InvalidArgument("root", root, "must be an absolute directory other than /")
+	}
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		return "", "", errdefs.NotFound("root directory", root)
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+	if !filepath.IsAbs(cwd) {
+		return "", "", errdefs.InvalidArgument("cwd", cwd, "must be absolute inside the root")
+	}
+	if _, err := os.Lstat(filepath.Join(root, cwd)); err != nil {
+		return "", "", errdefs.NotFound("working directory", cwd)
+	}
+	exists := func(p string) bool {
+		fi, err := os.Lstat(filepath.Join(root, p))
+		return err == nil && !fi.IsDir()
+	}
+	if strings.Contains(argv0, "/") {
+		p := argv0
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(cwd, p)
+		}
+		if !exists(p) {
+			return "", "", fmt.Errorf("%w: %s", ErrCommandNotFound, argv0)
+		}
+		return cwd, p, nil
+	}
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue
+		}
+		if p := filepath.Join(dir, argv0); exists(p) {
+			return cwd, p, nil
+		}
+	}
+	return "", "", fmt.Errorf("%w: %s", ErrCommandNotFound, argv0)
+}
+
 // process is one running exec: the child plus the descriptors the agent keeps.
 type process struct {
 	cmd   *exec.Cmd
@@ -160,18 +208,34 @@ func (a *Agent) startProcess(req Request) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	cwd, err := execCwd(req.Cwd)
-	if err != nil {
-		return nil, err
+	var cwd, path string
+	if req.Root != "" {
+		cwd, path, err = rootedPaths(req.Root, req.Cwd, req.Argv[0], envValue(env, "PATH"))
+	} else {
+		cwd, err = execCwd(req.Cwd)
+		if err == nil {
+			path, err = lookPath(req.Argv[0], envValue(env, "PATH"))
+		}
 	}
-	path, err := lookPath(req.Argv[0], envValue(env, "PATH"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := &exec.Cmd{Path: path, Args: req.Argv, Env: env, Dir: cwd}
+	// Its own process group, so a signal frame reaches the command's children too (the
+	// tty branch replaces it with a session of its own). The kernel applies Chroot before
+	// Dir, so both are paths inside the root.
+	attr := &syscall.SysProcAttr{Setpgid: true, Chroot: req.Root}
+	if req.UID != 0 || req.GID != 0 || len(req.Groups) > 0 {
+		if len(req.Groups) > maxGroups {
+			return nil, errdefs.InvalidArgument("groups", len(req.Groups), fmt.Sprintf("at most %d supplementary groups", maxGroups))
+		}
+		attr.Credential = &syscall.Credential{Uid: req.UID, Gid: req.GID, Groups: req.Groups}
+	}
+	cmd.SysProcAttr = attr
 	p := &process{cmd: cmd}
 
 	if req.TTY {
+		attr.Setpgid = false // Setsid (set by pty) makes it a group leader already
 		ws := &pty.Winsize{Rows: req.Rows, Cols: req.Cols}
 		if ws.Rows == 0 {
 			ws.Rows = defaultRows
@@ -228,8 +292,6 @@ func (a *Agent) startProcess(req Request) (*process, error) {
 	}
 	closeOnErr, childEnds = append(closeOnErr, errR), append(childEnds, errW)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-	// Its own process group, so a signal frame reaches the command's children too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := a.procs.start(func() (int, error) {
 		if err := cmd.Start(); err != nil {
 			return 0, err

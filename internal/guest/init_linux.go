@@ -282,6 +282,9 @@ func assembleRoot(p BootParams, log *slog.Logger, overlayReady func()) error {
 	if p.Work != "" {
 		devs = append(devs, p.Work)
 	}
+	if p.Workspace != "" {
+		devs = append(devs, p.Workspace)
+	}
 	if err := waitDevices(devs, deviceWait); err != nil {
 		return err
 	}
@@ -314,6 +317,11 @@ func assembleRoot(p BootParams, log *slog.Logger, overlayReady func()) error {
 			return fmt.Errorf("mounting the work disk %s on %s: %w", p.Work, WorkMount, err)
 		}
 	}
+	if p.Workspace != "" {
+		if err := mountWorkspace(p, log); err != nil {
+			return err
+		}
+	}
 	moves := []struct{ from, to string }{
 		{"/proc", "proc"}, {"/sys", "sys"}, {"/dev", "dev"}, {"/run", "run"},
 		{initLower, strings.TrimPrefix(LowerMount, "/")},
@@ -328,8 +336,49 @@ func assembleRoot(p BootParams, log *slog.Logger, overlayReady func()) error {
 			return fmt.Errorf("moving %s to %s: %w", m.from, dst, err)
 		}
 	}
-	log.Info("root assembled", "lower", p.Root, "system", p.System, "work", p.Work)
+	log.Info("root assembled", "lower", p.Root, "system", p.System, "work", p.Work, "workspace", p.Workspace)
 	return nil
+}
+
+// mountWorkspace mounts the workspace disk at its path under the new root. The host packs
+// the user's files with the user's uid; rather than walking the tree to re-own it (seconds
+// for a large tree under emulation), git — which refuses a repository owned by another
+// user ("dubious ownership") — is told in the guest's system config to trust it. The
+// config lands in the VM's own overlay.
+func mountWorkspace(p BootParams, log *slog.Logger) error {
+	dst := filepath.Join(newRoot, p.WorkspacePath)
+	if err := mkdirs(dst); err != nil {
+		return err
+	}
+	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("mounting the workspace %s on %s: %w", p.Workspace, p.WorkspacePath, err)
+	}
+	if err := trustWorkspaceInGit(filepath.Join(newRoot, "etc", "gitconfig"), p.WorkspacePath); err != nil {
+		log.Warn("adding the workspace to git's safe.directory failed", "err", err)
+	}
+	log.Info("workspace mounted", "device", p.Workspace, "path", p.WorkspacePath)
+	return nil
+}
+
+// trustWorkspaceInGit adds the workspace and the repositories below it to safe.directory
+// in the git system config at cfg, once.
+func trustWorkspaceInGit(cfg, path string) error {
+	entry := fmt.Sprintf("[safe]\n\tdirectory = %s\n\tdirectory = %s/*\n", path, path)
+	if b, err := os.ReadFile(cfg); err == nil && strings.Contains(string(b), entry) {
+		return nil
+	}
+	if err := mkdirs(filepath.Dir(cfg)); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(cfg, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(entry)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // configureNetwork brings up lo and, when the VM has an address, eth0 with it and the

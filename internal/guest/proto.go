@@ -17,7 +17,7 @@
 //
 // The client first sends a header: one JSON object on one line ("\n"-terminated):
 //
-//	{"type":"ping"|"exec"|"put"|"get"|"shutdown", "op_id":"op-…", …fields of the type}
+//	{"type":"ping"|"exec"|"put"|"get"|"list"|"shutdown", "op_id":"op-…", …fields of the type}
 //
 // op_id is optional; the agent tags every log line of the request with it. A reply is one
 // JSON line {"ok":true, …} or {"ok":false,"error":"message","code":"kind"}, where code is
@@ -50,7 +50,9 @@
 // exec: header fields "argv" (required, non-empty), "env" (["KEY=VAL"], added to a default
 // of PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, HOME=/root,
 // USER=root, LOGNAME=root, SHELL=/bin/sh and, with tty, TERM), "cwd" (default /root, or /
-// when /root is missing; an explicit cwd must exist), "tty", "rows", "cols", "term".
+// when /root is missing; an explicit cwd must exist), "tty", "rows", "cols", "term",
+// "root" (an absolute guest directory to chroot the process into; argv[0] and cwd are then
+// paths inside it, cwd defaulting to /), "uid", "gid" and "groups" (credentials, default 0 and none).
 // The agent resolves argv[0] in the resulting PATH and replies {"ok":true} once the process
 // runs, or an error (code "command_not_found" naming the command; the CLI exits 127). Then
 // the client sends stdin, stdin_eof, signal and resize frames and the agent sends stdout,
@@ -77,6 +79,13 @@
 // frames and data_eof, or an error frame if reading fails midway, and closes. The host
 // trusts none of it: only path's base name is accepted at the top level, and see
 // extractTar and hostPolicy for the rest (confinement, masked modes, size cap).
+//
+// list (a workspace's before/after listing): header field "path". The agent replies one
+// JSON line, then sends one JSON object per line (ListEntry: relative path, st_mode,
+// size, mtime and ctime in ns, inode, symlink target) for path and everything below it,
+// lstat'ed, never following a symlink nor entering another mount, as data frames and
+// data_eof. The host caps line length and entry count and refuses paths that are not
+// clean and relative.
 //
 // Only the host opens streams; a stream opened by the guest ends the host's session.
 //
@@ -119,6 +128,7 @@ const (
 	TypePut      = "put"
 	TypeGet      = "get"
 	TypeShutdown = "shutdown"
+	TypeList     = "list"
 )
 
 // Frame kinds; see the package documentation.
@@ -171,10 +181,21 @@ type Request struct {
 	Rows uint16   `json:"rows,omitempty"`
 	Cols uint16   `json:"cols,omitempty"`
 	Term string   `json:"term,omitempty"`
+	// Root, when set, is a guest directory the process is chrooted into (a container's
+	// rootfs); argv[0] and cwd are then resolved inside it. UID and GID are the
+	// credentials the process runs with (0: root, the agent's own).
+	Root   string   `json:"root,omitempty"`
+	UID    uint32   `json:"uid,omitempty"`
+	GID    uint32   `json:"gid,omitempty"`
+	Groups []uint32 `json:"groups,omitempty"` // supplementary groups
 
-	// put, get
+	// put, get, list
 	Path string `json:"path,omitempty"`
-	Mode uint32 `json:"mode,omitempty"`
+	// list: only entries changed at or after this guest time (ns), and the entries of the
+	// directories that did; 0 lists everything; a time in the guest's future lists nothing
+	// (the reply's now tells the client the guest's clock).
+	Since int64  `json:"since,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`
 }
 
 // Reply is the agent's JSON answer line.
@@ -191,6 +212,9 @@ type Reply struct {
 	Protocol      int     `json:"protocol,omitempty"`
 	// Boot is the guest's boot stages (uptime ms), oldest first.
 	Boot []model.BootStage `json:"boot,omitempty"`
+
+	// list: the guest's wall clock (ns) when the listing began
+	Now int64 `json:"now,omitempty"`
 }
 
 // RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,

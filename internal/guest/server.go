@@ -107,10 +107,12 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 		err = a.handlePut(conn, br, req)
 	case TypeGet:
 		err = a.handleGet(conn, req)
+	case TypeList:
+		err = a.handleList(conn, req)
 	case TypeShutdown:
 		err = a.handleShutdown(conn, log)
 	default:
-		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, shutdown")
+		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, list, shutdown")
 		_ = writeJSONLine(conn, errorReply(err))
 	}
 	ms := time.Since(start).Milliseconds()

@@ -95,6 +95,14 @@ func powerOffAsInit(log *slog.Logger) {
 // in reverse order of mounting. The root overlay cannot be unmounted while it is "/", so a
 // read-only remount flushes it instead; the system disk under it stays busy the same way.
 func releaseDisks(log *slog.Logger) {
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		if p, err := ParseCmdline(string(b)); err == nil && p.WorkspacePath != "" {
+			if err := unix.Unmount(p.WorkspacePath, 0); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+				log.Warn("unmounting the workspace failed; remounting it read-only", "err", err)
+				_ = unix.Mount("", p.WorkspacePath, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+			}
+		}
+	}
 	if err := unix.Unmount(WorkMount, 0); err != nil && err != unix.EINVAL && err != unix.ENOENT {
 		log.Warn("unmounting the work disk failed; remounting it read-only", "err", err)
 		_ = unix.Mount("", WorkMount, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")

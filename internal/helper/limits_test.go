@@ -43,7 +43,9 @@ func TestHelperBoundsItsClients(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "helper.sock")
 	s, err := NewServer(Config{Socket: sock, SocketGroup: -1, AllowUIDs: []int{os.Getuid()}, Net: testNet,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
-		Limits: rpc.Limits{MaxConns: 2, LineTimeout: 200 * time.Millisecond, IdleTimeout: time.Hour}})
+		// The line deadline must outlast the third dial on a loaded machine: were the two
+		// stalled connections dropped first, the third would be served, not refused.
+		Limits: rpc.Limits{MaxConns: 2, LineTimeout: 2 * time.Second, IdleTimeout: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}

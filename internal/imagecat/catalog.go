@@ -51,6 +51,7 @@ import (
 	"time"
 
 	"banger/internal/errdefs"
+	"banger/internal/imagebuild/debian"
 	"banger/internal/model"
 )
 
@@ -89,6 +90,8 @@ type Source struct {
 	Files   []model.File `json:"files,omitempty"`
 	Builder string       `json:"builder,omitempty"`
 	Ref     string       `json:"ref,omitempty"`
+	// Packages are the debian builder's extra packages (debootstrap --include).
+	Packages []string `json:"packages,omitempty"`
 }
 
 // IsBuilder reports whether the entry is built locally rather than downloaded.
@@ -289,7 +292,10 @@ func validateEntry(e *Entry, baseURL *url.URL) error {
 		if s.Builder != BuilderTiny && s.Ref == "" {
 			return errdefs.InvalidArgument("source.ref", s.Ref, "the "+s.Builder+" builder needs a ref")
 		}
-		return nil
+		if len(s.Packages) > 0 && s.Builder != BuilderDebian {
+			return errdefs.InvalidArgument("source.packages", strings.Join(s.Packages, ","), "only the debian builder takes packages")
+		}
+		return debian.ValidatePackages("source.packages", s.Packages)
 	case s.URL != "":
 		u, err := url.Parse(s.URL)
 		if err != nil {

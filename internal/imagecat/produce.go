@@ -53,7 +53,7 @@ func Produce(ctx context.Context, e Entry, env Env, progress func(Progress)) (st
 		dir, err = imagebuild.BuildTiny(ctx, imagebuild.TinyOptions{CacheDir: env.CacheDir,
 			AgentPath: env.AgentPath, WorkDir: env.WorkDir, Log: log})
 	case BuilderDebian:
-		dir, err = debian.Build(ctx, debian.Options{Suite: e.Source.Ref, Mirror: env.DebianMirror,
+		dir, err = debian.Build(ctx, debian.Options{Suite: e.Source.Ref, Mirror: env.DebianMirror, Packages: e.Source.Packages,
 			CacheDir: env.CacheDir, AgentPath: env.AgentPath, WorkDir: env.WorkDir, Log: log})
 	case BuilderOCI:
 		dir, err = oci.Build(ctx, e.Source.Ref, oci.Options{CacheDir: env.CacheDir,
@@ -80,6 +80,23 @@ func (e Entry) Key() string {
 		return e.Name
 	}
 	return e.Source.URL
+}
+
+// BuilderEntryWithPackages is BuilderEntry for the debian builder with extra packages
+// (`image build --debian SUITE --packages a,b`).
+func BuilderEntryWithPackages(builder, ref, name string, pkgs []string) (Entry, error) {
+	e, err := BuilderEntry(builder, ref, name)
+	if err != nil || len(pkgs) == 0 {
+		return e, err
+	}
+	if builder != BuilderDebian {
+		return Entry{}, errdefs.InvalidArgument("packages", strings.Join(pkgs, ","), "only the debian builder takes packages")
+	}
+	if err := debian.ValidatePackages("packages", pkgs); err != nil {
+		return Entry{}, err
+	}
+	e.Source.Packages = pkgs
+	return e, nil
 }
 
 // BuilderEntry is the entry for `banger image build BUILDER [REF] [--name NAME]`. An empty

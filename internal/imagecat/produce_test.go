@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,5 +161,29 @@ func TestProduceBuilderNeedsDirs(t *testing.T) {
 	}
 	if _, err := Produce(context.Background(), e, Env{}, nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("want invalid argument without dirs, got %v", err)
+	}
+}
+
+func TestBuilderEntryWithPackages(t *testing.T) {
+	e, err := BuilderEntryWithPackages("debian", "bookworm", "dev", []string{"git", "make"})
+	if err != nil || e.Name != "dev" || strings.Join(e.Source.Packages, ",") != "git,make" {
+		t.Fatalf("%+v %v", e, err)
+	}
+	for _, c := range []struct {
+		builder string
+		pkgs    []string
+	}{{"tiny", []string{"git"}}, {"debian", []string{"Bad Name"}}} {
+		if _, err := BuilderEntryWithPackages(c.builder, "", "", c.pkgs); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "packages") {
+			t.Errorf("%s %v: %v", c.builder, c.pkgs, err)
+		}
+	}
+	// The embedded catalog's dev image is a debian build with a toolchain.
+	c, err := Load(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, ok := c.Lookup("dev")
+	if !ok || dev.Source.Builder != BuilderDebian || !slices.Contains(dev.Source.Packages, "build-essential") || !slices.Contains(dev.Source.Packages, "git") {
+		t.Fatalf("dev entry: %+v", dev)
 	}
 }

@@ -47,11 +47,14 @@ type VM struct {
 	Creating bool `json:"creating,omitempty"`
 	// AutoRemove is vm run --rm: the daemon deletes the VM when the run's command ends, its
 	// connection drops, or it never attaches.
-	AutoRemove bool      `json:"auto_remove,omitempty"`
-	LastError  string    `json:"last_error,omitempty"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
-	StartedAt  time.Time `json:"started_at,omitzero"`
+	AutoRemove bool `json:"auto_remove,omitempty"`
+	// Workspace is the guest path the VM's workspace disk (a copy of a host tree, made by
+	// `vm create/run --workspace`) is mounted at; empty: the VM has none.
+	Workspace string    `json:"workspace,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	StartedAt time.Time `json:"started_at,omitzero"`
 	// Boot is the latest boot's timeline; nil before the first boot.
 	Boot *BootTimeline `json:"boot,omitempty"`
 }

@@ -125,3 +125,32 @@ func DiskBytes(field, s string) (int64, error) {
 	}
 	return b, nil
 }
+
+// workspacePathRe is what a workspace mount point may spell: absolute, plain characters,
+// no spaces (it travels on the kernel command line).
+var workspacePathRe = regexp.MustCompile(`^(/[A-Za-z0-9._+-]+)+$`)
+
+// reservedGuestPaths are where a workspace must not be mounted: over them the guest would
+// lose its system, its agent or its work disk.
+var reservedGuestPaths = []string{"/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root",
+	"/run", "/sbin", "/sys", "/usr", "/var", "/.banger", "/tmp"}
+
+// ValidateWorkspacePath checks the guest path a workspace is mounted at (field names the
+// argument in the error): absolute and clean, at most 255 bytes, no "." or ".." element,
+// and not a system directory or one below it.
+func ValidateWorkspacePath(field, p string) error {
+	if len(p) > 255 || !workspacePathRe.MatchString(p) {
+		return errdefs.InvalidArgument(field, p, "must be an absolute guest path of letters, digits and ._+- (at most 255 bytes)")
+	}
+	for _, el := range strings.Split(p[1:], "/") {
+		if el == "." || el == ".." {
+			return errdefs.InvalidArgument(field, p, "must not contain . or .. elements")
+		}
+	}
+	for _, r := range reservedGuestPaths {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return errdefs.InvalidArgument(field, p, "must not be "+r+" or below it: the guest system lives there")
+		}
+	}
+	return nil
+}

@@ -74,6 +74,11 @@ ALTER TABLE vms ADD COLUMN pid_start INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vms ADD COLUMN creating INTEGER NOT NULL DEFAULT 0 CHECK (creating IN (0, 1));
 ALTER TABLE vms ADD COLUMN auto_remove INTEGER NOT NULL DEFAULT 0 CHECK (auto_remove IN (0, 1));
 `},
+	// Workspaces: the guest path a VM's workspace disk is mounted at ('' = no workspace),
+	// so `vm create --workspace` keeps it across stop/start.
+	{version: 3, sql: `
+ALTER TABLE vms ADD COLUMN workspace TEXT NOT NULL DEFAULT '';
+`},
 	// The latest boot's timeline (model.BootTimeline as JSON; '' before the first boot).
 	{version: 4, sql: `
 ALTER TABLE vms ADD COLUMN boot TEXT NOT NULL DEFAULT '';

@@ -146,6 +146,7 @@ func setup() (*env, error) {
 			static    bool
 		}{
 			{"banger", "./cmd/banger", false}, {"bangerd", "./cmd/bangerd", false}, {"banger-agent", "./cmd/banger-agent", true},
+			{"containerd-shim-banger-v2", "./cmd/containerd-shim-banger-v2", false},
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(x.bin, b.name), b.pkg)
 			cmd.Dir = root
@@ -210,6 +211,8 @@ defaults:
 vmm: qemu
 agent_path: %s
 console_log_max: 256K
+workspace:
+  max_size: 256M
 `, x.stateDir, filepath.Join(x.dir, "run"), cacheDir, x.helperSock, bridgeIP, dnsDomain, filepath.Join(x.bin, "banger-agent"))
 	if err := os.WriteFile(x.config, []byte(cfg), 0o644); err != nil {
 		return x, err

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,7 +42,34 @@ type Options struct {
 	CacheDir  string // kernel packages and debootstrap's .deb cache
 	AgentPath string // static guest agent, /init of the initrd
 	WorkDir   string // staging tree and the bundle directory
-	Log       *slog.Logger
+	// Packages are installed on top of the minbase system (debootstrap's --include), e.g.
+	// build-essential, git, python3 for a development image.
+	Packages []string
+	Log      *slog.Logger
+}
+
+// MaxPackages bounds --packages: each name is a debootstrap argument.
+const MaxPackages = 128
+
+var packageRe = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]{0,99}$`)
+
+// ValidatePackages checks Debian package names (policy §5.6.1: lowercase letters, digits,
+// '+', '-', '.', starting with a letter or digit), naming field in the error.
+func ValidatePackages(field string, pkgs []string) error {
+	if len(pkgs) > MaxPackages {
+		return errdefs.InvalidArgument(field, strings.Join(pkgs, ","), fmt.Sprintf("at most %d packages", MaxPackages))
+	}
+	seen := map[string]bool{}
+	for _, p := range pkgs {
+		if !packageRe.MatchString(p) {
+			return errdefs.InvalidArgument(field, p, "must be a Debian package name (lowercase letters, digits, '+', '-', '.')")
+		}
+		if seen[p] {
+			return errdefs.InvalidArgument(field, p, "is listed twice")
+		}
+		seen[p] = true
+	}
+	return nil
 }
 
 var suiteRe = regexp.MustCompile(`^[a-z]{1,32}$`)
@@ -60,6 +88,9 @@ func (o *Options) Validate() error {
 		o.Suite = DefaultSuite
 	}
 	if err := ValidateSuite(o.Suite); err != nil {
+		return err
+	}
+	if err := ValidatePackages("packages", o.Packages); err != nil {
 		return err
 	}
 	if o.Mirror == "" {
@@ -93,10 +124,21 @@ func debootstrapArgs(o Options, target, cacheDir string) []string {
 		"--variant=minbase",
 		"--arch=amd64",
 		"--components=main",
-		"--include=" + strings.Join(extraPackages, ","),
+		"--include=" + strings.Join(includeList(o.Packages), ","),
 		"--cache-dir=" + cacheDir,
 		o.Suite, target, o.Mirror,
 	}
+}
+
+// includeList is the base extras plus pkgs, without duplicates.
+func includeList(pkgs []string) []string {
+	out := slices.Clone(extraPackages)
+	for _, p := range pkgs {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Build runs debootstrap and assembles a bundle directory inside opts.WorkDir for

@@ -137,3 +137,34 @@ func TestBuildDebian(t *testing.T) {
 		t.Fatalf("image %+v", img)
 	}
 }
+
+func TestPackagesGoIntoTheIncludeList(t *testing.T) {
+	o := Options{Suite: "bookworm", Mirror: "http://mirror.example/debian", Packages: []string{"build-essential", "git", "procps", "g++"}}
+	var include string
+	for _, a := range debootstrapArgs(o, "/r", "/c") {
+		if v, ok := strings.CutPrefix(a, "--include="); ok {
+			include = v
+		}
+	}
+	got := strings.Split(include, ",")
+	for _, want := range []string{"ca-certificates", "build-essential", "git", "g++"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("--include=%s lacks %s", include, want)
+		}
+	}
+	if n := strings.Count(include, "procps"); n != 1 {
+		t.Errorf("procps listed %d times: %s", n, include)
+	}
+}
+
+func TestValidatePackages(t *testing.T) {
+	for _, bad := range [][]string{{"Git"}, {"-x"}, {"a b"}, {"a,b"}, {"git", "git"}, {"../x"}, {""}} {
+		err := ValidatePackages("packages", bad)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "packages") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if err := ValidatePackages("packages", []string{"build-essential", "python3", "libc6-dev", "g++", "golang-1.19-go"}); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,162 @@
+package ctrshim
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/plugin"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+)
+
+// RuntimeName is the runtime containerd is configured with; containerd derives the binary
+// name containerd-shim-banger-v2 from it.
+const RuntimeName = "io.containerd.banger.v2"
+
+// Register registers the task service as the shim library's ttrpc plugin; call it before
+// shim.RunManager.
+func Register() {
+	plugin.Register(&plugin.Registration{
+		Type:     plugin.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugin.EventPlugin, plugin.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (interface{}, error) {
+			pp, err := ic.GetByID(plugin.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			ss, err := ic.GetByID(plugin.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			return NewService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service))
+		},
+	})
+}
+
+// Manager starts and cleans up shim processes (containerd's `start` and `delete`
+// invocations of the binary).
+type Manager struct{}
+
+// Name is the runtime's name.
+func (Manager) Name() string { return RuntimeName }
+
+// socketAddress puts the shim's socket beside containerd's own (as containerd's stock shims
+// put theirs in its state dir's s/), named by a hash of containerd's address, namespace and
+// container, short enough for the 108-byte sun_path limit.
+func socketAddress(containerdAddress, ns, id string) string {
+	d := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, id)))
+	return fmt.Sprintf("unix://%s/%x", filepath.Join(filepath.Dir(containerdAddress), "s"), d[:16])
+}
+
+// Start runs the serving shim process for container id and returns its socket address.
+// containerd 1.6 reads that address as plain text from stdout (shim protocol v2; later
+// containerd versions also accept it).
+func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return "", err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	address := socketAddress(opts.Address, ns, id)
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return "", fmt.Errorf("creating the shim socket %s: %w", address, err)
+		}
+		if shim.CanConnect(address) {
+			// A shim for this container already serves: containerd reconnects to it.
+			if err := shim.WriteAddress("address", address); err != nil {
+				return "", err
+			}
+			return address, nil
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return "", fmt.Errorf("removing the stale shim socket %s: %w", address, err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return "", fmt.Errorf("creating the shim socket %s: %w", address, err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			_ = shim.RemoveSocket(address)
+		}
+	}()
+	if err := shim.WriteAddress("address", address); err != nil {
+		return "", err
+	}
+	f, err := socket.File()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	args := []string{"-namespace", ns, "-id", id, "-address", opts.Address}
+	if opts.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	// Its own process group: containerd's signals to the start invocation must not reach
+	// the serving shim.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.ExtraFiles = []*os.File{f} // fd 3: the library serves the listener it finds there
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("starting the serving shim: %w", err)
+	}
+	go cmd.Wait() //nolint:errcheck // the start invocation exits right after; nothing waits for the result
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		_ = cmd.Process.Kill()
+		return "", fmt.Errorf("adjusting the shim's OOM score: %w", err)
+	}
+	return address, nil
+}
+
+// Stop is containerd's cleanup of a container whose shim is gone (crashed, killed) or
+// whose create failed: it removes the container's VM (found by its derived name, so no
+// state of the dead shim is needed) and the snapshot mount. Called with the bundle as the
+// working directory.
+func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	name := VMName(ns, id)
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := newDaemonClient().deleteVM(dctx, name); err != nil {
+		// containerd retries the cleanup of a dead shim's task on its next start; bangerd's
+		// reconcile does not know containers, so the VM stays until then.
+		return shim.StopStatus{}, fmt.Errorf("deleting vm %s of container %s/%s: %w", name, ns, id, err)
+	}
+	if err := mount.UnmountAll(filepath.Join(cwd, "rootfs"), 0); err != nil {
+		log.G(ctx).WithError(err).Warn("unmounting the container's snapshot")
+	}
+	// A killed shim could not remove its socket; Start wrote its address into the bundle.
+	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil {
+		_ = shim.RemoveSocket(address)
+	}
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
