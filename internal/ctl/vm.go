@@ -209,7 +209,39 @@ func printVM(w io.Writer, vm model.VM) {
 	if vm.LastError != "" {
 		row("Last error", strings.SplitN(vm.LastError, "\n", 2)[0])
 	}
+	if b := vm.Boot; b != nil {
+		summary := b.At.Local().Format(time.RFC3339)
+		if n := len(b.Host); n > 0 {
+			summary = fmt.Sprintf("%s to %s, %s", fmtMS(b.Host[n-1].MS), b.Host[n-1].Name, summary)
+		}
+		row("Last boot", summary)
+		row("  host (since start)", stageLine(b.Host))
+		if len(b.Guest) > 0 {
+			row("  guest (uptime)", stageLine(b.Guest))
+		}
+	}
 	tw.Flush()
+}
+
+// stageLine prints stages with the time each took after the previous one:
+// "init 860ms, modules_loaded 1030ms (+170ms), …".
+func stageLine(stages []model.BootStage) string {
+	parts := make([]string, 0, len(stages))
+	for i, st := range stages {
+		p := st.Name + " " + fmtMS(st.MS)
+		if i > 0 {
+			p += " (+" + fmtMS(st.MS-stages[i-1].MS) + ")"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func fmtMS(ms int64) string {
+	if ms >= 10000 || ms <= -10000 {
+		return fmt.Sprintf("%.1fs", float64(ms)/1000)
+	}
+	return fmt.Sprintf("%dms", ms)
 }
 
 func shortID(id string) string {

@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"banger/internal/disktmpl"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +61,10 @@ type Daemon struct {
 	vms   map[string]*vmRuntime // by VM id
 
 	ops opRegistry
+
+	// disks makes VMs' empty system and work disks by copying a template per (label,
+	// size) instead of running mkfs per VM.
+	disks *disktmpl.Cache
 
 	// uploads are staged workspace images awaiting their create (workspace.go).
 	uploads uploads
@@ -164,6 +170,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) 
 		vms:               map[string]*vmRuntime{},
 		reconcileInterval: reconcileEvery,
 		rmGrace:           autoRemoveGrace,
+		disks:             disktmpl.New(filepath.Join(cfg.CacheDir(), "disk-templates")),
 		drivers: map[string]vmm.Driver{
 			"qemu": qemu.New(qemu.Config{Binary: cfg.Qemu.Binary, Accel: cfg.Qemu.Accel,
 				Machine: cfg.Qemu.Machine, Logger: log}),

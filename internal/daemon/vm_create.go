@@ -11,7 +11,6 @@ import (
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/guest"
-	"banger/internal/imagebuild"
 	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/oplog"
@@ -263,15 +262,16 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progre
 	return vm, nil
 }
 
-// prepareDisks creates the VM directory, the sparse system overlay and the work disk.
+// prepareDisks creates the VM directory, the sparse system overlay and the work disk, each
+// a copy of an empty ext4 template (made once per label and size, see disktmpl).
 func (d *Daemon) prepareDisks(ctx context.Context, vm *model.VM) error {
 	if err := os.MkdirAll(vm.Dir, 0o750); err != nil {
 		return fmt.Errorf("creating vm directory: %w", err)
 	}
-	if err := imagebuild.MakeEmptyExt4(ctx, filepath.Join(vm.Dir, systemDiskName), vm.SystemOverlayBytes, "system"); err != nil {
+	if err := d.disks.Make(ctx, filepath.Join(vm.Dir, systemDiskName), vm.SystemOverlayBytes, "system"); err != nil {
 		return fmt.Errorf("creating system overlay disk: %w", err)
 	}
-	if err := imagebuild.MakeEmptyExt4(ctx, filepath.Join(vm.Dir, workDiskName), vm.WorkDiskBytes, "work"); err != nil {
+	if err := d.disks.Make(ctx, filepath.Join(vm.Dir, workDiskName), vm.WorkDiskBytes, "work"); err != nil {
 		return fmt.Errorf("creating work disk: %w", err)
 	}
 	return nil

@@ -180,6 +180,8 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err != nil {
 		return err
 	}
+	// tl is this boot's timeline, stored once the agent answered.
+	tl := newBootClock()
 	// Stale sockets from a previous run would make the VMM fail to bind.
 	os.Remove(spec.ChannelPath)
 	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) {
@@ -207,6 +209,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		return err
 	}
 	if d.helper != nil {
+		tl.mark("network_ready")
 		prog.stage(ctx, "network_ready", fmt.Sprintf("tap %s, %s", vm.Tap, vm.GuestIP), "tap", vm.Tap)
 	}
 	undo = append(undo, func(c context.Context) error { return d.killVMMs(c, rt, vm) })
@@ -214,6 +217,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.PIDStart = pid, start }); err != nil {
 			return err
 		}
+		tl.mark("vmm_launched")
 		oplog.Stage(ctx, "vmm_launched", "pid", pid)
 		return nil
 	}
@@ -227,6 +231,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err != nil {
 		return d.explainStartFailure(vm, fmt.Errorf("starting %s: %w", drv.Name(), err))
 	}
+	tl.mark("vmm_running")
 	rt.setMachine(m)
 	if err := d.move(ctx, vm, model.VMStarting, func(v *model.VM) { v.PID, v.Accel = m.PID(), m.Accel() }); err != nil {
 		return err
@@ -260,12 +265,23 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		pinfo.Hostname = vm.Name
 	}
 	boot := time.Since(started)
+	tl.mark("agent_ready")
 	d.metrics.bootTime.WithLabelValues(drv.Name(), m.Accel()).Observe(boot.Seconds())
 	// Reaching running also ends a create: from here a crash keeps the VM.
 	if err := d.move(ctx, vm, model.VMRunning, func(v *model.VM) {
 		v.StartedAt, v.Creating = time.Now().UTC(), false
 	}); err != nil {
 		return err
+	}
+	if pinfo.BootDropped > 0 {
+		oplog.G(ctx).Warn("guest boot stages dropped", "vm", vm.Name, "count", pinfo.BootDropped, "first", pinfo.BootDroppedWhy)
+	}
+	timeline := tl.timeline(pinfo.Boot)
+	if err := d.store.SetVMBoot(ctx, vm.ID, timeline); err != nil {
+		// The VM runs; a timeline it cannot show is not worth failing the boot for.
+		oplog.G(ctx).Warn("recording the boot timeline failed", "vm", vm.Name, "error", err.Error())
+	} else {
+		vm.Boot = timeline
 	}
 	prog.stage(ctx, "agent_ready", fmt.Sprintf("%s answered after %.1fs (kernel %s)", pinfo.Hostname, boot.Seconds(), pinfo.Kernel), "boot_ms", boot.Milliseconds())
 	d.watchExit(vm.ID, m)

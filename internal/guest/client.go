@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"banger/internal/errdefs"
+	"banger/internal/model"
 )
 
 // The host-side calls below each consume one stream (conn): they close it before returning,
@@ -25,6 +26,11 @@ type PingInfo struct {
 	Kernel        string
 	AgentVersion  string
 	UptimeSeconds float64
+	// Boot is the guest's boot stages that passed the host's checks; BootDropped counts
+	// the ones that did not, BootDroppedWhy says why the first did not.
+	Boot           []model.BootStage
+	BootDropped    int
+	BootDroppedWhy string
 }
 
 // ExecRequest describes a process to run in the guest.
@@ -109,12 +115,14 @@ func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, 
 		return PingInfo{}, &ProtocolMismatchError{Agent: r.Protocol, AgentVersion: peerText(r.AgentVersion, maxPingField)}
 	}
 	// These strings come from the guest and are printed in progress lines and logs.
-	return PingInfo{
+	info := PingInfo{
 		Hostname:      peerText(r.Hostname, maxPingField),
 		Kernel:        peerText(r.Kernel, maxPingField),
 		AgentVersion:  peerText(r.AgentVersion, maxPingField),
 		UptimeSeconds: r.UptimeSeconds,
-	}, nil
+	}
+	info.Boot, info.BootDropped, info.BootDroppedWhy = peerBootStages(r.Boot)
+	return info, nil
 }
 
 // ProtocolMismatchError is Ping's answer when the agent speaks another protocol version:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"banger/internal/model"
 )
 
 // Where the pieces of the root end up inside the running guest. The lower and system
@@ -82,6 +85,12 @@ func ConsoleLogger(w io.Writer) *slog.Logger {
 func RunInit() {
 	os.Setenv("PATH", DefaultPath)
 	os.Setenv("HOME", "/root")
+	// The first stage: how long the kernel took to hand over to PID 1.
+	boot := &bootStages{}
+	boot.mark(model.GuestStageInit)
+	// No garbage collection until the agent serves: the boot allocates a few MB (module
+	// files, logs), and on one emulated vCPU every collection delays readiness.
+	gc := debug.SetGCPercent(-1)
 	if err := mountEarly(); err != nil {
 		fatal(slog.New(slog.NewTextHandler(os.Stderr, nil)), "mounting /proc, /sys, /dev and /run", err)
 	}
@@ -99,14 +108,43 @@ func RunInit() {
 	}
 	log.Info("boot parameters", "params", params.Args())
 
-	loadModules(params.ModulesDir, log)
-	if err := assembleRoot(params, log); err != nil {
+	// Modules load in the background; each step waits only for the drivers it needs, so
+	// the disks mount and the network comes up while the rest still load (their device
+	// waits overlap with each other's work).
+	mods := newModLoader(log).start(params.ModulesDir)
+	modsDone := make(chan struct{})
+	go func() {
+		defer close(modsDone)
+		mods.finish()
+		boot.mark(model.GuestStageModules)
+	}()
+	netDone := make(chan error, 1)
+	go func() {
+		mods.wait(append(transports(), "virtio_net")...)
+		err := configureNetwork(params, log)
+		if err == nil {
+			boot.mark(model.GuestStageNetwork)
+		}
+		netDone <- err
+	}()
+	mods.wait(append(transports(), "virtio_blk")...)
+	if err := assembleRoot(params, log, func() { mods.wait("overlay") }); err != nil {
 		fatal(log, "assembling the root file system", err)
 	}
-	if err := configureNetwork(params, log); err != nil {
+	boot.mark(model.GuestStageRoot)
+	if err := <-netDone; err != nil {
 		fatal(log, "configuring the network", err)
 	}
-	freeInitramfs(log)
+	<-modsDone // the loader reads the initramfs's module files
+	// The initramfs's files are freed once the agent serves (or before handing over to
+	// another init): deleting ~6 MB costs tens of milliseconds under TCG that need not
+	// delay readiness. The old root stays reachable through this descriptor.
+	oldRoot, err := os.Open("/")
+	if err != nil {
+		fatal(log, "opening the initramfs root", err)
+	}
+	// "/." so the walk starts in the directory the link points to, not at the link.
+	oldRootPath := fmt.Sprintf("/proc/self/fd/%d/.", oldRoot.Fd())
 	if err := switchRoot(); err != nil {
 		fatal(log, "switching to the new root", err)
 	}
@@ -116,16 +154,25 @@ func RunInit() {
 	log.Info("root ready", "duration_ms", time.Since(start).Milliseconds())
 
 	if init := chooseInit(params, log); init != "" {
-		handOver(init, log)
+		freeInitramfs(oldRootPath, log)
+		oldRoot.Close()
+		debug.SetGCPercent(gc)
+		handOver(init, boot, log)
 	}
 
 	procs := newProcTable()
 	ctx := context.Background()
 	go procs.reap(ctx, log)
-	agent := &Agent{log: log, powerOff: powerOffAsInit, setIdentity: applyIdentity, procs: procs}
+	agent := &Agent{log: log, powerOff: powerOffAsInit, setIdentity: applyIdentity, procs: procs, boot: boot}
 	err = agent.ServeChannels(ctx, channelWait, func() {
+		boot.mark(model.GuestStageAgentServing)
 		consoleLine(ReadyLine)
 		log.Info("agent serving", "uptime_ms", uptimeMillis())
+		debug.SetGCPercent(gc)
+		go func() {
+			freeInitramfs(oldRootPath, log)
+			oldRoot.Close()
+		}()
 	})
 	fatal(log, "serving the agent", err)
 }
@@ -134,7 +181,9 @@ func RunInit() {
 // over in ("banger-agent agent"). It returns when ctx ends or no channel exists.
 func RunAgent(ctx context.Context, log *slog.Logger) error {
 	a := NewDefaultAgent(log)
+	a.boot = bootStagesFromEnv()
 	return a.ServeChannels(ctx, channelWait, func() {
+		a.boot.mark(model.GuestStageAgentServing)
 		consoleLine(ReadyLine)
 		log.Info("agent serving")
 	})
@@ -195,44 +244,6 @@ func attachConsole() io.Writer {
 	return f
 }
 
-// loadModules loads the .ko files named in dir/order, one per line, in that order.
-// Missing files are skipped with a log line: the image builder decides what is needed.
-func loadModules(dir string, log *slog.Logger) {
-	b, err := os.ReadFile(filepath.Join(dir, moduleOrderRel))
-	if err != nil {
-		log.Info("no kernel modules to load", "dir", dir, "err", err)
-		return
-	}
-	loaded := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		name := strings.TrimSpace(line)
-		if name == "" || strings.HasPrefix(name, "#") {
-			continue
-		}
-		p := filepath.Join(dir, filepath.Clean("/"+name))
-		f, err := os.Open(p)
-		if err != nil {
-			log.Warn("kernel module missing, skipped", "module", name, "err", err)
-			continue
-		}
-		flags := 0
-		if strings.HasSuffix(name, ".xz") || strings.HasSuffix(name, ".zst") || strings.HasSuffix(name, ".gz") {
-			flags = unix.MODULE_INIT_COMPRESSED_FILE
-		}
-		err = unix.FinitModule(int(f.Fd()), "", flags)
-		f.Close()
-		switch {
-		case err == nil:
-			loaded++
-		case errors.Is(err, unix.EEXIST):
-			// Built in or loaded already.
-		default:
-			log.Warn("loading kernel module failed", "module", name, "err", err)
-		}
-	}
-	log.Info("kernel modules loaded", "count", loaded)
-}
-
 // waitDevices polls until every device node exists: devtmpfs creates them as the virtio
 // drivers probe, which can lag module loading.
 func waitDevices(devs []string, wait time.Duration) error {
@@ -266,7 +277,7 @@ func mkdirs(paths ...string) error {
 // assembleRoot builds /newroot: the base image read-only as overlay lower, the system disk
 // holding upper/ and work/, the early mounts and disks moved under it, the work disk on
 // /root.
-func assembleRoot(p BootParams, log *slog.Logger) error {
+func assembleRoot(p BootParams, log *slog.Logger, overlayReady func()) error {
 	devs := []string{p.Root, p.System}
 	if p.Work != "" {
 		devs = append(devs, p.Work)
@@ -290,6 +301,7 @@ func assembleRoot(p BootParams, log *slog.Logger) error {
 	if err := mkdirs(upper, work); err != nil {
 		return err
 	}
+	overlayReady()
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", initLower, upper, work)
 	if err := unix.Mount("overlay", newRoot, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the overlay root (%s): %w", opts, err)
@@ -416,26 +428,27 @@ func configureNetwork(p BootParams, log *slog.Logger) error {
 	return nil
 }
 
-// freeInitramfs deletes the initramfs's files before the switch, as switch_root does: once
-// "/" moves away nothing can reach them, yet they would keep occupying guest memory. Only
-// files on the initramfs itself are touched; the running binary stays executable through
-// /proc/self/exe.
-func freeInitramfs(log *slog.Logger) {
+// freeInitramfs deletes the initramfs's files under root, as switch_root does: once "/"
+// moves away only init's descriptor can reach them, yet they would keep occupying guest
+// memory. Only files on the initramfs itself are touched; the running binary stays
+// executable through /proc/self/exe.
+func freeInitramfs(root string, log *slog.Logger) {
 	var sfs unix.Statfs_t
-	if err := unix.Statfs("/", &sfs); err != nil {
+	if err := unix.Statfs(root, &sfs); err != nil {
 		return
 	}
 	if sfs.Type != unix.RAMFS_MAGIC && sfs.Type != unix.TMPFS_MAGIC {
 		log.Warn("/ is not an initramfs; leaving its files alone", "fs_type", sfs.Type)
 		return
 	}
+	// Stat, not Lstat: root may be a /proc/self/fd link to the old root.
 	var rootStat unix.Stat_t
-	if err := unix.Lstat("/", &rootStat); err != nil {
+	if err := unix.Stat(root, &rootStat); err != nil {
 		return
 	}
 	var dirs []string
 	removed := 0
-	_ = filepath.WalkDir("/", func(p string, d fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
 		}
@@ -447,7 +460,7 @@ func freeInitramfs(log *slog.Logger) {
 			return nil
 		}
 		if d.IsDir() {
-			if p != "/" {
+			if p != root {
 				dirs = append(dirs, p)
 			}
 			return nil
@@ -547,10 +560,10 @@ func chooseInit(p BootParams, log *slog.Logger) string {
 
 // handOver starts the agent as a child, then replaces this process with the rootfs's
 // init. The child survives the exec: it stays a child of PID 1, now the other init.
-func handOver(init string, log *slog.Logger) {
+func handOver(init string, boot *bootStages, log *slog.Logger) {
 	cmd := exec.Command("/proc/self/exe", "agent")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stderr, os.Stderr
-	cmd.Env = []string{"PATH=" + DefaultPath, "HOME=/root"}
+	cmd.Env = []string{"PATH=" + DefaultPath, "HOME=/root", BootStagesEnv + "=" + boot.env()}
 	// Its own session, so the init's job control on the console does not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -119,6 +119,7 @@ import (
 	"unicode/utf8"
 
 	"banger/internal/errdefs"
+	"banger/internal/model"
 	"banger/internal/rpc"
 )
 
@@ -222,6 +223,8 @@ type Reply struct {
 	UptimeSeconds float64 `json:"uptime_seconds,omitempty"`
 	AgentVersion  string  `json:"agent_version,omitempty"`
 	Protocol      int     `json:"protocol,omitempty"`
+	// Boot is the guest's boot stages (uptime ms), oldest first.
+	Boot []model.BootStage `json:"boot,omitempty"`
 
 	// list: the guest's wall clock (ns) when the listing began
 	Now int64 `json:"now,omitempty"`

@@ -31,6 +31,8 @@ type Agent struct {
 	// what an agent on a host must do: it would renumber the host.
 	setIdentity func(id Identity, log *slog.Logger) error
 	procs       *procTable
+	// boot is the guest's boot stages, reported by ping; nil off a guest.
+	boot *bootStages
 
 	shutdownOnce sync.Once
 }
@@ -176,6 +178,7 @@ func (a *Agent) handlePing(conn io.Writer) error {
 		UptimeSeconds: up,
 		AgentVersion:  Version,
 		Protocol:      ProtocolVersion,
+		Boot:          a.boot.list(),
 	}, nil)
 }
 

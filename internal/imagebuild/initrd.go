@@ -103,3 +103,40 @@ func BuildInitrd(ctx context.Context, out string, agentPath string, modules []Mo
 	}
 	return nil
 }
+
+// BuildInitOnlyInitrd writes an initramfs to out holding just /init (a copy of initPath)
+// and /dev/console: the smallest archive a kernel can boot into. The floor benchmark uses
+// it to measure what booting costs before any of banger's own init runs.
+func BuildInitOnlyInitrd(out, initPath string) error {
+	data, err := os.ReadFile(initPath)
+	if err != nil {
+		return fmt.Errorf("reading init %s: %w", initPath, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("creating initrd: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	defer tmp.Close()
+	w := newNewcWriter(tmp)
+	err = w.dir("dev", 0o755)
+	if err == nil {
+		err = w.charDev("dev/console", 0o600, 5, 1)
+	}
+	if err == nil {
+		err = w.file("init", 0o755, data)
+	}
+	if err == nil {
+		err = w.close()
+	}
+	if err == nil {
+		err = tmp.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), out)
+	}
+	if err != nil {
+		return fmt.Errorf("writing initrd %s: %w", out, err)
+	}
+	return nil
+}

@@ -59,6 +59,8 @@ type VM struct {
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	StartedAt  time.Time `json:"started_at,omitzero"`
+	// Boot is the latest boot's timeline; nil before the first boot.
+	Boot *BootTimeline `json:"boot,omitempty"`
 }
 
 // Snapshot is a stored snapshot of a VM: its memory and device state and copies of its

@@ -79,6 +79,10 @@ ALTER TABLE vms ADD COLUMN auto_remove INTEGER NOT NULL DEFAULT 0 CHECK (auto_re
 	{version: 3, sql: `
 ALTER TABLE vms ADD COLUMN workspace TEXT NOT NULL DEFAULT '';
 `},
+	// The latest boot's timeline (model.BootTimeline as JSON; '' before the first boot).
+	{version: 4, sql: `
+ALTER TABLE vms ADD COLUMN boot TEXT NOT NULL DEFAULT '';
+`},
 	// Snapshots: a row is inserted only after its directory (memory, device state, disk
 	// copies) is complete and published, and deleted before the directory is removed, so a
 	// row always has its files. vms.snapshot_id names the snapshot a VM was restored from

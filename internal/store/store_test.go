@@ -759,3 +759,69 @@ func BenchmarkResolveVM(b *testing.B) {
 		})
 	}
 }
+
+func TestSetVMBoot(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	im := mustImage(t, s, "base")
+	vm := testVM("web", 1, im)
+	mustVM(t, s, vm)
+	if got, _ := s.GetVM(ctx, vm.ID); got.Boot != nil {
+		t.Fatalf("a new VM has a boot timeline: %+v", got.Boot)
+	}
+	boot := &model.BootTimeline{
+		At:    time.Date(2026, 12, 1, 23, 0, 0, 0, time.UTC),
+		Host:  []model.BootStage{{Name: "vmm_launched", MS: 12}, {Name: "agent_ready", MS: 2780}},
+		Guest: []model.BootStage{{Name: model.GuestStageInit, MS: 860}, {Name: model.GuestStageAgentServing, MS: 1150}},
+	}
+	if err := s.SetVMBoot(ctx, vm.ID, boot); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Boot, boot) {
+		t.Errorf("boot = %+v, want %+v", got.Boot, boot)
+	}
+	if !got.UpdatedAt.Equal(vm.UpdatedAt) {
+		t.Errorf("recording a timeline changed updated_at: %v -> %v", vm.UpdatedAt, got.UpdatedAt)
+	}
+	// Other writes keep it.
+	got.LastError = "x"
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetVM(ctx, vm.ID); !reflect.DeepEqual(again.Boot, boot) {
+		t.Errorf("UpdateVM lost the timeline: %+v", again.Boot)
+	}
+
+	// Bad timelines are refused, naming the field, and change nothing.
+	many := make([]model.BootStage, model.MaxBootStages+1)
+	for i := range many {
+		many[i] = model.BootStage{Name: "s", MS: int64(i)}
+	}
+	for _, bad := range []*model.BootTimeline{
+		{Host: many},
+		{Guest: []model.BootStage{{Name: "Bad Name", MS: 1}}},
+		{Guest: []model.BootStage{{Name: "init", MS: -1}}},
+		{Guest: []model.BootStage{{Name: "init", MS: model.MaxBootStageMS + 1}}},
+	} {
+		err := s.SetVMBoot(ctx, vm.ID, bad)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "boot") {
+			t.Errorf("SetVMBoot(%+v) = %v, want an invalid boot", bad, err)
+		}
+	}
+	if again, _ := s.GetVM(ctx, vm.ID); !reflect.DeepEqual(again.Boot, boot) {
+		t.Errorf("a refused timeline changed the stored one: %+v", again.Boot)
+	}
+	if err := s.SetVMBoot(ctx, "nope", boot); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("SetVMBoot of a missing VM = %v, want not found", err)
+	}
+	if err := s.SetVMBoot(ctx, vm.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetVM(ctx, vm.ID); again.Boot != nil {
+		t.Errorf("clearing left %+v", again.Boot)
+	}
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -17,7 +18,7 @@ import (
 // vmColumns lists the vms columns in the order scanVM and vmValues use.
 const vmColumns = `id, name, image_id, image_name, state, vcpu, memory_mib, system_overlay_bytes,
 	work_disk_bytes, nat, guest_ip, mac, cid, tap, dir, vmm, accel, pid, last_error,
-	created_at, updated_at, started_at, pid_start, creating, auto_remove, workspace, snapshot_id`
+	created_at, updated_at, started_at, pid_start, creating, auto_remove, workspace, boot, snapshot_id`
 
 const vmOrder = ` ORDER BY created_at, name`
 
@@ -35,7 +36,7 @@ func (s *Store) InsertVM(ctx context.Context, vm *model.VM) error {
 		vm.UpdatedAt = vm.CreatedAt
 	}
 	_, err := s.db.ExecContext(ctx,
-		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vmValues(vm)...)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -124,6 +125,40 @@ func (s *Store) UpdateVMState(ctx context.Context, id string, state model.VMStat
 		return fmt.Errorf("updating state of vm %s: %w", id, err)
 	}
 	return expectOneRow(res, "vm", id)
+}
+
+// SetVMBoot records the timeline of the VM's latest boot (nil clears it). It leaves every
+// other column, updated_at included, alone: a timeline is an observation, not a change of
+// the VM.
+func (s *Store) SetVMBoot(ctx context.Context, id string, boot *model.BootTimeline) error {
+	if boot != nil {
+		for _, half := range [][]model.BootStage{boot.Host, boot.Guest} {
+			if len(half) > model.MaxBootStages {
+				return errdefs.InvalidArgument("boot", len(half), fmt.Sprintf("at most %d stages per side", model.MaxBootStages))
+			}
+			for _, st := range half {
+				if err := model.ValidBootStage(st); err != nil {
+					return errdefs.InvalidArgument("boot", st.Name, err.Error())
+				}
+			}
+		}
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET boot = ? WHERE id = ?`, bootJSON(boot), id)
+	if err != nil {
+		return fmt.Errorf("recording the boot timeline of vm %s: %w", id, err)
+	}
+	return expectOneRow(res, "vm", id)
+}
+
+func bootJSON(b *model.BootTimeline) string {
+	if b == nil {
+		return ""
+	}
+	j, err := json.Marshal(b)
+	if err != nil {
+		return "" // plain strings and ints: cannot fail
+	}
+	return string(j)
 }
 
 // DeleteVM removes the VM record with the given id.
@@ -238,7 +273,7 @@ func vmValues(vm *model.VM) []any {
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError,
 		formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), formatTime(vm.StartedAt),
-		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, vm.SnapshotID,
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, bootJSON(vm.Boot), vm.SnapshotID,
 	}
 }
 
@@ -250,11 +285,12 @@ func scanVM(sc scanner) (*model.VM, error) {
 		pidStart                    int64
 		cid                         int64
 		created, updated, startedAt string
+		boot                        string
 	)
 	if err := sc.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.ImageName, &state, &vm.VCPU, &vm.MemoryMiB,
 		&vm.SystemOverlayBytes, &vm.WorkDiskBytes, &nat, &vm.GuestIP, &vm.MAC, &cid,
 		&vm.Tap, &vm.Dir, &vm.VMM, &vm.Accel, &vm.PID, &vm.LastError,
-		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove, &vm.Workspace, &vm.SnapshotID); err != nil {
+		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove, &vm.Workspace, &boot, &vm.SnapshotID); err != nil {
 		return nil, err
 	}
 	vm.State = model.VMState(state)
@@ -271,6 +307,12 @@ func scanVM(sc scanner) (*model.VM, error) {
 	}
 	if vm.StartedAt, err = parseTime("started_at", startedAt); err != nil {
 		return nil, err
+	}
+	if boot != "" {
+		vm.Boot = new(model.BootTimeline)
+		if err := json.Unmarshal([]byte(boot), vm.Boot); err != nil {
+			return nil, fmt.Errorf("vm %s: decoding boot timeline: %w", vm.ID, err)
+		}
 	}
 	return &vm, nil
 }

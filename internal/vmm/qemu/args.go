@@ -2,10 +2,12 @@ package qemu
 
 import (
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 
+	"banger/internal/errdefs"
 	"banger/internal/vmm"
 )
 
@@ -33,6 +35,29 @@ const nicID = "nic0"
 // panic=-1 reboots (so exits) at once on a kernel panic instead of hanging.
 const baseBootArgs = "console=ttyS0 reboot=t panic=-1 loglevel=4"
 
+// MachineArgs are the QEMU arguments that decide how fast a guest can boot: no default
+// devices, no reboot (a guest reboot ends QEMU), the machine type and the accelerator with
+// its CPU model. buildArgs starts every VM's command line with them, and the floor
+// benchmark (test/e2e) boots its bare guest with them, so the two cannot drift apart.
+// machine is microvm or q35, accel kvm or tcg.
+func MachineArgs(machine, accel string) []string { return machineArgs(machine, accel, "") }
+
+// machineArgs is MachineArgs with the machine's RAM in memory backend object backend
+// (defined before it on the command line), when backend is not empty.
+func machineArgs(machine, accel, backend string) []string {
+	m := machineArg(machine)
+	if backend != "" {
+		m += ",memory-backend=" + backend
+	}
+	args := []string{"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-machine", m}
+	if accel == "kvm" {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg", "-cpu", "max")
+	}
+	return args
+}
+
 // driveSerial is what virtio-blk accepts as a serial (at most 20 bytes) and what needs no
 // escaping in an option list; the guest finds drives by it in /sys/block/*/serial.
 var driveSerial = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
@@ -51,10 +76,8 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	if name == "" {
 		name = spec.ID
 	}
-	args := []string{
-		"-name", name,
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-	}
+	args := []string{"-name", name}
+	backend := ""
 	if p.RAMFile != "" {
 		// The backend's id is the machine's default RAM id, so that its RAM block has the
 		// name a VM booted with plain -m migrates under.
@@ -62,17 +85,10 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		if p.RAMShared {
 			share = "on"
 		}
-		args = append(args,
-			"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", ramID(p.Machine), spec.MemoryMiB, p.RAMFile, share),
-			"-machine", machineArg(p.Machine)+",memory-backend="+ramID(p.Machine))
-	} else {
-		args = append(args, "-machine", machineArg(p.Machine))
+		backend = ramID(p.Machine)
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", backend, spec.MemoryMiB, p.RAMFile, share))
 	}
-	if p.Accel == "kvm" {
-		args = append(args, "-accel", "kvm", "-cpu", "host")
-	} else {
-		args = append(args, "-accel", "tcg", "-cpu", "max")
-	}
+	args = append(args, machineArgs(p.Machine, p.Accel, backend)...)
 	args = append(args,
 		"-m", strconv.Itoa(spec.MemoryMiB)+"M",
 		"-smp", strconv.Itoa(spec.VCPU),
@@ -159,4 +175,37 @@ func bootArgs(spec vmm.Spec, p plan) string {
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, " ")
+}
+
+// BareCommand returns the QEMU binary and arguments that boot kernel with initrd and
+// nothing else: no disks, no NIC, no agent channel, no QMP, the serial console on stdout.
+// It uses the machine, accelerator, CPU model and base kernel arguments Start would use
+// for a VM, so it measures the floor under banger's boots: how fast this QEMU can hand a
+// guest's PID 1 the machine and let it power off.
+func (d *Driver) BareCommand(kernel, initrd string, memMiB, vcpu int) (string, []string, error) {
+	if err := d.validateConfig(); err != nil {
+		return "", nil, err
+	}
+	bin, err := exec.LookPath(d.cfg.Binary)
+	if err != nil {
+		return "", nil, errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "finding qemu binary %q: %w", d.cfg.Binary, err), installHint)
+	}
+	accel, _, err := d.accel()
+	if err != nil {
+		return "", nil, err
+	}
+	p := plan{Accel: accel, Machine: d.cfg.Machine}
+	if accel == "tcg" {
+		p.TSCkHz = d.tscKHz()
+	}
+	args := append(MachineArgs(p.Machine, p.Accel),
+		"-m", strconv.Itoa(memMiB)+"M",
+		"-smp", strconv.Itoa(vcpu),
+		"-kernel", kernel,
+		"-initrd", initrd,
+		"-append", bootArgs(vmm.Spec{}, p),
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+	)
+	return bin, args, nil
 }

@@ -193,3 +193,43 @@ func TestTSCParsing(t *testing.T) {
 		t.Errorf("no TSC rate detected on this host")
 	}
 }
+
+// TestBareCommandSharesMachineArgs: the floor benchmark's QEMU must run the machine,
+// accelerator, CPU model and base kernel arguments a VM gets, or its ratio means nothing.
+func TestBareCommandSharesMachineArgs(t *testing.T) {
+	dir := t.TempDir()
+	sh := filepath.Join(dir, "qemu-system-x86_64")
+	if err := os.WriteFile(sh, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := New(Config{Binary: sh, Accel: "tcg", TSCkHz: 2596098})
+	bin, args, err := d.BareCommand("/k/vmlinux", "/k/init.cpio", 256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bin != sh {
+		t.Errorf("binary %q, want %q", bin, sh)
+	}
+	vm := buildArgs(testSpec("/vms/web"), plan{Accel: "tcg", Machine: "microvm", TSCkHz: 2596098, QMPPath: "/q"})
+	ma := MachineArgs("microvm", "tcg")
+	if !slices.Equal(args[:len(ma)], ma) {
+		t.Errorf("bare args %q do not start with the machine args %q", args, ma)
+	}
+	if i := slices.Index(vm, ma[0]); i < 0 || !slices.Equal(vm[i:i+len(ma)], ma) {
+		t.Errorf("VM args %q do not hold the machine args %q", vm, ma)
+	}
+	for _, flag := range []string{"-machine", "-accel", "-cpu"} {
+		if got, want := pairs(args, flag), pairs(vm, flag); !slices.Equal(got, want) {
+			t.Errorf("%s: bare %q, VM %q", flag, got, want)
+		}
+	}
+	bare, full := pairs(args, "-append"), pairs(vm, "-append")
+	if len(bare) != 1 || len(full) != 1 || !strings.HasPrefix(full[0], bare[0]) {
+		t.Errorf("bare kernel args %q are not the prefix of a VM's %q", bare, full)
+	}
+	for _, absent := range []string{"-drive", "-netdev", "-qmp"} {
+		if slices.Contains(args, absent) {
+			t.Errorf("bare args hold %s: %q", absent, args)
+		}
+	}
+}
