@@ -142,6 +142,11 @@ type stdinReader struct {
 // the pipe, so this only needs to cover scheduling.
 const drainWait = 20 * time.Millisecond
 
+// openWait is how long a read after CloseIO waits for a client's open of the FIFO, already
+// done in the kernel, to be recorded (scheduling only; it delays EOF only when no client
+// ever opened stdin).
+const openWait = 200 * time.Millisecond
+
 func openStdin(path string) (*stdinReader, error) {
 	fi, err := os.Lstat(path)
 	if err != nil {
@@ -168,10 +173,13 @@ func (s *stdinReader) Read(b []byte) (int, error) {
 	select {
 	case <-s.opened:
 	case <-s.ended:
+		// A client that opened, wrote and closed before CloseIO has unblocked the open,
+		// but the goroutine recording it may not have run yet: give it a moment before
+		// concluding that no client ever wrote.
 		select {
 		case <-s.opened:
-		default:
-			return 0, io.EOF // no client ever wrote
+		case <-time.After(openWait):
+			return 0, io.EOF
 		}
 	}
 	s.mu.Lock()
