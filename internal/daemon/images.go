@@ -14,7 +14,6 @@ import (
 	"banger/internal/imagecat"
 	"banger/internal/imagestore"
 	"banger/internal/model"
-	"banger/internal/opid"
 	"banger/internal/oplog"
 )
 
@@ -270,22 +269,12 @@ func (d *Daemon) buildImage(ctx context.Context, p api.ImageBuildParams, prog pr
 	return d.fetchImage(ctx, entry, "build_image", prog)
 }
 
-// beginImageOp runs fn as an async operation (image.pull.begin).
+// beginImageOp runs fn as an async operation (image.pull.begin, image.build).
 func (d *Daemon) beginImageOp(ctx context.Context, kind string, fn func(ctx context.Context, prog progress) (*model.Image, error)) (api.BeginResult, error) {
-	id := opid.From(ctx)
-	op := newOperation(id, kind)
-	if err := d.ops.add(op); err != nil {
-		return api.BeginResult{}, err
-	}
-	bctx, cancel := d.detach(ctx)
-	d.bg.Add(1)
-	go func() {
-		defer d.bg.Done()
-		defer cancel()
-		im, err := fn(bctx, progress{op})
+	return d.beginOp(ctx, kind, func(ctx context.Context, op *operation) {
+		im, err := fn(ctx, progress{op})
 		op.finish(nil, im, err)
-	}()
-	return api.BeginResult{OpID: id}, nil
+	})
 }
 
 // catalogEntries is image.catalog: what the catalogs offer and whether it is installed.

@@ -12,7 +12,6 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/guest"
 	"banger/internal/model"
-	"banger/internal/opid"
 	"banger/internal/oplog"
 )
 
@@ -293,16 +292,7 @@ func (d *Daemon) copySnapshotDisks(ctx context.Context, vm *model.VM, sn *model.
 // beginCreate is vm.create.begin: the work continues after the call returns, under the
 // call's op id, detached from the call's connection.
 func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.BeginResult, error) {
-	id := opid.From(ctx)
-	op := newOperation(id, "vm.create")
-	if err := d.ops.add(op); err != nil {
-		return api.BeginResult{}, err
-	}
-	bctx, cancel := d.detach(ctx)
-	d.bg.Add(1)
-	go func() {
-		defer d.bg.Done()
-		defer cancel()
+	return d.beginOp(ctx, "vm.create", func(bctx context.Context, op *operation) {
 		start := time.Now()
 		log := oplog.G(bctx).With("async", true)
 		vm, err := d.createVM(bctx, p, progress{op})
@@ -312,6 +302,5 @@ func (d *Daemon) beginCreate(ctx context.Context, p api.VMCreateParams) (api.Beg
 			log.Info("async operation done", "duration_ms", time.Since(start).Milliseconds(), "vm", vm.Name)
 		}
 		op.finish(vm, nil, err)
-	}()
-	return api.BeginResult{OpID: id}, nil
+	})
 }

@@ -200,6 +200,16 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 		}
 	}
 
+	return d.launch(spec, bin, apiSock, "starting firecracker for", "vmm started", func(m *Machine) error {
+		return m.configure(ctx, spec, logPath, metricsPath)
+	})
+}
+
+// launch starts Firecracker for spec, records it (spec.Launched) and runs setup over its
+// API (a fresh boot's configuration or a snapshot load); if setup fails the process is
+// killed and the error carries the end of its output. what names the work in errors,
+// done is the log record of success.
+func (d *Driver) launch(spec vmm.Spec, bin, apiSock, what, done string, setup func(*Machine) error) (*Machine, error) {
 	log := d.log.With("vm", spec.ID)
 	logOffset := vmm.FileSize(spec.LogPath)
 	began := time.Now()
@@ -207,21 +217,21 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	cmd := exec.Command(bin, "--api-sock", apiSock, "--id", spec.ID)
 	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
+		return nil, fmt.Errorf("%s VM %s: %w", what, spec.ID, err)
 	}
 	if err := spec.Launched(proc); err != nil {
-		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
+		return nil, fmt.Errorf("%s VM %s: %w", what, spec.ID, err)
 	}
 	m := &Machine{proc: proc, spec: spec, api: NewClient(apiSock), log: log}
-	if err := m.configure(ctx, spec, logPath, metricsPath); err != nil {
+	if err := setup(m); err != nil {
 		_ = proc.Kill()
 		<-proc.Done()
 		if tail := vmm.LogTail(spec.LogPath, logOffset, 15); tail != "" {
 			err = fmt.Errorf("%w; firecracker output: %s", err, tail)
 		}
-		return nil, fmt.Errorf("starting firecracker for VM %s: %w", spec.ID, err)
+		return nil, fmt.Errorf("%s VM %s: %w", what, spec.ID, err)
 	}
-	log.Info("vmm started", "pid", proc.PID(), "accel", "kvm", "duration_ms", time.Since(began).Milliseconds())
+	log.Info(done, "pid", proc.PID(), "accel", "kvm", "duration_ms", time.Since(began).Milliseconds())
 	return m, nil
 }
 

@@ -92,28 +92,9 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, info vmm.RestoreInf
 			return nil, fmt.Errorf("removing stale socket %s: %w", s, err)
 		}
 	}
-	log := d.log.With("vm", spec.ID)
-	logOffset := vmm.FileSize(spec.LogPath)
-	began := time.Now()
-	cmd := exec.Command(bin, "--api-sock", apiSock, "--id", spec.ID)
-	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("starting firecracker to restore VM %s: %w", spec.ID, err)
-	}
-	if err := spec.Launched(proc); err != nil {
-		return nil, fmt.Errorf("starting firecracker to restore VM %s: %w", spec.ID, err)
-	}
-	m := &Machine{proc: proc, spec: spec, api: NewClient(apiSock), log: log}
-	if err := m.load(ctx, spec, statePath, memPath); err != nil {
-		_ = proc.Kill()
-		<-proc.Done()
-		if tail := vmm.LogTail(spec.LogPath, logOffset, 15); tail != "" {
-			err = fmt.Errorf("%w; firecracker output: %s", err, tail)
-		}
-		return nil, fmt.Errorf("restoring VM %s: %w", spec.ID, err)
-	}
-	log.Info("vmm restored", "pid", proc.PID(), "duration_ms", time.Since(began).Milliseconds())
-	return m, nil
+	return d.launch(spec, bin, apiSock, "restoring", "vmm restored", func(m *Machine) error {
+		return m.load(ctx, spec, statePath, memPath)
+	})
 }
 
 // load loads the snapshot paused, re-points the drives, and resumes.
