@@ -31,12 +31,12 @@ unit:
 	$(GO) test -race -count=1 $(RACE_PKGS)
 
 e2e: build
-	BANGER_BIN=$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e/...
+	BANGER_BIN=$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/e2e
 
 test: deps lint build unit e2e
 
 bench: build
-	BANGER_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./test/e2e/...
+	BANGER_BIN=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./test/e2e
 
 clean:
 	rm -rf $(BIN)
