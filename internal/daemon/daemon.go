@@ -150,6 +150,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) 
 	if err := imagestore.Sweep(cfg.ImagesDir()); err != nil {
 		log.Warn("sweeping unfinished image publications failed", "error", err.Error())
 	}
+	if err := sweepTemplateDirs(cfg.RuntimeDir); err != nil {
+		log.Warn("sweeping fork-template directories failed", "error", err.Error())
+	}
 	st, err := store.Open(ctx, cfg.DBPath())
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)

@@ -97,9 +97,11 @@ func (d *Daemon) prepareShared(ctx context.Context, sn *model.Snapshot, prog pro
 		if err != nil {
 			return err
 		}
-		tdir := filepath.Join(sn.Dir, "template")
-		if err := os.Mkdir(tdir, 0o700); err != nil {
-			return err
+		// The template's sockets live in the runtime directory: under the snapshot's own
+		// directory their paths can pass the 107-byte limit of a unix socket address.
+		tdir, err := os.MkdirTemp(d.cfg.RuntimeDir, templateDirPrefix)
+		if err != nil {
+			return fmt.Errorf("making the template's directory: %w", err)
 		}
 		defer os.RemoveAll(tdir)
 		tmpl := &model.VM{ID: sn.ID, Name: sn.Name, VCPU: sn.VCPU, MemoryMiB: sn.MemoryMiB, Dir: tdir,
@@ -133,6 +135,23 @@ func (d *Daemon) prepareShared(ctx context.Context, sn *model.Snapshot, prog pro
 		prog.stage(ctx, "snapshot_not_shared", "restores load the full stream: "+err.Error())
 		return
 	}
-	prog.stage(ctx, "snapshot_shared", fmt.Sprintf("RAM file ready in %.2fs", time.Since(began).Seconds()))
-	oplog.Stage(ctx, "snapshot_shared", "ms", time.Since(began).Milliseconds())
+	prog.stage(ctx, "snapshot_shared", fmt.Sprintf("RAM file ready in %.2fs", time.Since(began).Seconds()), "ms", time.Since(began).Milliseconds())
+}
+
+// templateDirPrefix names the runtime directory's temporary directories of fork templates;
+// New removes any a crash left.
+const templateDirPrefix = "tmpl-"
+
+// sweepTemplateDirs removes fork-template directories left in runtimeDir by a crash.
+func sweepTemplateDirs(runtimeDir string) error {
+	dirs, err := filepath.Glob(filepath.Join(runtimeDir, templateDirPrefix+"*"))
+	if err != nil {
+		return err
+	}
+	for _, dir := range dirs {
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	}
+	return nil
 }

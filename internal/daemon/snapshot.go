@@ -134,8 +134,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 		return fail(fmt.Errorf("saving the state of vm %s: %w", vm.Name, err))
 	}
 	sn.Accel, sn.Machine, sn.BootArgs = info.Accel, info.Machine, info.BootArgs
-	prog.stage(ctx, "memory_saved", model.FormatSize(allocatedBytes(tmp)))
-	oplog.Stage(ctx, "memory_saved", "ms", time.Since(began).Milliseconds())
+	prog.stage(ctx, "memory_saved", model.FormatSize(allocatedBytes(tmp)), "ms", time.Since(began).Milliseconds())
 	// The VMM has flushed and quiesced the disks for the migration; the guest is stopped,
 	// so these copies match the memory just saved.
 	for _, disk := range []string{systemDiskName, workDiskName} {

@@ -261,7 +261,6 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 			return err
 		}
 		prog.stage(ctx, "identity_applied", fmt.Sprintf("%s %s %s", vm.Name, vm.GuestIP, vm.MAC))
-		oplog.Stage(ctx, "identity_applied")
 		pinfo.Hostname = vm.Name
 	}
 	boot := time.Since(started)
