@@ -384,3 +384,36 @@ func TestAgentOfAnotherProtocolIsRefusedAtOnce(t *testing.T) {
 		t.Errorf("failed create left %d taps and %d NAT rules", taps, nat)
 	}
 }
+
+// TestRestartKillsLeftoverForkTemplates: a fork template's VMM that a crashed daemon left
+// (its directory in the runtime directory) is killed when the daemon starts again; a VMM
+// on any other directory there is not touched.
+func TestRestartKillsLeftoverForkTemplates(t *testing.T) {
+	stateDir := t.TempDir()
+	drv := &fakeDriver{binary: fakeVMMBinary(t)}
+	launch := func(name string) *vmm.Process {
+		dir := filepath.Join(stateDir, "run", name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		p, err := launchFakeVMM(drv.binary, dir, filepath.Join(dir, consoleLogName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Kill() })
+		return p
+	}
+	tmpl, other := launch(templateDirPrefix+"123"), launch("other")
+	startFakeDaemonAt(t, stateDir, newFakeHelper(), drv, nil)
+	select {
+	case <-tmpl.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leftover template VMM still runs after the daemon started")
+	}
+	if !alive(other) {
+		t.Error("a VMM on a non-template directory of the runtime directory was killed")
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "run", templateDirPrefix+"123")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the leftover template directory is still there: %v", err)
+	}
+}

@@ -220,6 +220,7 @@ func (d *Daemon) Run(ctx context.Context, opts RunOptions) error {
 			d.log.Warn("networked VMs cannot start", "error", err.Error(), "hint", vmm.TunHint)
 		}
 	}
+	d.killTemplateVMMs(startCtx)
 	if err := d.reconcile(startCtx); err != nil {
 		return fmt.Errorf("reconciling VMs with the store: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"banger/internal/errdefs"
@@ -141,6 +142,27 @@ func (d *Daemon) prepareShared(ctx context.Context, sn *model.Snapshot, prog pro
 // templateDirPrefix names the runtime directory's temporary directories of fork templates;
 // New removes any a crash left.
 const templateDirPrefix = "tmpl-"
+
+// killTemplateVMMs ends the fork-template VMMs a crash left running. A template is never a
+// VM, so no row accounts for it and reconcile would never look at it. Only processes that
+// run a VMM binary on a template directory of this daemon's runtime directory are touched,
+// and only at start-up, when no fork can be preparing one.
+func (d *Daemon) killTemplateVMMs(ctx context.Context) {
+	owned, err := vmm.FindOwned(d.cfg.RuntimeDir, d.vmmBinaries())
+	if err != nil {
+		oplog.G(ctx).Warn("looking for leftover fork-template VMMs failed", "error", err.Error())
+		return
+	}
+	for _, o := range owned {
+		if !strings.HasPrefix(o.VMID, templateDirPrefix) {
+			continue
+		}
+		oplog.G(ctx).Warn("killing a fork-template VMM a crash left", "pid", o.PID, "dir", o.VMID)
+		if err := vmm.KillOwned(o, d.cfg.RuntimeDir, d.vmmBinaries(), 10*time.Second); err != nil {
+			oplog.G(ctx).Warn("killing a leftover fork-template VMM failed", "pid", o.PID, "error", err.Error())
+		}
+	}
+}
 
 // sweepTemplateDirs removes fork-template directories left in runtimeDir by a crash.
 func sweepTemplateDirs(runtimeDir string) error {
