@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -64,11 +65,7 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 	}
 	ictx, cancel := context.WithTimeout(ctx, identityTimeout)
 	defer cancel()
-	st, err := rt.openStream(ictx)
-	if err != nil {
-		return errdefs.New(errdefs.ErrUnavailable, "telling restored vm %s its identity: %w", vm.Name, err)
-	}
-	if err := guest.SetIdentity(ictx, st, opid.From(ctx), id); err != nil {
+	if err := d.sendIdentity(ictx, rt, m, opid.From(ctx), id); err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "telling restored vm %s its identity: %w", vm.Name, err)
 	}
 	if l, ok := m.(vmm.Linker); ok && d.cfg.Network.Enabled {
@@ -77,6 +74,31 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 		}
 	}
 	return nil
+}
+
+// sendIdentity sends id to the restored guest's agent. A restored guest still holds the
+// agent session of the moment it was snapshotted, so the first streams of the new session
+// can break while its agent notices the channel was reopened: a broken stream is retried on
+// a fresh session (applying an identity twice gives the same guest); an answer from the
+// agent, success or refusal, is final.
+func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine, opID string, id guest.Identity) error {
+	for {
+		st, err := rt.openStream(ctx)
+		if err == nil {
+			err = guest.SetIdentity(ctx, st, opID, id)
+			if _, remote := errors.AsType[*guest.RemoteError](err); err == nil || remote {
+				return err
+			}
+		}
+		rt.resetSession()
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-m.Done():
+			return errVMMExited
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+	}
 }
 
 // prepareShared gives sn its shared form when its driver has one (vmm.SharedPreparer), so
