@@ -77,18 +77,22 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 }
 
 // sendIdentity sends id to the restored guest's agent. A restored guest still holds the
-// agent session of the moment it was snapshotted, so the first streams of the new session
-// can break while its agent notices the channel was reopened: a broken stream is retried on
-// a fresh session (applying an identity twice gives the same guest); an answer from the
-// agent, success or refusal, is final.
+// agent session of the moment it was snapshotted, and the host's new session can collide
+// with it: its agent logs "yamux: duplicate stream declared", ends that session and reopens
+// its port, while the host's stream waits for a reply that never comes. So each attempt is
+// bounded, and a broken or silent attempt is retried on a fresh session (applying an
+// identity twice gives the same guest); an answer from the agent, success or refusal, is
+// final.
 func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine, opID string, id guest.Identity) error {
 	for {
-		st, err := rt.openStream(ctx)
+		actx, cancel := context.WithTimeout(ctx, identityAttempt)
+		st, err := rt.openStream(actx)
 		if err == nil {
-			err = guest.SetIdentity(ctx, st, opID, id)
-			if _, remote := errors.AsType[*guest.RemoteError](err); err == nil || remote {
-				return err
-			}
+			err = guest.SetIdentity(actx, st, opID, id)
+		}
+		cancel()
+		if _, remote := errors.AsType[*guest.RemoteError](err); err == nil || remote {
+			return err
 		}
 		rt.resetSession()
 		select {
@@ -100,6 +104,10 @@ func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine,
 		}
 	}
 }
+
+// identityAttempt bounds one identity attempt: the agent answers in milliseconds once it
+// holds a session that matches the host's.
+const identityAttempt = 5 * time.Second
 
 // prepareShared gives sn its shared form when its driver has one (vmm.SharedPreparer), so
 // the VMs restored from it share the guest memory none of them changed. A failure is only

@@ -258,6 +258,9 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	}
 	if sn != nil {
 		if err := d.applyIdentity(ctx, rt, vm, m); err != nil {
+			if tail := vmm.LogTail(spec.LogPath, 0, consoleTailLines); tail != "" {
+				err = fmt.Errorf("%w\nlast console lines:\n%s", err, tail)
+			}
 			return err
 		}
 		prog.stage(ctx, "identity_applied", fmt.Sprintf("%s %s %s", vm.Name, vm.GuestIP, vm.MAC))
