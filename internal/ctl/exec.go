@@ -143,9 +143,14 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 			return err
 		}
 	}
+	mounts, err := parseMounts(o.Create.MountSpecs)
+	if err != nil {
+		return err
+	}
 	// The first Ctrl-C during create cancels it; cleanup still runs.
 	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	params := o.Create.VMCreateParams
+	params.Mounts = mounts
 	// The daemon owns --rm: it removes the VM even if this process dies.
 	params.AutoRemove = o.Remove
 	var ws *workspaceUpload

@@ -89,6 +89,7 @@ func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
 		s.Drives = append(s.Drives, vmm.Drive{ID: "workspace", Path: filepath.Join(vm.Dir, workspaceDiskName)})
 		args = append(args, guest.ParamWorkspace+"=/dev/vdd", guest.ParamWorkspacePath+"="+vm.Workspace)
 	}
+	args = addMounts(&s, vm, args)
 	if d.cfg.Network.Enabled {
 		s.Net = &vmm.NetIface{Tap: vm.Tap, MAC: vm.MAC}
 		args = append(args,
@@ -174,6 +175,9 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		drv, info, err = d.pickDriver(ctx)
 	}
 	if err != nil {
+		return err
+	}
+	if err := refuseMountsOnDriver(vm, drv); err != nil {
 		return err
 	}
 	spec, err := d.spec(vm, im)

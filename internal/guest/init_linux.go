@@ -131,6 +131,9 @@ func RunInit() {
 	if err := assembleRoot(params, log, func() { mods.wait("overlay") }); err != nil {
 		fatal(log, "assembling the root file system", err)
 	}
+	if err := mountShares(params, mods, log); err != nil {
+		fatal(log, "mounting the shared folders", err)
+	}
 	boot.mark(model.GuestStageRoot)
 	if err := <-netDone; err != nil {
 		fatal(log, "configuring the network", err)
