@@ -5,7 +5,9 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // virtiofsdOf lists the pids of virtiofsd processes whose command line names dir.
@@ -111,6 +113,27 @@ func TestMountSharedFolder(t *testing.T) {
 	if out, code := exec("cat /mnt/ro/a.txt /mnt/rw/g.txt"); code != 0 || out != "changed on the host\nfrom the guest\n" {
 		t.Fatalf("after stop/start: exit %d: %q", code, out)
 	}
+	// A daemon crash keeps the VM and its shared folders (re-adopted)...
+	x.stopDaemon(syscall.SIGKILL)
+	if err := x.startDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := exec("cat /mnt/ro/a.txt"); code != 0 || out != "changed on the host\n" {
+		t.Fatalf("after a daemon crash: exit %d: %q", code, out)
+	}
+	// ...and a VMM that dies while no daemon runs leaves no virtiofsd once it is back.
+	pid := x.show(t, "e2e-mount").PID
+	x.stopDaemon(syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.startDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(func() bool { return len(virtiofsdOf(t, vm.Dir)) == 0 }, 15*time.Second); err != nil {
+		t.Errorf("virtiofsd %v still runs after its VMM died with the daemon down", virtiofsdOf(t, vm.Dir))
+	}
+	x.mustCLI(t, "vm", "start", "e2e-mount")
 	x.mustCLI(t, "vm", "rm", "--force", "e2e-mount")
 	if pids := virtiofsdOf(t, vm.Dir); len(pids) != 0 {
 		t.Fatalf("virtiofsd %v still runs after vm rm", pids)
