@@ -87,7 +87,14 @@ func (d *Daemon) resolveMounts(ctx context.Context, ms []model.Mount) ([]model.M
 
 // checkMountDriver refuses mounts when VMs would run under a VMM without shared folders.
 func (d *Daemon) checkMountDriver(ctx context.Context) error {
-	drv, _, err := d.pickDriver(ctx)
+	var drv vmm.Driver
+	var err error
+	if d.cfg.VMM == "auto" {
+		drv, _, err = d.pickDriver(ctx)
+	} else {
+		// A configured VMM is refused for what it is, whether or not it runs here.
+		drv, err = d.driver(d.cfg.VMM)
+	}
 	if err != nil {
 		return err
 	}

@@ -8,9 +8,9 @@ import (
 
 type peerKey struct{}
 
-// withPeer records the credentials of a connection's peer (SO_PEERCRED, read once when
+// WithPeer records the credentials of a connection's peer (SO_PEERCRED, read once when
 // the connection is accepted) on the contexts of its requests.
-func withPeer(ctx context.Context, cred *unix.Ucred) context.Context {
+func WithPeer(ctx context.Context, cred *unix.Ucred) context.Context {
 	if cred == nil {
 		return ctx
 	}

@@ -272,7 +272,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, lim Limits) {
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if cred, err := PeerCred(c); err == nil {
-		ctx = withPeer(ctx, cred)
+		ctx = WithPeer(ctx, cred)
 	}
 	br := bufio.NewReaderSize(c, readBufSize)
 	for {
