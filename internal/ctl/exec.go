@@ -197,7 +197,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	// The create claimed the upload; the stream has no more use.
 	ws.Close()
 	o.Exec.VM = vm.ID
-	var since int64
+	var dw diffWatch
 	if o.Diff != "" || len(o.Outs) > 0 {
 		// With --rm the daemon deletes the VM when its last vm.agent stream ends; this one
 		// stays open (idle) until the diff and the copies are done.
@@ -206,7 +206,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		}
 	}
 	if o.Diff != "" {
-		if since, err = guestClock(ctx, g, vm.ID, ws.params.Path); err != nil {
+		if dw, err = startDiffWatch(ctx, g, vm.ID, ws.params.Path); err != nil {
 			if o.Remove {
 				removeVM(context.WithoutCancel(ctx), g, vm.ID)
 			}
@@ -216,7 +216,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	execErr := Exec(ctx, g, o.Exec)
 	var after error
 	if o.Diff != "" && ctx.Err() == nil {
-		after = workspaceDiff(ctx, g, vm.ID, ws, since, o.Diff)
+		after = workspaceDiff(ctx, g, vm.ID, ws, dw, o.Diff)
 	}
 	for _, spec := range o.Outs {
 		if after != nil || ctx.Err() != nil {

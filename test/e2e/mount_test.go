@@ -135,6 +135,10 @@ func TestMountSharedFolder(t *testing.T) {
 	}
 	x.mustCLI(t, "vm", "start", "e2e-mount")
 	x.mustCLI(t, "vm", "rm", "--force", "e2e-mount")
+	// vm run takes --mount too.
+	if out, errOut, code := x.cli(nil, "vm", "run", "--rm", "-q", "--mount", ro+":/mnt/x", "--", "cat", "/mnt/x/a.txt"); code != 0 || out != "changed on the host\n" {
+		t.Fatalf("vm run --mount: exit %d: %q %s", code, out, errOut)
+	}
 	if pids := virtiofsdOf(t, vm.Dir); len(pids) != 0 {
 		t.Fatalf("virtiofsd %v still runs after vm rm", pids)
 	}
