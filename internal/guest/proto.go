@@ -206,7 +206,7 @@ type Request struct {
 	// list: only entries changed at or after this guest time (ns), and the entries of the
 	// directories that did; 0 lists everything; a time in the guest's future lists nothing
 	// (the reply's now tells the client the guest's clock).
-	Since int64  `json:"since,omitempty"`
+	Since int64 `json:"since,omitempty"`
 	// list: use the changes a watch request on path recorded instead of walking, when it
 	// has a usable one (the listing is the same either way).
 	Watched bool   `json:"watched,omitempty"`
