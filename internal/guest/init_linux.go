@@ -353,7 +353,7 @@ func mountWorkspace(p BootParams, log *slog.Logger) error {
 	if err := mkdirs(dst); err != nil {
 		return err
 	}
-	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, workspaceMountData); err != nil {
 		return fmt.Errorf("mounting the workspace %s on %s: %w", p.Workspace, p.WorkspacePath, err)
 	}
 	if err := trustWorkspaceInGit(filepath.Join(newRoot, "etc", "gitconfig"), p.WorkspacePath); err != nil {
