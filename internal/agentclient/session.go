@@ -1,38 +1,14 @@
-package guest
+package agentclient
 
 import (
+	"banger/internal/agentproto"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/yamux"
 )
-
-// slogWriter routes yamux's log lines into slog instead of stderr; yamux logs only
-// session-level trouble (bad frames, go-aways), which belongs at warn level.
-type slogWriter struct{ log *slog.Logger }
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	w.log.Warn(strings.TrimSpace(string(p)), "component", "yamux")
-	return len(p), nil
-}
-
-// yamuxConfig is shared by both ends. Under TCG a guest can stall for seconds, so write
-// timeouts are generous; the stream close timeout reclaims streams whose peer vanished.
-// The receive window stays at yamux's initial 256 KiB: it is what one stream can make its
-// peer buffer, and a larger one buys nothing over virtio-serial.
-func yamuxConfig(log *slog.Logger) *yamux.Config {
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = slogWriter{log: log}
-	cfg.ConnectionWriteTimeout = 30 * time.Second
-	cfg.StreamCloseTimeout = time.Minute
-	cfg.StreamOpenTimeout = 30 * time.Second
-	cfg.MaxStreamWindowSize = 256 << 10
-	return cfg
-}
 
 // hostAcceptBacklog bounds the streams a guest can open toward the host before the host
 // notices (each may hold a 256 KiB window of data); it also bounds the host's own opens
@@ -49,7 +25,7 @@ func NewClientSession(conn net.Conn) (*yamux.Session, error) {
 
 // NewClientSessionLogger is NewClientSession with an explicit logger for yamux's messages.
 func NewClientSessionLogger(conn net.Conn, log *slog.Logger) (*yamux.Session, error) {
-	cfg := yamuxConfig(log)
+	cfg := agentproto.YamuxConfig(log)
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = 30 * time.Second
 	cfg.AcceptBacklog = hostAcceptBacklog
@@ -74,16 +50,4 @@ func refuseGuestStreams(s *yamux.Session, log *slog.Logger) {
 		"stream_id", st.StreamID())
 	_ = st.Close()
 	_ = s.Close()
-}
-
-// newServerSession starts the agent's yamux server. Keepalive is off: the guest has no use
-// for detecting a silent host, and pings over a channel nobody reads would only block.
-func newServerSession(conn io.ReadWriteCloser, log *slog.Logger) (*yamux.Session, error) {
-	cfg := yamuxConfig(log)
-	cfg.EnableKeepAlive = false
-	s, err := yamux.Server(conn, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("starting agent session: %w", err)
-	}
-	return s, nil
 }

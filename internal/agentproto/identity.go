@@ -1,12 +1,8 @@
-package guest
+package agentproto
 
 import (
-	"bufio"
-	"context"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"regexp"
@@ -37,7 +33,7 @@ var (
 const maxDNS = 3
 
 // parsedIdentity is an Identity after Validate.
-type parsedIdentity struct {
+type ParsedIdentity struct {
 	BootParams
 	MAC       net.HardwareAddr
 	MachineID string
@@ -46,8 +42,8 @@ type parsedIdentity struct {
 }
 
 // Validate checks every field, naming the first bad one.
-func (id Identity) Validate() (parsedIdentity, error) {
-	var p parsedIdentity
+func (id Identity) Validate() (ParsedIdentity, error) {
+	var p ParsedIdentity
 	if !hostnameRe.MatchString(id.Name) {
 		return p, errdefs.InvalidArgument("identity.name", id.Name, "must be a DNS label")
 	}
@@ -99,34 +95,4 @@ func (id Identity) Validate() (parsedIdentity, error) {
 	}
 	p.Seed, _ = hex.DecodeString(id.Seed)
 	return p, nil
-}
-
-func (a *Agent) handleIdentity(conn io.Writer, req Request, log *slog.Logger) error {
-	if a.setIdentity == nil {
-		return reply(conn, Reply{}, errdefs.New(errdefs.ErrUnavailable, "this agent does not run in a banger guest and does not change its identity"))
-	}
-	if req.Identity == nil {
-		return reply(conn, Reply{}, errdefs.InvalidArgument("identity", nil, "is required"))
-	}
-	if _, err := req.Identity.Validate(); err != nil {
-		return reply(conn, Reply{}, err)
-	}
-	return reply(conn, Reply{}, a.setIdentity(*req.Identity, log))
-}
-
-// SetIdentity tells a restored guest's agent who it is now; it returns once applied.
-func SetIdentity(ctx context.Context, conn io.ReadWriteCloser, opID string, id Identity) error {
-	defer conn.Close()
-	if _, err := id.Validate(); err != nil {
-		return err
-	}
-	defer bindContext(ctx, conn)()
-	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), Request{Type: TypeIdentity, OpID: opID, Identity: &id})
-	if err != nil {
-		return err
-	}
-	if err := r.err(); err != nil {
-		return fmt.Errorf("identity: %w", err)
-	}
-	return nil
 }

@@ -10,8 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/oplog"
@@ -82,19 +83,19 @@ func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
 		s.Initrd = filepath.Join(im.Dir, initrd.Name)
 	}
 	args := []string{im.KernelArgs,
-		guest.ParamName + "=" + vm.Name,
-		guest.ParamRoot + "=/dev/vda", guest.ParamSystem + "=/dev/vdb", guest.ParamWork + "=/dev/vdc"}
+		agentproto.ParamName + "=" + vm.Name,
+		agentproto.ParamRoot + "=/dev/vda", agentproto.ParamSystem + "=/dev/vdb", agentproto.ParamWork + "=/dev/vdc"}
 	if vm.Workspace != "" {
 		// The fourth drive: drivers attach drives in order, so it is /dev/vdd.
 		s.Drives = append(s.Drives, vmm.Drive{ID: "workspace", Path: filepath.Join(vm.Dir, workspaceDiskName)})
-		args = append(args, guest.ParamWorkspace+"=/dev/vdd", guest.ParamWorkspacePath+"="+vm.Workspace)
+		args = append(args, agentproto.ParamWorkspace+"=/dev/vdd", agentproto.ParamWorkspacePath+"="+vm.Workspace)
 	}
 	if d.cfg.Network.Enabled {
 		s.Net = &vmm.NetIface{Tap: vm.Tap, MAC: vm.MAC}
 		args = append(args,
-			fmt.Sprintf("%s=%s/%d", guest.ParamIP, vm.GuestIP, d.prefix.Bits()),
-			guest.ParamGateway+"="+d.prefix.Addr().String(),
-			guest.ParamDNS+"="+d.prefix.Addr().String())
+			fmt.Sprintf("%s=%s/%d", agentproto.ParamIP, vm.GuestIP, d.prefix.Bits()),
+			agentproto.ParamGateway+"="+d.prefix.Addr().String(),
+			agentproto.ParamDNS+"="+d.prefix.Addr().String())
 	}
 	s.BootArgs = strings.TrimSpace(strings.Join(args, " "))
 	return s, nil
@@ -250,7 +251,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		// An agent of another protocol version is a conflict (rebuild the image), not a
 		// guest that might still come up.
 		kind := errdefs.ErrUnavailable
-		if _, ok := errors.AsType[*guest.ProtocolMismatchError](err); ok {
+		if _, ok := errors.AsType[*agentclient.ProtocolMismatchError](err); ok {
 			kind = errdefs.ErrConflict
 		}
 		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(kind, "%s", msg)),
