@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/opid"
 	"banger/internal/oplog"
 	"banger/internal/workspace"
@@ -23,25 +24,25 @@ func agentStream(ctx context.Context, g *Globals, vm string) (io.ReadWriteCloser
 	return g.client().VMAgent(ctx, vm)
 }
 
-// listWorkspace lists the workspace tree in the guest (since: guest.Request.Since) and
+// listWorkspace lists the workspace tree in the guest (since: agentproto.Request.Since) and
 // returns the guest's clock at the start.
-func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]guest.ListEntry, int64, error) {
+func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]agentproto.ListEntry, int64, error) {
 	ctx, id := opid.Ensure(ctx)
 	st, err := agentStream(ctx, g, vm)
 	if err != nil {
 		return nil, 0, err
 	}
-	return guest.List(ctx, st, id, guestPath, since)
+	return agentclient.List(ctx, st, id, guestPath, since)
 }
 
 // listWatched is listWorkspace answered from the agent's watch.
-func listWatched(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]guest.ListEntry, error) {
+func listWatched(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]agentproto.ListEntry, error) {
 	ctx, id := opid.Ensure(ctx)
 	st, err := agentStream(ctx, g, vm)
 	if err != nil {
 		return nil, err
 	}
-	return guest.ListWatched(ctx, st, id, guestPath, since)
+	return agentclient.ListWatched(ctx, st, id, guestPath, since)
 }
 
 // guestClock reads the guest's wall clock (a list that can match nothing) for --diff's
@@ -70,15 +71,15 @@ func startDiffWatch(ctx context.Context, g *Globals, vm, guestPath string) (diff
 	if err != nil {
 		return diffWatch{}, err
 	}
-	now, err := guest.Watch(ctx, st, id, guestPath)
+	now, err := agentclient.Watch(ctx, st, id, guestPath)
 	if err == nil {
 		return diffWatch{since: now - clockMargin, watching: true}, nil
 	}
-	if !guest.IsUnknownRequest(err) {
+	if !agentclient.IsUnknownRequest(err) {
 		oplog.G(ctx).Debug("no change watch; the listing will walk", "error", err.Error())
 	}
 	since, err := guestClock(ctx, g, vm, guestPath)
-	if guest.IsUnknownRequest(err) {
+	if agentclient.IsUnknownRequest(err) {
 		return diffWatch{}, errdefs.WithHint(errdefs.New(errdefs.ErrConflict,
 			"the image's guest agent is too old for --diff (it has no list request): %w", err),
 			"rebuild or re-pull the image with this banger (banger image rm IMAGE, then run again)")
@@ -100,7 +101,7 @@ func getFromGuest(ctx context.Context, g *Globals, vm, guestPath, dir string) er
 	if err != nil {
 		return err
 	}
-	if err := guest.Get(ctx, st, id, guestPath, dir, guest.CopyOptions{}); err != nil {
+	if err := agentclient.Get(ctx, st, id, guestPath, dir, agentclient.CopyOptions{}); err != nil {
 		return fmt.Errorf("copying %s out of vm %s: %w (%s)", guestPath, vm, err, id)
 	}
 	return nil
@@ -169,7 +170,7 @@ func parseOut(spec, wsPath string) (guestPath, hostDir string, err error) {
 // is the guest's clock just before it) and writes it to target ("-": stdout).
 func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUpload, dw diffWatch, target string) (retErr error) {
 	since := dw.since
-	var after []guest.ListEntry
+	var after []agentproto.ListEntry
 	var err error
 	if dw.watching {
 		after, err = listWatched(ctx, g, vm, ws.params.Path, since)

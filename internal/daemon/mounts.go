@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/oplog"
 	"banger/internal/rpc"
@@ -126,13 +126,13 @@ func addMounts(s *vmm.Spec, vm *model.VM, args []string) []string {
 	if len(vm.Mounts) == 0 {
 		return args
 	}
-	var gm []guest.Mount
+	var gm []agentproto.Mount
 	for i, m := range vm.Mounts {
 		tag := shareTag(i)
 		s.Shares = append(s.Shares, vmm.Share{Tag: tag, Source: m.HostDir, ReadOnly: m.ReadOnly})
-		gm = append(gm, guest.Mount{Tag: tag, Path: m.GuestPath, ReadOnly: m.ReadOnly})
+		gm = append(gm, agentproto.Mount{Tag: tag, Path: m.GuestPath, ReadOnly: m.ReadOnly})
 	}
-	return append(args, guest.MountsParam(gm))
+	return append(args, agentproto.MountsParam(gm))
 }
 
 // refuseMountsOnDriver is a start's check: a VM with mounts cannot run on drv.

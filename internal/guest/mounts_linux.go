@@ -7,12 +7,14 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/agentproto"
 )
 
 // mountShares mounts the VM's shared folders (virtiofs, tag → path under the new root),
 // once the fuse and virtiofs modules are in: the loader loads them only when a virtiofs
 // device exists (modVirtioFS), so a VM without shared folders pays nothing.
-func mountShares(p BootParams, mods *modSet, log *slog.Logger) error {
+func mountShares(p agentproto.BootParams, mods *modSet, log *slog.Logger) error {
 	if len(p.Mounts) == 0 {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"banger/internal/agentproto"
 	"encoding/json"
 	"errors"
 	"io"
@@ -15,19 +16,19 @@ import (
 
 // handleWatch answers a watch request: it starts recording changes under req.Path (see
 // watch_linux.go) and replies with the guest's clock, like a list that matches nothing.
-func (a *Agent) handleWatch(conn io.Writer, req Request) error {
+func (a *Agent) handleWatch(conn io.Writer, req agentproto.Request) error {
 	if err := guestPath("path", req.Path); err != nil {
-		return reply(conn, Reply{}, err)
+		return reply(conn, agentproto.Reply{}, err)
 	}
 	root, err := filepath.EvalSymlinks(filepath.Clean(req.Path))
 	if err != nil {
-		return reply(conn, Reply{}, err)
+		return reply(conn, agentproto.Reply{}, err)
 	}
 	now := time.Now().UnixNano()
 	if err := a.watches.start(root); err != nil {
-		return reply(conn, Reply{}, err)
+		return reply(conn, agentproto.Reply{}, err)
 	}
-	return reply(conn, Reply{Now: now, Watching: true}, nil)
+	return reply(conn, agentproto.Reply{Now: now, Watching: true}, nil)
 }
 
 // listWatched writes the listing of root from its watch: every entry of each directory
@@ -74,7 +75,7 @@ func (a *Agent) listWatched(root string, rootDev uint64, enc *json.Encoder) (ok 
 	}
 	list := make([]string, 0, len(want))
 	for p := range want {
-		if ValidListPath(p) {
+		if agentproto.ValidListPath(p) {
 			list = append(list, p)
 		}
 	}
@@ -92,7 +93,7 @@ func (a *Agent) listWatched(root string, rootDev uint64, enc *json.Encoder) (ok 
 		if st.Dev != rootDev {
 			continue // another file system mounted below the workspace
 		}
-		e := ListEntry{Path: rel, Mode: st.Mode, Size: st.Size, MTime: st.Mtim.Nano(), CTime: st.Ctim.Nano(), Ino: st.Ino}
+		e := agentproto.ListEntry{Path: rel, Mode: st.Mode, Size: st.Size, MTime: st.Mtim.Nano(), CTime: st.Ctim.Nano(), Ino: st.Ino}
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			if e.Link, err = os.Readlink(p); err != nil {
 				return true, err

@@ -13,12 +13,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/testkit"
 )
 
 // changedSet is the entries of a since-listing that changed, and the entries listed
 // because their directory changed, as path → ino/mode/size.
-func listingKeys(es []ListEntry) []string {
+func listingKeys(es []agentproto.ListEntry) []string {
 	var out []string
 	for _, e := range es {
 		out = append(out, fmt.Sprintf("%s %o %d %d", e.Path, e.Mode, e.Size, e.Ino))
@@ -51,7 +53,7 @@ func TestWatchedListingMatchesTheWalk(t *testing.T) {
 	time.Sleep(150 * time.Millisecond) // the tree predates the watch's since
 	a, sess := newTestAgent(t)
 	ctx := testCtx(t)
-	now, err := Watch(ctx, openStream(t, sess), "", root)
+	now, err := agentclient.Watch(ctx, openStream(t, sess), "", root)
 	if errors.Is(err, unix.EPERM) {
 		testkit.Missing(t, "fanotify is not permitted here: %v", err)
 	}
@@ -90,12 +92,12 @@ func TestWatchedListingMatchesTheWalk(t *testing.T) {
 	unix.Munmap(m)
 	mf.Close()
 
-	watched, err := ListWatched(ctx, openStream(t, sess), "", root, since)
+	watched, err := agentclient.ListWatched(ctx, openStream(t, sess), "", root, since)
 	must(err)
-	walked, _, err := List(ctx, openStream(t, sess), "", root, since)
+	walked, _, err := agentclient.List(ctx, openStream(t, sess), "", root, since)
 	must(err)
-	changed := func(es []ListEntry) []string {
-		var out []ListEntry
+	changed := func(es []agentproto.ListEntry) []string {
+		var out []agentproto.ListEntry
 		for _, e := range es {
 			if e.CTime >= since || e.MTime >= since {
 				out = append(out, e)
@@ -136,7 +138,7 @@ func TestWatchedListingMatchesTheWalk(t *testing.T) {
 	if w := a.watches.take(root); w != nil {
 		t.Error("the listing did not consume the watch")
 	}
-	again, err := ListWatched(ctx, openStream(t, sess), "", root, since)
+	again, err := agentclient.ListWatched(ctx, openStream(t, sess), "", root, since)
 	must(err)
 	if a, b := listingKeys(again), listingKeys(walked); !slices.Equal(a, b) {
 		t.Errorf("without a watch the listing is not the walk's")
@@ -152,7 +154,7 @@ func TestLostWatchFallsBackToTheWalk(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "a"), []byte("a"), 0o644)
 	a, sess := newTestAgent(t)
 	ctx := testCtx(t)
-	now, err := Watch(ctx, openStream(t, sess), "", root)
+	now, err := agentclient.Watch(ctx, openStream(t, sess), "", root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,11 +164,11 @@ func TestLostWatchFallsBackToTheWalk(t *testing.T) {
 	a.watches.mu.Unlock()
 	time.Sleep(10 * time.Millisecond)
 	os.WriteFile(filepath.Join(root, "a"), []byte("changed"), 0o644)
-	got, err := ListWatched(ctx, openStream(t, sess), "", root, now-int64(50*time.Millisecond))
+	got, err := agentclient.ListWatched(ctx, openStream(t, sess), "", root, now-int64(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) == 0 || !slices.ContainsFunc(got, func(e ListEntry) bool { return e.Path == "a" }) {
+	if len(got) == 0 || !slices.ContainsFunc(got, func(e agentproto.ListEntry) bool { return e.Path == "a" }) {
 		t.Fatalf("a lost watch's listing misses the change: %+v", got)
 	}
 }

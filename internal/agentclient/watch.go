@@ -1,4 +1,4 @@
-package guest
+package agentclient
 
 import (
 	"bufio"
@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
@@ -16,10 +17,10 @@ import (
 // error that IsUnknownRequest matches.
 func Watch(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathArg string) (int64, error) {
 	defer conn.Close()
-	defer bindContext(ctx, conn)()
-	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), Request{Type: TypeWatch, OpID: opID, Path: guestPathArg})
+	defer agentproto.BindContext(ctx, conn)()
+	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), agentproto.Request{Type: agentproto.TypeWatch, OpID: opID, Path: guestPathArg})
 	if err == nil {
-		err = r.err()
+		err = r.Err()
 	}
 	if err != nil {
 		return 0, fmt.Errorf("watching guest %s: %w", guestPathArg, err)
@@ -33,16 +34,16 @@ func Watch(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathArg stri
 // ListWatched is List with since, answered from the changes a Watch of guestPath recorded
 // when the agent has them (the same listing a walk would make, in time proportional to the
 // changes), else by a walk. The reply is checked exactly as List's.
-func ListWatched(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathArg string, since int64) ([]ListEntry, error) {
+func ListWatched(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathArg string, since int64) ([]agentproto.ListEntry, error) {
 	defer conn.Close()
-	defer bindContext(ctx, conn)()
+	defer agentproto.BindContext(ctx, conn)()
 	what := "listing guest " + guestPathArg
 	br := bufio.NewReader(conn)
-	r, err := roundTrip(ctx, conn, br, Request{Type: TypeList, OpID: opID, Path: guestPathArg, Since: since, Watched: true})
+	r, err := roundTrip(ctx, conn, br, agentproto.Request{Type: agentproto.TypeList, OpID: opID, Path: guestPathArg, Since: since, Watched: true})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := r.err(); err != nil {
+	if err := r.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return readListing(ctx, br, what)
@@ -51,7 +52,7 @@ func ListWatched(ctx context.Context, conn io.ReadWriteCloser, opID, guestPathAr
 // IsUnknownRequest reports whether err is an agent's refusal of a request type (or of a
 // header field) it does not know: the agent predates it.
 func IsUnknownRequest(err error) bool {
-	re, ok := errors.AsType[*RemoteError](err)
+	re, ok := errors.AsType[*agentproto.RemoteError](err)
 	if !ok || !errors.Is(err, errdefs.ErrInvalidArgument) {
 		return false
 	}
