@@ -70,7 +70,8 @@ func (s *watchSet) start(root string) error {
 		old.stop()
 		delete(s.m, root)
 	}
-	// A client that died between watch and list leaves its watch; the oldest go first.
+	// A client that died between watch and list leaves its watch behind: past the cap one
+	// of them (any) goes.
 	for len(s.m) >= maxWatches {
 		for k, o := range s.m {
 			o.stop()

@@ -4,6 +4,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,9 +122,15 @@ func TestMountSharedFolder(t *testing.T) {
 	if out, code := exec("cat /mnt/ro/a.txt"); code != 0 || out != "changed on the host\n" {
 		t.Fatalf("after a daemon crash: exit %d: %q", code, out)
 	}
-	// ...and a VMM that dies while no daemon runs leaves no virtiofsd once it is back.
+	// ...and a VMM that dies while no daemon runs leaves no virtiofsd once it is back. The
+	// virtiofsd are stopped first so they cannot exit on QEMU's disconnect themselves: the
+	// daemon's reconcile must kill them.
 	pid := x.show(t, "e2e-mount").PID
 	x.stopDaemon(syscall.SIGKILL)
+	for _, p := range virtiofsdOf(t, vm.Dir) {
+		n, _ := strconv.Atoi(p)
+		syscall.Kill(n, syscall.SIGSTOP)
+	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
