@@ -34,7 +34,9 @@ import (
 var empty = &ptypes.Empty{}
 
 // Service is the task service of one shim process: containerd's task API (v2, over
-// ttrpc) mapped onto banger VMs, one VM per container.
+// ttrpc) mapped onto banger VMs. A container outside a pod, or a pod's sandbox, has its
+// own VM; a pod's other containers (the same shim serves the whole pod) join the
+// sandbox's VM, each in its own root directory there.
 type Service struct {
 	ctx       context.Context // the shim's: namespace, logger; outlives requests
 	ns        string
@@ -51,12 +53,17 @@ type Service struct {
 type container struct {
 	id, bundle string
 	rootfs     string // host mount point of the snapshot while it is copied into the guest
+	dir        string // its directory in the VM (containerDir); its root is dir/rootfs
 	vmID       string
 	vmName     string
-	pid        uint32 // the VMM's pid: the task's pid as containerd sees it
+	pid        uint32     // the VMM's pid: the task's pid as containerd sees it
+	sandbox    *container // the pod sandbox whose VM it shares; nil if the VM is its own
 	init       *process
 	execs      map[string]*process
 }
+
+// ownsVM says whether deleting the container deletes its VM.
+func (c *container) ownsVM() bool { return c.sandbox == nil }
 
 // process is the init process or one exec: a guest command run through the agent.
 type process struct {
@@ -209,14 +216,25 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	pl, err := planFor(spec)
+	pl, err := planFor(r.ID, spec)
 	if err != nil {
 		return nil, toGRPC(fmt.Errorf("container %s: %w", r.ID, err))
 	}
-	pl.vm.Name = VMName(s.ns, r.ID)
-	pl.vm.Image = imageFor(spec)
-	pl.vm.NAT = spec.Annotations["banger.dev/nat"] == "true"
-	c := &container{id: r.ID, bundle: r.Bundle, vmName: pl.vm.Name, execs: map[string]*process{}}
+	c := &container{id: r.ID, bundle: r.Bundle, dir: pl.dir, execs: map[string]*process{}}
+	if sbID := podSandbox(spec); sbID != "" {
+		// A pod's container: it joins the sandbox's VM, which this shim serves (Start
+		// groups a pod onto the sandbox's shim).
+		sb, err := s.get(sbID)
+		if err != nil {
+			return nil, toGRPC(fmt.Errorf("container %s joins pod sandbox %s, which this shim does not serve: %w", r.ID, sbID, cerrdefs.ErrFailedPrecondition))
+		}
+		c.sandbox, c.vmID, c.vmName, c.pid = sb, sb.vmID, sb.vmName, sb.pid
+	} else {
+		pl.vm.Name = VMName(s.ns, r.ID)
+		pl.vm.Image = imageFor(spec)
+		pl.vm.NAT = spec.Annotations["banger.dev/nat"] == "true"
+		c.vmName = pl.vm.Name
+	}
 	c.init = newProcess("", pl.proc, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
 	c.init.req.TTY = r.Terminal
 	defer func() {
@@ -246,15 +264,17 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, toGRPC(err)
 	}
 
-	vm, err := s.daemon.createVM(ctx, pl.vm)
-	if err != nil {
-		return nil, toGRPC(fmt.Errorf("creating the VM of container %s: %w", r.ID, err))
+	if c.ownsVM() {
+		vm, err := s.daemon.createVM(ctx, pl.vm)
+		if err != nil {
+			return nil, toGRPC(fmt.Errorf("creating the VM of container %s: %w", r.ID, err))
+		}
+		c.vmID, c.pid = vm.ID, uint32(vm.PID)
+		lg.WithField("vm", vm.Name).WithField("vm_id", vm.ID).WithField("elapsed", time.Since(start).String()).Info("vm ready")
 	}
-	c.vmID, c.pid = vm.ID, uint32(vm.PID)
-	lg.WithField("vm", vm.Name).WithField("vm_id", vm.ID).WithField("elapsed", time.Since(start).String()).Info("vm ready")
 
 	t := time.Now()
-	if err := s.daemon.putRootfs(ctx, c.vmID, c.rootfs); err != nil {
+	if err := s.daemon.putContainer(ctx, c.vmID, c.dir, c.rootfs, pl.binds); err != nil {
 		return nil, toGRPC(fmt.Errorf("copying the rootfs of container %s into its VM: %w", r.ID, err))
 	}
 	lg.WithField("elapsed", time.Since(t).String()).Info("rootfs copied")
@@ -292,12 +312,57 @@ func newProcess(execID string, req guest.ExecRequest, in, out, errp string, term
 	}
 }
 
-// teardown removes everything of c that exists: its processes' streams, its VM, the
-// snapshot mount. Every step tolerates the thing being gone already.
+// teardown removes everything of c that exists: its processes' streams, its VM (or, in a
+// pod's VM, its processes and directory there), the snapshot mount. Every step tolerates
+// the thing being gone already. A sandbox's teardown ends the pod: the containers that
+// still share its VM are reported exited and dropped.
 func (s *Service) teardown(ctx context.Context, c *container) {
 	s.mu.Lock()
 	procs := append(c.execList(), c.init)
+	var members []*container
+	if c.ownsVM() {
+		for _, m := range s.containers {
+			if m.sandbox == c {
+				members = append(members, m)
+				delete(s.containers, m.id)
+			}
+		}
+	}
 	s.mu.Unlock()
+	stopAll(procs)
+	if c.ownsVM() {
+		if err := s.daemon.deleteVM(ctx, c.vmName); err != nil {
+			log.G(ctx).WithError(err).WithField("vm", c.vmName).Error("deleting the container's VM")
+		}
+		for _, m := range members {
+			s.memberGone(ctx, m)
+		}
+	} else if c.vmID != "" {
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := s.daemon.run(rctx, c.vmID, []string{"/bin/sh", "-c", removeScript(c.dir)}); err != nil {
+			log.G(ctx).WithError(err).WithField("vm", c.vmName).WithField("dir", c.dir).Error("removing the container from its pod's VM")
+		}
+		cancel()
+	}
+	unmountRootfs(ctx, c)
+}
+
+// memberGone ends a pod container whose VM went with its sandbox: its processes are
+// reported exited (137, killed) and containerd's later delete finds nothing to do.
+func (s *Service) memberGone(ctx context.Context, m *container) {
+	s.mu.Lock()
+	procs := append(m.execList(), m.init)
+	s.mu.Unlock()
+	stopAll(procs)
+	for _, p := range procs {
+		if p != nil {
+			s.exited(m, p, 128+uint32(syscall.SIGKILL))
+		}
+	}
+	unmountRootfs(ctx, m)
+}
+
+func stopAll(procs []*process) {
 	for _, p := range procs {
 		if p == nil {
 			continue
@@ -307,10 +372,6 @@ func (s *Service) teardown(ctx context.Context, c *container) {
 			p.io.Close()
 		}
 	}
-	if err := s.daemon.deleteVM(ctx, c.vmName); err != nil {
-		log.G(ctx).WithError(err).WithField("vm", c.vmName).Error("deleting the container's VM")
-	}
-	unmountRootfs(ctx, c)
 }
 
 func (c *container) execList() []*process {
@@ -509,7 +570,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if len(ps.Args) == 0 {
 		return nil, toGRPC(errdefs.InvalidArgument("process.args", nil, "an exec needs a command"))
 	}
-	req := guest.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: GuestRoot,
+	req := guest.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: c.dir + "/rootfs",
 		UID: ps.User.UID, GID: ps.User.GID, Groups: ps.User.AdditionalGids}
 	if ps.ConsoleSize != nil {
 		req.Rows, req.Cols = uint16(ps.ConsoleSize.Height), uint16(ps.ConsoleSize.Width)
