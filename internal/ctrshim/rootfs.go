@@ -62,10 +62,10 @@ func addRootfsEntry(tw *tar.Writer, p, name string, links map[[2]uint64]string) 
 		return fmt.Errorf("reading %s: %w", p, err)
 	}
 	hdr := &tar.Header{
-		Name:    name,
-		Mode:    int64(st.Mode &^ syscall.S_IFMT),
-		Uid:     int(st.Uid),
-		Gid:     int(st.Gid),
+		Name: name,
+		Mode: int64(st.Mode &^ syscall.S_IFMT),
+		Uid:  int(st.Uid),
+		Gid:  int(st.Gid),
 		// Whole seconds and no forced format: plain ustar headers wherever they suffice,
 		// which every guest tar (busybox's too) reads.
 		ModTime: time.Unix(st.Mtim.Sec, 0),
