@@ -26,9 +26,15 @@ import (
 // left out of the headers so the guest's tar applies the numbers, not its own users.
 // Sockets are skipped (they are made by a process, not copied); extended attributes
 // (file capabilities) are not carried.
+//
+// The image is hostile and the guest's tar follows symlinks: so every symlink is written
+// after every other entry. The walk never descends into a symlink, so each entry's parents
+// are the image's real directories; with no link unpacked before them, no file, device or
+// hard link can be written through one (an image's "etc -> /" cannot carry etc/passwd out
+// of the container's root).
 func writeRootfsTar(w io.Writer, rootfs string, binds []string) error {
 	tw := tar.NewWriter(w)
-	links := map[[2]uint64]string{} // (dev, inode) → the first name of a hard-linked file
+	x := &rootfsArchive{tw: tw, links: map[[2]uint64]string{}}
 	err := filepath.WalkDir(rootfs, func(p string, d fs.DirEntry, walkErr error) error {
 		if walkErr != nil {
 			return walkErr
@@ -41,10 +47,15 @@ func writeRootfsTar(w io.Writer, rootfs string, binds []string) error {
 		if rel != "." {
 			name += "/" + filepath.ToSlash(rel)
 		}
-		return addRootfsEntry(tw, p, name, links)
+		return x.add(p, name)
 	})
 	if err != nil {
 		return fmt.Errorf("archiving the container's rootfs %s: %w", rootfs, err)
+	}
+	for _, h := range x.symlinks {
+		if err := tw.WriteHeader(h); err != nil {
+			return fmt.Errorf("archiving the container's rootfs %s: %w", rootfs, err)
+		}
 	}
 	for i, src := range binds {
 		if err := addBindFile(tw, src, fmt.Sprintf("binds/%d", i)); err != nil {
@@ -54,9 +65,20 @@ func writeRootfsTar(w io.Writer, rootfs string, binds []string) error {
 	return tw.Close()
 }
 
-// addRootfsEntry adds one lstat'ed entry: WalkDir never follows a symlink, and neither
-// does this, so a hostile image's links are archived as links.
-func addRootfsEntry(tw *tar.Writer, p, name string, links map[[2]uint64]string) error {
+// maxSymlinks bounds the symlink headers held back until the end of the archive.
+const maxSymlinks = 1 << 20
+
+// rootfsArchive is one rootfs archive in the making.
+type rootfsArchive struct {
+	tw       *tar.Writer
+	links    map[[2]uint64]string // (dev, inode) → the first name of a hard-linked file
+	symlinks []*tar.Header        // written last
+}
+
+// add adds one lstat'ed entry: WalkDir never follows a symlink, and neither does this, so
+// a hostile image's links are archived as links.
+func (x *rootfsArchive) add(p, name string) error {
+	tw := x.tw
 	var st unix.Stat_t
 	if err := unix.Lstat(p, &st); err != nil {
 		return fmt.Errorf("reading %s: %w", p, err)
@@ -79,8 +101,12 @@ func addRootfsEntry(tw *tar.Writer, p, name string, links map[[2]uint64]string) 
 		if err != nil {
 			return fmt.Errorf("reading the link %s: %w", p, err)
 		}
+		if len(x.symlinks) >= maxSymlinks {
+			return fmt.Errorf("the image has more than %d symlinks", maxSymlinks)
+		}
 		hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
-		return tw.WriteHeader(hdr)
+		x.symlinks = append(x.symlinks, hdr)
+		return nil
 	case syscall.S_IFCHR, syscall.S_IFBLK:
 		hdr.Typeflag = tar.TypeChar
 		if st.Mode&syscall.S_IFMT == syscall.S_IFBLK {
@@ -94,11 +120,11 @@ func addRootfsEntry(tw *tar.Writer, p, name string, links map[[2]uint64]string) 
 	case syscall.S_IFREG:
 		key := [2]uint64{st.Dev, st.Ino}
 		if st.Nlink > 1 {
-			if first, ok := links[key]; ok {
+			if first, ok := x.links[key]; ok {
 				hdr.Typeflag, hdr.Linkname = tar.TypeLink, first
 				return tw.WriteHeader(hdr)
 			}
-			links[key] = name
+			x.links[key] = name
 		}
 		return addRegular(tw, p, hdr, st.Size)
 	}

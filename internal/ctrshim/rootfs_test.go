@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -44,6 +45,8 @@ func imageTree(t *testing.T) string {
 	must(os.Chmod(filepath.Join(src, "data", "null"), 0o666))
 	must(os.Link(owned, filepath.Join(src, "data", "link")))
 	must(os.Symlink("/etc/shadow", filepath.Join(src, "data", "out")))
+	// A linked directory sorting before the files: its entries must still come first.
+	must(os.Symlink("/", filepath.Join(src, "data", "a-root")))
 	return src
 }
 
@@ -57,6 +60,7 @@ func TestRootfsTarKeepsOwnersModesDevicesFifosAndLinks(t *testing.T) {
 	}
 	got := map[string]*tar.Header{}
 	tr := tar.NewReader(bytes.NewReader(buf.Bytes()))
+	sawSymlink := ""
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -66,6 +70,12 @@ func TestRootfsTarKeepsOwnersModesDevicesFifosAndLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 		got[h.Name] = h
+		// No entry may follow a symlink: the guest's tar would write through it.
+		if h.Typeflag == tar.TypeSymlink {
+			sawSymlink = h.Name
+		} else if sawSymlink != "" && !strings.HasPrefix(h.Name, "binds/") {
+			t.Errorf("%s comes after the symlink %s", h.Name, sawSymlink)
+		}
 	}
 	check := func(name string, ok bool) {
 		t.Helper()
