@@ -170,7 +170,10 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithError(err).Warn("unmounting the container's snapshot")
 	}
 	// A killed shim could not remove its socket; Start wrote its address into the bundle.
-	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil {
+	// containerd also runs this cleanup for a pod's container after a normal delete (its
+	// connection to the pod's shim closes): that socket is the pod's, still served, and
+	// removing it would make the pod's next container start a shim of its own.
+	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil && !shim.CanConnect(address) {
 		_ = shim.RemoveSocket(address)
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil

@@ -542,7 +542,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return &taskAPI.DeleteResponse{Pid: c.pid, ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 	ctx, op := opid.Ensure(ctx)
-	log.G(ctx).WithField("op_id", op).WithField("id", r.ID).WithField("vm", c.vmName).Info("deleting the container's VM")
+	msg := "deleting the container's VM"
+	if !c.ownsVM() {
+		msg = "removing the container from its pod's VM"
+	}
+	log.G(ctx).WithField("op_id", op).WithField("id", r.ID).WithField("vm", c.vmName).Info(msg)
 	s.teardown(ctx, c)
 	s.mu.Lock()
 	delete(s.containers, r.ID)

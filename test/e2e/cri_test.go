@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -254,6 +255,16 @@ func TestCRIPodSharesOneVM(t *testing.T) {
 	if got := exec(c1, "cat", "/etc/motd"); got != "inside the banger container\n" {
 		t.Fatalf("container one after two's removal: %q", got)
 	}
+	// A container created after a removal still joins the pod's shim and VM (containerd's
+	// cleanup after the removal once deleted the pod shim's socket, and the next container
+	// got a shim of its own that knew no sandbox).
+	c3 := start("three", "sh", "-c", "cat /proc/sys/kernel/random/boot_id; exec sleep 3600")
+	if out3 := logs("three", 1); out3[0] != out1[1] {
+		t.Fatalf("container three runs in another kernel: boot ids %q and %q", out1[1], out3[0])
+	}
+	if shimPid(c3) != 0 || len(podVMs(t, x)) != 1 {
+		t.Fatalf("container three did not join the pod: its own shim %d, VMs %v", shimPid(c3), podVMs(t, x))
+	}
 
 	if _, err := cc.rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatalf("stopp: %v", err)
@@ -265,5 +276,116 @@ func TestCRIPodSharesOneVM(t *testing.T) {
 	x.assertNothingLeft(t, before)
 	if err := waitFor(func() bool { return shimPid(pod) == 0 }, 30*time.Second); err != nil {
 		t.Fatalf("the pod's shim still runs after rmp")
+	}
+}
+
+// The pod's one shim killed: containerd runs `shim delete` for each of the pod's
+// containers; the sandbox's deletes the VM, the others' leave it to the sandbox's. Then
+// CRI still stops and removes the pod.
+func TestCRIPodShimKill9LeavesNothing(t *testing.T) {
+	x := need(t)
+	c := startContainerdWith(t, x, true)
+	cc := dialCRI(t, c)
+	before := x.bangerState(t)
+	ctx, cancel := criCtx()
+	defer cancel()
+	podCfg := &cri.PodSandboxConfig{
+		Metadata: &cri.PodSandboxMetadata{Name: "e2e-kill", Uid: "e2e-kill-uid", Namespace: "default"},
+		Linux:    &cri.LinuxPodSandboxConfig{},
+	}
+	runp, err := cc.rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: podCfg, RuntimeHandler: "banger"})
+	if err != nil {
+		t.Fatalf("runp: %v\n%s", err, tail(readFile(c.log), 40))
+	}
+	pod := runp.PodSandboxId
+	t.Cleanup(func() {
+		ctx, cancel := criCtx()
+		defer cancel()
+		cc.rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: pod})
+		cc.rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: pod})
+	})
+	cr, err := cc.rt.CreateContainer(ctx, &cri.CreateContainerRequest{PodSandboxId: pod, SandboxConfig: podCfg,
+		Config: &cri.ContainerConfig{Metadata: &cri.ContainerMetadata{Name: "app"}, Image: &cri.ImageSpec{Image: ctrImage},
+			Command: []string{"sleep", "600"}, Linux: &cri.LinuxContainerConfig{}}})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := cc.rt.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if vms := podVMs(t, x); len(vms) != 1 {
+		t.Fatalf("want the pod's one VM, have %v", vms)
+	}
+	pid := shimPid(pod)
+	if pid == 0 {
+		t.Fatal("the pod's serving shim not found")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	x.assertNothingLeft(t, before)
+	if _, err := cc.rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatalf("stopp after the shim died: %v", err)
+	}
+	if _, err := cc.rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatalf("rmp after the shim died: %v", err)
+	}
+	x.assertNothingLeft(t, before)
+}
+
+// BenchmarkCRIPodContainer is one container of `true` created, started, run to its end and
+// removed in a running pod: it joins the pod's VM, so no VM boots. Compare with
+// BenchmarkCtrRunTrue (a VM per container) in the same invocation.
+func BenchmarkCRIPodContainer(b *testing.B) {
+	x := needB(b)
+	x.warmImage(b)
+	c := startContainerdWith(b, x, true)
+	conn, err := grpc.Dial("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	rt := cri.NewRuntimeServiceClient(conn)
+	ctx, cancel := criCtx()
+	defer cancel()
+	podCfg := &cri.PodSandboxConfig{Metadata: &cri.PodSandboxMetadata{Name: "bench", Uid: "bench-uid", Namespace: "default"}, Linux: &cri.LinuxPodSandboxConfig{}}
+	var pod string
+	if err := waitFor(func() bool {
+		r, err := rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: podCfg, RuntimeHandler: "banger"})
+		if err == nil {
+			pod = r.PodSandboxId
+		}
+		return err == nil
+	}, 60*time.Second); err != nil {
+		b.Fatalf("runp: %v", err)
+	}
+	defer func() {
+		rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: pod})
+		rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: pod})
+	}()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cr, err := rt.CreateContainer(ctx, &cri.CreateContainerRequest{PodSandboxId: pod, SandboxConfig: podCfg,
+			Config: &cri.ContainerConfig{Metadata: &cri.ContainerMetadata{Name: fmt.Sprintf("c%d", i)}, Image: &cri.ImageSpec{Image: ctrImage},
+				Command: []string{"true"}, Linux: &cri.LinuxContainerConfig{}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rt.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+			b.Fatal(err)
+		}
+		// Polled every 10 ms (waitFor's 100 ms would dominate the number); bounded.
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+			st, err := rt.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: cr.ContainerId})
+			if err == nil && st.Status.State == cri.ContainerState_CONTAINER_EXITED {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatal("container did not exit within a minute")
+			}
+		}
+		if _, err := rt.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
