@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/guest"
+	"banger/internal/agentclient"
 	"banger/internal/opid"
 )
 
@@ -194,8 +194,8 @@ func (d *daemonClient) putContainer(ctx context.Context, vm, dir, rootfs string,
 	go func() { pw.CloseWithError(writeRootfsTar(pw, rootfs, binds)) }()
 	defer pr.Close()
 	var out capped
-	code, err := guest.Exec(ctx, st, guest.ExecRequest{Argv: []string{"/bin/sh", "-c", unpackScript(dir)}, OpID: opid.From(ctx)},
-		guest.ExecIO{Stdin: pr, Stdout: &out, Stderr: &out})
+	code, err := agentclient.Exec(ctx, st, agentclient.ExecRequest{Argv: []string{"/bin/sh", "-c", unpackScript(dir)}, OpID: opid.From(ctx)},
+		agentclient.ExecIO{Stdin: pr, Stdout: &out, Stderr: &out})
 	if err != nil {
 		return err
 	}

@@ -12,9 +12,9 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"banger/internal/agentclient"
 	"banger/internal/api"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 )
 
 // guestContainers is where containers live inside a VM: /root/ctr/<container id>/ on the
@@ -66,7 +66,7 @@ type plan struct {
 	hostname string
 	mounts   []guestMount
 	binds    []string // host files copied to dir/binds/N, bind-mounted by mounts
-	proc     guest.ExecRequest
+	proc     agentclient.ExecRequest
 }
 
 // guestMount is one filesystem mounted inside the container's root before the process
@@ -147,7 +147,7 @@ func planFor(id string, s *specs.Spec) (*plan, error) {
 		return nil, errdefs.InvalidArgument("root.path", "", "the OCI spec has no root filesystem")
 	}
 	p := &plan{dir: containerDir(id)}
-	p.proc = guest.ExecRequest{
+	p.proc = agentclient.ExecRequest{
 		Argv: s.Process.Args,
 		Env:  s.Process.Env,
 		Cwd:  s.Process.Cwd,

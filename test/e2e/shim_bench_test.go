@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"banger/internal/agentclient"
 	"banger/internal/api"
-	"banger/internal/guest"
 	"banger/internal/rpc"
 )
 
@@ -59,7 +59,7 @@ func BenchmarkContainerRootfs(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := guest.Put(ctx, st, "", src, fmt.Sprintf("/root/%s-%d-%d", name, b.N, i), guest.CopyOptions{}); err != nil {
+				if err := agentclient.Put(ctx, st, "", src, fmt.Sprintf("/root/%s-%d-%d", name, b.N, i), agentclient.CopyOptions{}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -87,8 +87,8 @@ func BenchmarkContainerRootfs(b *testing.B) {
 					b.Fatal(err)
 				}
 				dst := fmt.Sprintf("/root/gt-%s-%d-%d", name, b.N, i)
-				code, err := guest.Exec(ctx, st, guest.ExecRequest{Argv: []string{"/bin/sh", "-c", "mkdir " + dst + " && exec tar -x -p -f - -C " + dst}},
-					guest.ExecIO{Stdin: out})
+				code, err := agentclient.Exec(ctx, st, agentclient.ExecRequest{Argv: []string{"/bin/sh", "-c", "mkdir " + dst + " && exec tar -x -p -f - -C " + dst}},
+					agentclient.ExecIO{Stdin: out})
 				if werr := tar.Wait(); err != nil || code != 0 || werr != nil {
 					b.Fatalf("guest tar: exit %d, %v, host tar: %v", code, err, werr)
 				}
