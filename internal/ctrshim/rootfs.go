@@ -32,9 +32,14 @@ import (
 // are the image's real directories; with no link unpacked before them, no file, device or
 // hard link can be written through one (an image's "etc -> /" cannot carry etc/passwd out
 // of the container's root).
+//
+// rootfs "" sends only the bind files (the root came as a disk).
 func writeRootfsTar(w io.Writer, rootfs string, binds []string) error {
 	tw := tar.NewWriter(w)
 	x := &rootfsArchive{tw: tw, links: map[[2]uint64]string{}}
+	if rootfs == "" {
+		return writeBinds(tw, binds)
+	}
 	err := filepath.WalkDir(rootfs, func(p string, d fs.DirEntry, walkErr error) error {
 		if walkErr != nil {
 			return walkErr
@@ -57,6 +62,11 @@ func writeRootfsTar(w io.Writer, rootfs string, binds []string) error {
 			return fmt.Errorf("archiving the container's rootfs %s: %w", rootfs, err)
 		}
 	}
+	return writeBinds(tw, binds)
+}
+
+// writeBinds adds the bind files as binds/N and ends the archive.
+func writeBinds(tw *tar.Writer, binds []string) error {
 	for i, src := range binds {
 		if err := addBindFile(tw, src, fmt.Sprintf("binds/%d", i)); err != nil {
 			return err
@@ -180,11 +190,17 @@ func addBindFile(tw *tar.Writer, src, name string) error {
 // with the guest's own tar, as root: it applies owners and makes device nodes, which the
 // agent's copy deliberately never does for a guest→host or user copy. A fresh directory
 // (create fails if it exists) so no earlier container's files are reused.
-func unpackScript(dir string) string {
-	return fmt.Sprintf("set -e\nmkdir -p %s\nmkdir %s\nexec tar -x -p -f - -C %s\n", guestContainers, dir, dir)
+// With the root on a disk (mounted at dir/rootfs at boot) dir exists and only binds come.
+func unpackScript(dir string, fresh bool) string {
+	mk := "mkdir -p " + filepath.Dir(dir) + "\nmkdir " + dir
+	if !fresh {
+		mk = "mkdir -p " + dir
+	}
+	return fmt.Sprintf("set -e\n%s\nexec tar -x -p -f - -C %s\n", mk, dir)
 }
 
-// putContainer streams the container's directory (rootfs and bind files) into the VM.
+// putContainer streams the container's directory (rootfs, unless "", and bind files) into
+// the VM.
 func (d *daemonClient) putContainer(ctx context.Context, vm, dir, rootfs string, binds []string) error {
 	st, err := d.agentStream(ctx, vm)
 	if err != nil {
@@ -194,7 +210,7 @@ func (d *daemonClient) putContainer(ctx context.Context, vm, dir, rootfs string,
 	go func() { pw.CloseWithError(writeRootfsTar(pw, rootfs, binds)) }()
 	defer pr.Close()
 	var out capped
-	code, err := agentclient.Exec(ctx, st, agentclient.ExecRequest{Argv: []string{"/bin/sh", "-c", unpackScript(dir)}, OpID: opid.From(ctx)},
+	code, err := agentclient.Exec(ctx, st, agentclient.ExecRequest{Argv: []string{"/bin/sh", "-c", unpackScript(dir, rootfs != "")}, OpID: opid.From(ctx)},
 		agentclient.ExecIO{Stdin: pr, Stdout: &out, Stderr: &out})
 	if err != nil {
 		return err

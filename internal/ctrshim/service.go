@@ -265,20 +265,25 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, toGRPC(err)
 	}
 
+	streamed := c.rootfs
 	if c.ownsVM() {
-		vm, err := s.daemon.createVM(ctx, pl.vm)
-		if err != nil {
-			return nil, toGRPC(fmt.Errorf("creating the VM of container %s: %w", r.ID, err))
+		if err := s.bootVM(ctx, c, pl); err != nil {
+			return nil, toGRPC(err)
 		}
-		c.vmID, c.pid = vm.ID, uint32(vm.PID)
-		lg.WithField("vm", vm.Name).WithField("vm_id", vm.ID).WithField("elapsed", time.Since(start).String()).Info("vm ready")
+		if pl.rootDisk {
+			streamed = "" // the rootfs is the VM's disk; only the bind files remain
+		}
 	}
 
 	t := time.Now()
-	if err := s.daemon.putContainer(ctx, c.vmID, c.dir, c.rootfs, pl.binds); err != nil {
-		return nil, toGRPC(fmt.Errorf("copying the rootfs of container %s into its VM: %w", r.ID, err))
+	if streamed != "" || len(pl.binds) > 0 {
+		if err := s.daemon.putContainer(ctx, c.vmID, c.dir, streamed, pl.binds); err != nil {
+			return nil, toGRPC(fmt.Errorf("copying the rootfs of container %s into its VM: %w", r.ID, err))
+		}
 	}
-	lg.WithField("elapsed", time.Since(t).String()).Info("rootfs copied")
+	if streamed != "" {
+		lg.WithField("elapsed", time.Since(t).String()).Info("rootfs copied")
+	}
 	// The guest has its own copy now; the snapshot is not needed mounted.
 	unmountRootfs(ctx, c)
 	if err := s.daemon.run(ctx, c.vmID, []string{"/bin/sh", "-c", pl.setupScript()}); err != nil {
@@ -294,6 +299,31 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	})
 	lg.WithField("elapsed", time.Since(start).String()).Info("created")
 	return &taskAPI.CreateTaskResponse{Pid: c.pid}, nil
+}
+
+// bootVM creates c's own VM. Its rootfs goes in as an ext4 disk (rootdisk.go) unless the
+// tree is over bangerd's workspace limit; then pl.rootDisk stays false and it is streamed.
+func (s *Service) bootVM(ctx context.Context, c *container, pl *plan) error {
+	lg := log.G(ctx).WithField("op_id", opid.From(ctx)).WithField("id", c.id)
+	start := time.Now()
+	disk, err := s.daemon.uploadRootDisk(ctx, c.rootfs, c.dir+"/rootfs")
+	if err != nil {
+		return fmt.Errorf("container %s: %w", c.id, err)
+	}
+	if disk != nil {
+		defer disk.close() // the create has claimed the image, or failed
+		pl.vm.Workspace, pl.rootDisk = &disk.params, true
+		lg.WithField("elapsed", time.Since(start).String()).Info("rootfs image uploaded")
+		// The image is bangerd's now; the snapshot is not needed mounted.
+		unmountRootfs(ctx, c)
+	}
+	vm, err := s.daemon.createVM(ctx, pl.vm)
+	if err != nil {
+		return fmt.Errorf("creating the VM of container %s: %w", c.id, err)
+	}
+	c.vmID, c.pid = vm.ID, uint32(vm.PID)
+	lg.WithField("vm", vm.Name).WithField("vm_id", vm.ID).WithField("elapsed", time.Since(start).String()).Info("vm ready")
+	return nil
 }
 
 // imageFor picks the VM image: the spec's banger.dev/image annotation, the shim's

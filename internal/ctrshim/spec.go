@@ -17,17 +17,24 @@ import (
 	"banger/internal/errdefs"
 )
 
-// guestContainers is where containers live inside a VM: /root/ctr/<container id>/ on the
-// VM's work disk (/root, root.ext4), so a container's writes land on that VM's own disk and
-// vanish with it. A pod's containers each have their own directory in the pod's VM.
-const guestContainers = "/root/ctr"
+// Where containers live inside a VM. A container with its own VM has its rootfs as an ext4
+// disk the guest mounts at /ctr/<id>/rootfs at boot (bangerd mounts no disk under /root,
+// the work disk). A pod's later containers are streamed into /root/ctr/<id>/ on the VM's
+// work disk (root.ext4). Either way a container's writes land on its VM's own disks and
+// vanish with it.
+const (
+	ownVMContainers = "/ctr"
+	podContainers   = "/root/ctr"
+)
 
 // containerDir is container id's directory in its VM: rootfs/ (its root) and binds/ (the
-// host files bind-mounted into it, copied at create).
-func containerDir(id string) string { return guestContainers + "/" + id }
-
-// containerRoot is container id's root directory in its VM.
-func containerRoot(id string) string { return containerDir(id) + "/rootfs" }
+// host files bind-mounted into it, copied at create). inPod: it joins a sandbox's VM.
+func containerDir(id string, inPod bool) string {
+	if inPod {
+		return podContainers + "/" + id
+	}
+	return ownVMContainers + "/" + id
+}
 
 // validID is what a container id must look like: it names a guest directory and is put into
 // guest shell commands. containerd's own identifier rule is the same set, 76 characters.
@@ -66,6 +73,7 @@ type plan struct {
 	hostname string
 	mounts   []guestMount
 	binds    []string // host files copied to dir/binds/N, bind-mounted by mounts
+	rootDisk bool     // the root is an ext4 disk the guest mounted (nosuid, nodev) at boot
 	proc     agentclient.ExecRequest
 }
 
@@ -146,13 +154,13 @@ func planFor(id string, s *specs.Spec) (*plan, error) {
 	if s.Root == nil || s.Root.Path == "" {
 		return nil, errdefs.InvalidArgument("root.path", "", "the OCI spec has no root filesystem")
 	}
-	p := &plan{dir: containerDir(id)}
+	p := &plan{dir: containerDir(id, podSandbox(s) != "")}
 	p.proc = agentclient.ExecRequest{
 		Argv: s.Process.Args,
 		Env:  s.Process.Env,
 		Cwd:  s.Process.Cwd,
 		TTY:  s.Process.Terminal,
-		Root: containerRoot(id),
+		Root: p.dir + "/rootfs",
 		UID:  s.Process.User.UID,
 		GID:  s.Process.User.GID,
 	}
@@ -321,6 +329,11 @@ func (p *plan) setupScript() string {
 	var b strings.Builder
 	root := p.dir + "/rootfs"
 	b.WriteString("set -e\n")
+	if p.rootDisk {
+		// The guest mounts workspace disks nosuid,nodev; an image's setuid programs and
+		// device nodes must work as they would under runc.
+		fmt.Fprintf(&b, "mount -o remount,suid,dev %s\n", root)
+	}
 	fmt.Fprintf(&b, "inroot() { case \"$(realpath \"$1\")\" in %s/*) ;; *) echo \"mount point $1 resolves outside the container's root\" >&2; exit 1;; esac; }\n", root)
 	for _, m := range p.mounts {
 		dst := root + m.target

@@ -40,7 +40,7 @@ func TestPlanMapsProcessResourcesAndMounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := containerRoot("web")
+	root := containerDir("web", false) + "/rootfs"
 	if p.vm.VCPU != 2 || p.vm.Memory != "768M" {
 		t.Fatalf("1.5 CPUs and 768 MiB should give 2 vCPUs and 768M, got %d and %q", p.vm.VCPU, p.vm.Memory)
 	}
@@ -162,10 +162,10 @@ func TestPlanMapsACRIPodContainer(t *testing.T) {
 	if len(p.binds) != 1 || p.binds[0] != hosts {
 		t.Fatalf("binds = %v, want the hosts file", p.binds)
 	}
-	root := containerRoot("app1")
+	root := containerDir("app1", true) + "/rootfs"
 	script := p.setupScript()
 	for _, want := range []string{
-		"mount --bind " + containerDir("app1") + "/binds/0 " + root + "/etc/hosts\n",
+		"mount --bind " + containerDir("app1", true) + "/binds/0 " + root + "/etc/hosts\n",
 		"mount -o remount,bind,ro " + root + "/etc/hosts\n",
 		"mount -t tmpfs -o nosuid,nodev,noexec shm " + root + "/dev/shm\n",
 		"inroot " + root + "/etc/hosts\n",
