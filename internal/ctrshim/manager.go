@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // RuntimeName is the runtime containerd is configured with; containerd derives the binary
@@ -71,12 +72,8 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	group := id
-	if spec, err := readSpec("."); err == nil {
-		if sb := spec.Annotations[annoSandboxID]; sb != "" {
-			group = sb
-		}
-	}
+	spec, _ := readSpec(".") // no readable spec: a shim of its own
+	group := shimGroup(id, spec)
 	self, err := os.Executable()
 	if err != nil {
 		return "", err
@@ -139,6 +136,17 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 		return "", fmt.Errorf("adjusting the shim's OOM score: %w", err)
 	}
 	return address, nil
+}
+
+// shimGroup is the id the shim serving container id is known by: its CRI pod's sandbox id
+// (the sandbox's own id for the sandbox), else the container's own.
+func shimGroup(id string, spec *specs.Spec) string {
+	if spec != nil {
+		if sb := spec.Annotations[annoSandboxID]; sb != "" && validID.MatchString(sb) {
+			return sb
+		}
+	}
+	return id
 }
 
 // Stop is containerd's cleanup of a container whose shim is gone (crashed, killed) or

@@ -185,3 +185,22 @@ func TestPlanMapsACRIPodContainer(t *testing.T) {
 		t.Fatalf("a bind-mounted file over the cap: %v", err)
 	}
 }
+
+// A pod's containers are served by the sandbox's shim: one socket address for the pod.
+func TestShimGroupIsThePodsSandbox(t *testing.T) {
+	sb := &specs.Spec{Annotations: map[string]string{annoContainerType: typeSandbox, annoSandboxID: "pod1"}}
+	app := &specs.Spec{Annotations: map[string]string{annoContainerType: typeContainer, annoSandboxID: "pod1"}}
+	if shimGroup("pod1", sb) != "pod1" || shimGroup("app1", app) != "pod1" {
+		t.Fatalf("groups: sandbox %q, app %q; want pod1 for both", shimGroup("pod1", sb), shimGroup("app1", app))
+	}
+	if socketAddress("/run/c.sock", "k8s.io", shimGroup("app1", app)) != socketAddress("/run/c.sock", "k8s.io", shimGroup("pod1", sb)) {
+		t.Fatal("a pod's containers get different shim sockets")
+	}
+	if shimGroup("solo", baseSpec()) != "solo" || shimGroup("solo", nil) != "solo" {
+		t.Fatal("a container outside a pod has a shim of its own")
+	}
+	bad := &specs.Spec{Annotations: map[string]string{annoSandboxID: "../x"}}
+	if shimGroup("solo", bad) != "solo" {
+		t.Fatal("a sandbox id that is no container id names the shim")
+	}
+}
