@@ -88,3 +88,15 @@ type Linker interface {
 type SharedPreparer interface {
 	PrepareShared(ctx context.Context, spec Spec, info RestoreInfo, memPath string) error
 }
+
+// AgentDetacher makes the guest let go of its end of the agent channel. A guest snapshotted
+// while it holds an agent session resumes inside that session, and the session a new host
+// opens then collides with it (yamux: duplicate stream). Detached first, the guest waits for
+// a fresh session in every copy of the snapshot. Drivers whose restore resets the channel
+// itself (Firecracker's vsock) do not implement it.
+type AgentDetacher interface {
+	// DetachAgent calls hangUp, which closes the host's end of the agent channel, and
+	// returns once the guest has closed its end (its agent session has ended), or with an
+	// error when that cannot be observed within ctx.
+	DetachAgent(ctx context.Context, hangUp func()) error
+}

@@ -1,0 +1,64 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"banger/internal/model"
+	"banger/internal/oplog"
+	"banger/internal/vmm"
+)
+
+// detachAgent makes a running guest drop its agent session before it is paused. A guest
+// paused inside a session resumes inside it — a VM restored from a snapshot, or one paused
+// long enough for the host's keepalive to give up — and the host's next session collides
+// with the old one ("yamux: duplicate stream declared"), its requests never answered.
+// Detached, the guest's agent waits for a fresh session, and the first request after the
+// resume or restore is answered at once. A session with streams in use (a running exec, a
+// copy) is left alone: ending it would end them; the identity retry (restore.go) covers
+// restores of such snapshots. Failures are logged, never fatal: the pause goes on. The
+// caller holds rt.mu and pauses next; resumeLocked (or a failed pause) ends the detach.
+func (d *Daemon) detachAgent(ctx context.Context, rt *vmRuntime, vm *model.VM) {
+	m := rt.getMachine()
+	det, ok := m.(vmm.AgentDetacher)
+	if !ok {
+		return
+	}
+	log := oplog.G(ctx).With("vm", vm.Name)
+	if n := rt.beginDetach(); n > 0 {
+		log.Info("agent session kept across the pause: streams are in use", "streams", n)
+		return
+	}
+	began := time.Now()
+	if err := det.DetachAgent(ctx, rt.hangUp); err != nil {
+		log.Warn("detaching the guest agent before the pause failed; a restore may wait for its old session", "error", err.Error())
+		return
+	}
+	oplog.Stage(ctx, "agent_detached", "vm", vm.Name, "ms", time.Since(began).Milliseconds())
+}
+
+// beginDetach stops new agent sessions and streams, unless streams are open (their count is
+// returned, and nothing changes).
+func (rt *vmRuntime) beginDetach() int {
+	rt.machMu.Lock()
+	defer rt.machMu.Unlock()
+	if rt.sess != nil && !rt.sess.IsClosed() {
+		if n := rt.sess.NumStreams(); n > 0 {
+			return n
+		}
+	}
+	rt.detached = true
+	return 0
+}
+
+// hangUp closes the host's session and its channel connection (the guest reads EOF).
+func (rt *vmRuntime) hangUp() {
+	rt.resetSession()
+}
+
+// endDetach lets agent sessions be dialed again.
+func (rt *vmRuntime) endDetach() {
+	rt.machMu.Lock()
+	defer rt.machMu.Unlock()
+	rt.detached = false
+}
