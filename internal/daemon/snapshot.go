@@ -40,6 +40,12 @@ func (d *Daemon) snapshotsDir() string { return filepath.Join(d.cfg.StateDir, "s
 // snapshotVM is snapshot.create: the VM is paused, its state saved and its writable disks
 // copied, and then it runs on (or stays paused with leave_paused, or if it was paused).
 func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, prog progress) (*model.Snapshot, error) {
+	return d.snapshotFor(ctx, p, "", prog)
+}
+
+// snapshotFor is snapshotVM for a user (pool "") or for the warm pool named pool, whose
+// snapshot it then is (pool.go).
+func (d *Daemon) snapshotFor(ctx context.Context, p api.SnapshotCreateParams, pool string, prog progress) (*model.Snapshot, error) {
 	if p.VM == "" {
 		return nil, errdefs.InvalidArgument("vm", "", "is required")
 	}
@@ -78,7 +84,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 	sn := &model.Snapshot{ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name,
 		ImageID: vm.ImageID, ImageName: vm.ImageName, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
 		SystemOverlayBytes: vm.SystemOverlayBytes, WorkDiskBytes: vm.WorkDiskBytes, NAT: vm.NAT,
-		GuestIP: vm.GuestIP, MAC: vm.MAC, VMM: vm.VMM, CreatedAt: time.Now().UTC()}
+		GuestIP: vm.GuestIP, MAC: vm.MAC, VMM: vm.VMM, Pool: pool, CreatedAt: time.Now().UTC()}
 	log := oplog.G(ctx).With("vm", vm.Name, "snapshot", name)
 	began := time.Now()
 
