@@ -271,7 +271,7 @@ func (d *Daemon) buildPoolSnapshot(ctx context.Context, p *warmPool, im *model.I
 			oplog.G(ctx).Warn("deleting a pool's builder vm failed; the pool removes it on its next pass", "vm", vm.Name, "error", err.Error())
 		}
 	}()
-	sn, err := d.snapshotFor(ctx, api.SnapshotCreateParams{VM: vm.ID, Name: poolName(p.cfg.Name), LeavePaused: true}, p.cfg.Name, progress{})
+	sn, err := d.snapshotFor(ctx, api.SnapshotCreateParams{VM: vm.ID, Name: poolName(p.cfg.Name), LeavePaused: true}, snapshotOwner{pool: p.cfg.Name}, progress{})
 	if err != nil {
 		return nil, fmt.Errorf("snapshotting the pool's builder vm: %w", err)
 	}

@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -53,18 +55,38 @@ func (x *env) snapshotGroundTruth() error {
 func (x *env) socketDir() string { return filepath.Dir(x.socket) }
 
 // crashAt starts the CLI with args, SIGKILLs bangerd once stage is logged, restarts it and
-// returns the CLI's output.
+// returns the CLI's output. A CLI that ends before the stage fails the test at once.
 func (x *env) crashAt(t *testing.T, stage string, args ...string) string {
 	t.Helper()
 	offset := fileSize(x.daemonLog.Name())
-	cli, out := x.startCLI(args...)
-	if !x.waitStage(offset, stage, 3*time.Minute) {
-		waitCLI(cli, 30*time.Second)
-		t.Fatalf("banger %s: stage %s never logged:\n%s\n%s", strings.Join(args, " "), stage, out.String(),
-			tail(readFileFrom(x.daemonLog.Name(), offset), 20))
+	var out bytes.Buffer
+	cli := exec.Command(filepath.Join(x.bin, "banger"), append([]string{"--socket", x.socket}, args...)...)
+	cli.Stdout, cli.Stderr = &out, &out
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cli.Wait(); close(exited) }()
+	needle := `"stage":"` + stage + `"`
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(readFileFrom(x.daemonLog.Name(), offset), needle) {
+		select {
+		case <-exited:
+			t.Fatalf("banger %s ended before stage %s:\n%s\n%s", strings.Join(args, " "), stage, out.String(),
+				tail(readFileFrom(x.daemonLog.Name(), offset), 20))
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("banger %s: stage %s never logged", strings.Join(args, " "), stage)
+		}
 	}
 	x.stopDaemon(syscall.SIGKILL)
-	waitCLI(cli, 30*time.Second)
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		cli.Process.Kill()
+		<-exited
+	}
 	if err := x.startDaemon(); err != nil {
 		t.Fatal(err)
 	}

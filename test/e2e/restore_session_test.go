@@ -12,8 +12,9 @@ import (
 // until a 5 s attempt ran out. Before the fix most restores here needed that retry.
 func TestRestoreNeedsNoIdentityRetry(t *testing.T) {
 	x := need(t)
+	// Snapshotted right after its boot, as a pool's builder is: the host's ready ping is
+	// the last thing its agent session saw.
 	x.createVM(t, "rs-src")
-	x.mustCLI(t, "vm", "exec", "rs-src", "--", "true")
 	offset := fileSize(x.daemonLog.Name())
 	x.mustCLI(t, "snapshot", "create", "-q", "rs-src", "--name", "rs-snap")
 	t.Cleanup(func() { x.cli(nil, "snapshot", "rm", "--force", "rs-snap") })
@@ -21,6 +22,12 @@ func TestRestoreNeedsNoIdentityRetry(t *testing.T) {
 		x.createVM(t, name, "--from-snapshot", "rs-snap")
 		if got := x.mustCLI(t, "vm", "exec", name, "--", "hostname"); got != name+"\n" {
 			t.Fatalf("restored %s says it is %q", name, got)
+		}
+	}
+	for _, name := range []string{"rs-r1", "rs-r2", "rs-r3"} {
+		// The agent logs to the console what its yamux session refused.
+		if logs := x.mustCLI(t, "vm", "logs", name); strings.Contains(logs, "duplicate stream") {
+			t.Errorf("restored %s's agent met its old session:\n%s", name, grepLines(logs, "yamux"))
 		}
 	}
 	if n := x.identityRetries(offset); n != 0 {
