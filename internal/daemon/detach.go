@@ -37,17 +37,31 @@ func (d *Daemon) detachAgent(ctx context.Context, rt *vmRuntime, vm *model.VM) {
 	oplog.Stage(ctx, "agent_detached", "vm", vm.Name, "ms", time.Since(began).Milliseconds())
 }
 
-// beginDetach stops new agent sessions and streams, unless streams are open (their count is
-// returned, and nothing changes).
+// streamDrain bounds the wait for streams that are closing: a stream whose request just
+// ended stays in the session until the guest's close reaches the host, a round trip later.
+const streamDrain = 500 * time.Millisecond
+
+// beginDetach stops new agent sessions and streams, unless streams are still open after
+// streamDrain (their count is returned, and nothing changes).
 func (rt *vmRuntime) beginDetach() int {
 	rt.machMu.Lock()
 	defer rt.machMu.Unlock()
-	if rt.sess != nil && !rt.sess.IsClosed() {
-		if n := rt.sess.NumStreams(); n > 0 {
+	// New streams are refused from here (session checks detached) while old ones drain.
+	rt.detached = true
+	deadline := time.Now().Add(streamDrain)
+	for rt.sess != nil && !rt.sess.IsClosed() {
+		n := rt.sess.NumStreams()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			rt.detached = false
 			return n
 		}
+		rt.machMu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+		rt.machMu.Lock()
 	}
-	rt.detached = true
 	return 0
 }
 

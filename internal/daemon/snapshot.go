@@ -284,6 +284,14 @@ func (d *Daemon) resumeAfterSnapshot(ctx context.Context, rt *vmRuntime, vm *mod
 	}
 	log := oplog.G(ctx).With("vm", vm.Name)
 	if vm.State == model.VMPaused {
+		// The VMM may still be saving the state for the daemon that died: once done, it
+		// would stop the guest again behind the resume.
+		if a, ok := rt.getMachine().(vmm.SnapshotAborter); ok {
+			if err := a.AbortSnapshot(ctx); err != nil {
+				log.Warn("reconcile: aborting an interrupted snapshot failed; the vm stays paused", "error", err.Error())
+				return
+			}
+		}
 		if err := d.resumeLocked(ctx, rt, vm); err != nil {
 			log.Warn("reconcile: resuming a vm an interrupted snapshot paused failed", "error", err.Error())
 			return

@@ -100,3 +100,11 @@ type AgentDetacher interface {
 	// error when that cannot be observed within ctx.
 	DetachAgent(ctx context.Context, hangUp func()) error
 }
+
+// SnapshotAborter ends a snapshot a previous daemon began and did not finish: the VMM may
+// still be writing the state (QEMU keeps migrating to a descriptor it holds after the
+// daemon died) and would stop the guest once done, whatever the daemon did meanwhile. A
+// daemon calls it before resuming a guest an interrupted snapshot paused.
+type SnapshotAborter interface {
+	AbortSnapshot(ctx context.Context) error
+}

@@ -65,3 +65,51 @@ func (m *Machine) DetachAgent(ctx context.Context, hangUp func()) error {
 		}
 	}
 }
+
+var _ vmm.SnapshotAborter = (*Machine)(nil)
+
+// AbortSnapshot cancels a migration still running (a snapshot whose daemon died) and waits
+// until QEMU has given it up. A migration that completed left the guest in "postmigrate",
+// from which a cont resumes it; one still running would otherwise complete after the
+// caller's resume and stop the guest again.
+func (m *Machine) AbortSnapshot(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, detachTimeout)
+		defer cancel()
+	}
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	q, err := dialQMP(ctx, m.qmpPath)
+	if err != nil {
+		return fmt.Errorf("aborting the snapshot of VM %s: %w", m.spec.ID, err)
+	}
+	defer q.close()
+	canceled := false
+	for {
+		var st struct {
+			Status string `json:"status"`
+		}
+		if err := q.call("query-migrate", nil, &st); err != nil {
+			return fmt.Errorf("aborting the snapshot of VM %s: %w", m.spec.ID, err)
+		}
+		switch st.Status {
+		case "", "none", "completed", "failed", "cancelled":
+			if canceled {
+				m.log.Info("an interrupted snapshot's migration was cancelled", "vm", m.spec.ID, "status", st.Status)
+			}
+			return nil
+		}
+		if !canceled {
+			if err := q.call("migrate_cancel", nil, nil); err != nil {
+				return fmt.Errorf("aborting the snapshot of VM %s: %w", m.spec.ID, err)
+			}
+			canceled = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("aborting the snapshot of VM %s: migration still %s: %w", m.spec.ID, st.Status, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
