@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 	"banger/internal/vmm"
 )
@@ -140,7 +141,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		"-chardev", "socket,id=agent,path="+spec.ChannelPath+",server=on,wait=off",
 		// The port's id makes QEMU report the guest opening and closing it (VSERPORT_CHANGE),
 		// which DetachAgent waits for.
-		"-device", "virtserialport,chardev=agent,id="+agentPortID+",name="+vmm.AgentSerialName,
+		"-device", "virtserialport,chardev=agent,id="+agentPortID+",name="+agentproto.AgentSerialName,
 		"-qmp", "unix:"+p.QMPPath+",server=on,wait=off",
 	)
 	return args
