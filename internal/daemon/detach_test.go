@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,5 +101,33 @@ func TestPauseKeepsABusyAgentSession(t *testing.T) {
 	defer m.callsMu.Unlock()
 	if slices.Contains(m.calls, "detach") {
 		t.Fatalf("calls %v: a session with an open stream was detached", m.calls)
+	}
+}
+
+// A paused VM whose agent was detached still stops through its agent: the stop's resume
+// lets a session be dialed again (without it the shutdown was refused and the stop fell
+// back to the VMM, e2e TestPauseResumeKeepsProcessState).
+func TestStopOfADetachedPausedVMUsesTheAgent(t *testing.T) {
+	td, _, _ := startFakeDaemon(t)
+	res, err := td.createRunning("ps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMPause, api.VMRef{VM: "ps"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	m := td.d.runtime(res.VM.ID).getMachine().(*fakeMachine)
+	var r api.VMResult
+	if err := rpc.Call(ctx, td.cfg.Socket, api.MethodVMStop, api.VMStopParams{VM: "ps", TimeoutSeconds: 5}, &r); err != nil {
+		t.Fatal(err)
+	}
+	td.log.mu.Lock()
+	logs := td.log.buf.String()
+	td.log.mu.Unlock()
+	if !strings.Contains(logs, `"how":"guest shutdown"`) {
+		m.callsMu.Lock()
+		defer m.callsMu.Unlock()
+		t.Fatalf("the stop did not go through the agent (calls %v):\n%s", m.calls, logs)
 	}
 }
