@@ -372,14 +372,15 @@ func expectOneRow(res sql.Result, what, id string) error {
 }
 
 // ClaimPoolVM hands the ready VM id of pool to a create: its pool mark is cleared and it
-// gets name and autoRemove, as a compare-and-set on the pool mark and the paused state, so
-// two creates never get one VM. A VM no longer ready in pool is ErrConflict; a taken name
+// gets name and autoRemove and is marked creating (the create clears it once the VM runs;
+// a crash before that undoes it), as a compare-and-set on the pool mark and the paused
+// state, so two creates never get one VM. A VM no longer ready in pool is ErrConflict; a taken name
 // ErrAlreadyExists.
 func (s *Store) ClaimPoolVM(ctx context.Context, id, pool, name string, autoRemove bool) error {
 	if pool == "" {
 		return errdefs.InvalidArgument("pool", pool, "must not be empty")
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE vms SET pool = '', name = ?, auto_remove = ?, updated_at = ?
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET pool = '', name = ?, auto_remove = ?, creating = 1, updated_at = ?
 WHERE id = ? AND pool = ? AND state = ? AND creating = 0`,
 		name, boolInt(autoRemove), formatTime(time.Now()), id, pool, string(model.VMPaused))
 	if err != nil {
