@@ -64,7 +64,7 @@ func Launch(cmd *exec.Cmd, logPath string, logMax int64, dir string) (*Process, 
 	}
 	p := &Process{
 		pid:     cmd.Process.Pid,
-		cmdline: append([]string(nil), cmd.Args...),
+		cmdline: vmmArgv(cmd),
 		done:    make(chan struct{}),
 		pidfd:   -1,
 		cmd:     cmd,

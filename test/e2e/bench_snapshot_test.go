@@ -97,10 +97,12 @@ func BenchmarkForkTen(b *testing.B) {
 			var r vmRecord
 			json.Unmarshal([]byte(x.mustCLIB(b, "vm", "show", "--json", names[0])), &r)
 			cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", r.PID))
-			sm := bigMappings(r.PID)
-			b.Logf("fork cmdline: %s\nsmaps_rollup:\n%s", strings.ReplaceAll(string(cl), "\x00", " "), sm)
+			roll, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", r.PID))
+			b.Logf("iteration %d: ten forks ready in %d ms", i, el.Milliseconds())
+			b.Logf("fork cmdline: %s\nsmaps_rollup:\n%s\nmappings over 1 MiB PSS:\n%s",
+				strings.ReplaceAll(string(cl), "\x00", " "), roll, bigMappings(r.PID))
 			for _, l := range strings.Split(readFile(x.daemonLog.Name()), "\n") {
-				if strings.Contains(l, "shared") {
+				if strings.Contains(l, "vm.fork") && strings.Contains(l, "stage") {
 					b.Log(l)
 				}
 			}
