@@ -67,6 +67,12 @@ func BenchmarkFloorBoot(b *testing.B) {
 func (x *env) floorCommand(b *testing.B) (string, []string) {
 	b.Helper()
 	_, vmlinux := testkernel.Get(b)
+	return x.floorCommandFor(b, vmlinux)
+}
+
+// floorCommandFor is floorCommand booting the kernel vmlinux.
+func (x *env) floorCommandFor(b *testing.B, vmlinux string) (string, []string) {
+	b.Helper()
 	floorOnce.Do(func() {
 		dir := filepath.Join(x.dir, "floor")
 		if floorErr = os.MkdirAll(dir, 0o755); floorErr != nil {
@@ -188,11 +194,17 @@ func reportRatio(b *testing.B, x *env, name string, samples, floors []time.Durat
 	if floor <= 0 || m <= 0 {
 		return
 	}
-	ratio := float64(m) / float64(floor)
 	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
-	b.ReportMetric(ratio, "x-floor")
-	b.Logf("ratio bench=%s baseline=FloorBoot value=%.3f median_ms=%.1f floor_ms=%.1f n=%d",
-		name, ratio, float64(m.Microseconds())/1000, float64(floor.Microseconds())/1000, len(samples))
+	logRatio(b, name, "FloorBoot", "x-floor", m, floor, len(samples))
+}
+
+// logRatio reports m/floor as metric unit and logs the ratio line scripts read.
+func logRatio(b *testing.B, name, baseline, unit string, m, floor time.Duration, n int) {
+	b.Helper()
+	ratio := float64(m) / float64(floor)
+	b.ReportMetric(ratio, unit)
+	b.Logf("ratio bench=%s baseline=%s value=%.3f median_ms=%.1f floor_ms=%.1f n=%d",
+		name, baseline, ratio, float64(m.Microseconds())/1000, float64(floor.Microseconds())/1000, n)
 }
 
 // BenchmarkCreateToReady is `banger vm create` until the guest agent answers.
@@ -329,11 +341,17 @@ func BenchmarkExecTrue(b *testing.B) {
 	x.warmImage(b)
 	x.mustCLIB(b, "vm", "create", "-q", "--name", "bench-exec")
 	defer x.cli(nil, "vm", "rm", "-f", "bench-exec")
+	execBench(b, x, "ExecTrue", "bench-exec")
+}
+
+// execBench times `banger vm exec VM -- true` b.N times and reports the median.
+func execBench(b *testing.B, x *env, name, vm string) {
+	b.Helper()
 	var samples []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		if _, errOut, code := x.cli(nil, "vm", "exec", "bench-exec", "--", "true"); code != 0 {
+		if _, errOut, code := x.cli(nil, "vm", "exec", vm, "--", "true"); code != 0 {
 			b.Fatalf("exec: %d %s", code, errOut)
 		}
 		samples = append(samples, time.Since(start))
@@ -341,7 +359,7 @@ func BenchmarkExecTrue(b *testing.B) {
 	b.StopTimer()
 	m := median(samples)
 	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
-	b.Logf("exec bench=ExecTrue median_ms=%.1f n=%d", float64(m.Microseconds())/1000, len(samples))
+	b.Logf("exec bench=%s median_ms=%.1f n=%d", name, float64(m.Microseconds())/1000, len(samples))
 }
 
 // BenchmarkCopyIn64MiB copies a 64 MiB file into a running VM's work disk.
