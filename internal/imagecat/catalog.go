@@ -303,6 +303,12 @@ func validateEntry(e *Entry, baseURL *url.URL) error {
 		if len(s.Packages) > 0 && s.Builder != BuilderDebian {
 			return errdefs.InvalidArgument("source.packages", strings.Join(s.Packages, ","), "only the debian builder takes packages")
 		}
+		if err := imagebuild.ValidKernel("source.kernel", s.Kernel); err != nil {
+			return err
+		}
+		if s.Kernel != "" && s.Builder != BuilderTiny {
+			return errdefs.InvalidArgument("source.kernel", s.Kernel, "only the tiny builder takes a kernel")
+		}
 		return debian.ValidatePackages("source.packages", s.Packages)
 	case s.URL != "":
 		u, err := url.Parse(s.URL)

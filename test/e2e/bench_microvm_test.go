@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,29 +20,24 @@ import (
 //
 //	-bench 'FloorBoot|CreateToReady|VMRunTrue'
 
-var (
-	microFloorMu      sync.Mutex
-	microFloorSamples []time.Duration
-)
-
+// BenchmarkFloorBootMicrovm is BenchmarkFloorBoot with the microvm kernel; a Debian floor
+// boot after each iteration (untimed) gives its ratio to the Debian floor.
 func BenchmarkFloorBootMicrovm(b *testing.B) {
 	x := needB(b)
 	bin, args := x.microvmFloorCommand(b)
+	dbin, dargs := x.floorCommand(b)
+	var samples, dfloors []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		el := floorBoot(b, bin, args)
-		microFloorMu.Lock()
-		microFloorSamples = append(microFloorSamples, el)
-		microFloorMu.Unlock()
+		samples = append(samples, floorBoot(b, bin, args))
+		b.StopTimer()
+		dfloors = append(dfloors, floorBoot(b, dbin, dargs))
+		b.StartTimer()
 	}
 	b.StopTimer()
-	microFloorMu.Lock()
-	m := median(microFloorSamples)
-	microFloorMu.Unlock()
+	m := median(samples)
 	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
-	if deb := floorMedianIfAny(); deb > 0 {
-		logRatio(b, "FloorBootMicrovm", "FloorBoot", "x-debian-floor", m, deb, len(microFloorSamples))
-	}
+	logRatio(b, "FloorBootMicrovm", "FloorBoot", "x-debian-floor", m, median(dfloors), len(samples))
 }
 
 // microvmFloorCommand is the floor's QEMU command with the microvm kernel (compiled into
@@ -52,13 +46,6 @@ func BenchmarkFloorBootMicrovm(b *testing.B) {
 func (x *env) microvmFloorCommand(b *testing.B) (string, []string) {
 	b.Helper()
 	return x.floorCommandFor(b, testkernel.Microvm(b).Vmlinux)
-}
-
-// floorMedianIfAny is the median of this process's Debian floor boots, 0 if none ran.
-func floorMedianIfAny() time.Duration {
-	floorMu.Lock()
-	defer floorMu.Unlock()
-	return median(floorSamples)
 }
 
 // microvmBench times one command per iteration on the tiny-microvm image and reports it
