@@ -60,7 +60,7 @@ const microvmRevision = 1
 // or serve without under QEMU (microvm and q35) and Firecracker. The build checks them in
 // the final .config, whatever the fragment says.
 var RequiredMicrovmOptions = []string{
-	"64BIT", "SMP", "PVH", "PRINTK", "BLK_DEV_INITRD", "BINFMT_ELF", "BINFMT_SCRIPT", "FUTEX", "EPOLL",
+	"64BIT", "SMP", "PVH", "ACPI", "PRINTK", "BLK_DEV_INITRD", "BINFMT_ELF", "BINFMT_SCRIPT", "FUTEX", "EPOLL",
 	"PROC_FS", "SYSFS", "DEVTMPFS", "TMPFS", "EXT4_FS", "OVERLAY_FS",
 	"TTY", "UNIX98_PTYS", "SERIAL_8250", "SERIAL_8250_CONSOLE",
 	"VIRTIO_MMIO", "VIRTIO_MMIO_CMDLINE_DEVICES", "PCI", "VIRTIO_PCI",
@@ -142,6 +142,7 @@ func BuildMicrovmKernel(ctx context.Context, opts MicrovmOptions) (MicrovmKernel
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return MicrovmKernel{}, fmt.Errorf("creating kernel cache dir: %w", err)
 	}
+	sweepStaleBuilds(base, log)
 	tmp, err := os.MkdirTemp(base, ".build-")
 	if err != nil {
 		return MicrovmKernel{}, fmt.Errorf("creating kernel build dir: %w", err)
@@ -207,6 +208,24 @@ func BuildMicrovmKernel(ctx context.Context, opts MicrovmOptions) (MicrovmKernel
 		"duration_ms", time.Since(start).Milliseconds(), "jobs", jobs)
 	progress("done", 0)
 	return k, nil
+}
+
+// staleBuild is how old a build directory must be before another build removes it: a
+// build killed with its process leaves ~1.5 GB behind, and no compile runs this long.
+const staleBuild = 12 * time.Hour
+
+// sweepStaleBuilds removes build directories that crashed builds left in base.
+func sweepStaleBuilds(base string, log *slog.Logger) {
+	dirs, _ := filepath.Glob(filepath.Join(base, ".build-*"))
+	for _, d := range dirs {
+		fi, err := os.Lstat(d)
+		if err != nil || !fi.IsDir() || time.Since(fi.ModTime()) < staleBuild {
+			continue
+		}
+		if err := os.RemoveAll(d); err != nil {
+			log.Warn("removing a stale kernel build directory", "dir", d, "err", err)
+		}
+	}
 }
 
 // MicrovmKey is the cache key of a microVM kernel: what decides the bytes of the result.

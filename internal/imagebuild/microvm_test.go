@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"banger/internal/testkit"
 )
@@ -39,7 +40,7 @@ func goodConfig() []byte {
 			b.WriteString(opt + "=" + v + "\n")
 		}
 	}
-	b.WriteString("CONFIG_CRC32=y\nCONFIG_LOCALVERSION=\"\"\n")
+	b.WriteString("CONFIG_CRC32=y\nCONFIG_CMDLINE=\"\"\n")
 	return b.Bytes()
 }
 
@@ -180,5 +181,30 @@ func TestBuildMicrovmKernel(t *testing.T) {
 	}
 	if again != k || !slices.Equal(steps, []string{"done"}) {
 		t.Errorf("second build: %+v steps %v, want the cached %+v with no step", again, steps, k)
+	}
+}
+
+// A build killed with its process leaves its directory; the next build removes it once it
+// is old enough that no running build can own it, and leaves young ones alone.
+func TestSweepStaleBuilds(t *testing.T) {
+	base := t.TempDir()
+	old, young := filepath.Join(base, ".build-1"), filepath.Join(base, ".build-2")
+	for _, d := range []string{old, young, filepath.Join(base, "0123456789abcdef")} {
+		if err := os.MkdirAll(filepath.Join(d, "linux-source-6.1"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * staleBuild)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	sweepStaleBuilds(base, slog.New(slog.DiscardHandler))
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("stale build dir kept: %v", err)
+	}
+	for _, d := range []string{young, filepath.Join(base, "0123456789abcdef")} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
+		}
 	}
 }
