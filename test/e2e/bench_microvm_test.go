@@ -37,6 +37,7 @@ func BenchmarkFloorBootMicrovm(b *testing.B) {
 	b.StopTimer()
 	m := median(samples)
 	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
+	b.ReportMetric(float64(floorInitMedian(args).Milliseconds()), "ms-init-uptime")
 	logRatio(b, "FloorBootMicrovm", "FloorBoot", "x-debian-floor", m, median(dfloors), len(samples))
 }
 

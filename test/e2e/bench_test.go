@@ -56,10 +56,7 @@ func BenchmarkFloorBoot(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(floorMedian(b, x).Microseconds())/1000, "ms-median")
-	floorMu.Lock()
-	up := median(floorInitUptime)
-	floorMu.Unlock()
-	b.ReportMetric(float64(up.Milliseconds()), "ms-init-uptime")
+	b.ReportMetric(float64(floorInitMedian(args).Milliseconds()), "ms-init-uptime")
 }
 
 // floorCommand builds the floor's PID 1 and initramfs once and returns the QEMU command
@@ -121,12 +118,32 @@ func floorBoot(b *testing.B, bin string, args []string) time.Duration {
 	}
 	if m := floorUptime.FindStringSubmatch(out.String()); m != nil {
 		if ms, err := strconv.Atoi(m[1]); err == nil {
+			k := kernelArg(args)
 			floorMu.Lock()
-			floorInitUptime = append(floorInitUptime, time.Duration(ms)*time.Millisecond)
+			floorInitUptime[k] = append(floorInitUptime[k], time.Duration(ms)*time.Millisecond)
 			floorMu.Unlock()
 		}
 	}
 	return el
+}
+
+// kernelArg is the -kernel argument of a QEMU command line: the floor's init uptimes are
+// kept per kernel.
+func kernelArg(args []string) string {
+	for i, a := range args {
+		if a == "-kernel" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// floorInitMedian is the median uptime at which the floor's PID 1 started with the kernel
+// of the QEMU command args.
+func floorInitMedian(args []string) time.Duration {
+	floorMu.Lock()
+	defer floorMu.Unlock()
+	return median(floorInitUptime[kernelArg(args)])
 }
 
 // floorLine is what test/e2e/floorinit prints (it is a main package, so not importable),
@@ -135,9 +152,9 @@ const floorLine = "floorinit: reached"
 
 var (
 	floorUptime = regexp.MustCompile(`floorinit: reached uptime_ms=([0-9]+)`)
-	// floorInitUptime is the floor guests' uptime when PID 1 started: compare with the
-	// "init" stage of a banger VM's boot timeline.
-	floorInitUptime []time.Duration
+	// floorInitUptime is the floor guests' uptime when PID 1 started, per kernel: compare
+	// with the "init" stage of a banger VM's boot timeline.
+	floorInitUptime = map[string][]time.Duration{}
 )
 
 // floorMedian is the median floor boot of this process, measuring three when none ran yet.
