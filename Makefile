@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./internal/rpc/... ./internal/disktmpl/... ./internal/store/... ./internal/daemon/... ./internal/guest/... \
+RACE_PKGS := ./internal/rpc/... ./internal/disktmpl/... ./internal/store/... ./internal/daemon/... ./internal/guest/... ./internal/agentclient/... ./internal/agentproto/... \
              ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/... \
              ./internal/helper/... ./internal/hostnet/... ./internal/client/... ./internal/ctrshim/...
 

@@ -3,15 +3,15 @@ package main
 import (
 	"github.com/spf13/cobra"
 
+	"banger/internal/agentclient"
 	"banger/internal/ctl"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 )
 
 func newVMCpCmd() *cobra.Command {
 	var maxSize string
-	var opts guest.CopyOptions
+	var opts agentclient.CopyOptions
 	cmd := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy files or directories between the host and a VM (NAME:/path on one side)",
@@ -37,7 +37,7 @@ their mode, and the copy is capped at --max-size. A copy fails when no data move
 			return ctl.Copy(cmd.Context(), globals, args[0], args[1], opts)
 		},
 	}
-	cmd.Flags().StringVar(&maxSize, "max-size", model.FormatSize(guest.DefaultCopyMaxBytes), "largest archive accepted from the VM")
-	cmd.Flags().DurationVar(&opts.IdleTimeout, "idle-timeout", guest.DefaultCopyIdleTimeout, "give up when no data moved for this long")
+	cmd.Flags().StringVar(&maxSize, "max-size", model.FormatSize(agentclient.DefaultCopyMaxBytes), "largest archive accepted from the VM")
+	cmd.Flags().DurationVar(&opts.IdleTimeout, "idle-timeout", agentclient.DefaultCopyIdleTimeout, "give up when no data moved for this long")
 	return cmd
 }

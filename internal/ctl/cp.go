@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"strings"
 
+	"banger/internal/agentclient"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/opid"
 )
 
@@ -21,8 +21,8 @@ func splitRemote(s string) (vm, path string) {
 }
 
 // Copy copies files between the host and a VM: exactly one of src and dst is NAME:/path.
-// opts bound the copy (see guest.CopyOptions); copying out treats the guest as hostile.
-func Copy(ctx context.Context, g *Globals, src, dst string, opts guest.CopyOptions) error {
+// opts bound the copy (see agentclient.CopyOptions); copying out treats the guest as hostile.
+func Copy(ctx context.Context, g *Globals, src, dst string, opts agentclient.CopyOptions) error {
 	ctx, id := opid.Ensure(ctx)
 	svm, spath := splitRemote(src)
 	dvm, dpath := splitRemote(dst)
@@ -39,9 +39,9 @@ func Copy(ctx context.Context, g *Globals, src, dst string, opts guest.CopyOptio
 	}
 	defer stream.Close()
 	if dvm != "" {
-		err = guest.Put(ctx, stream, id, spath, dpath, opts)
+		err = agentclient.Put(ctx, stream, id, spath, dpath, opts)
 	} else {
-		err = guest.Get(ctx, stream, id, spath, dpath, opts)
+		err = agentclient.Get(ctx, stream, id, spath, dpath, opts)
 	}
 	if err != nil {
 		return fmt.Errorf("copying %s to %s: %w (%s)", src, dst, err, id)

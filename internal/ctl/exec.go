@@ -11,9 +11,10 @@ import (
 
 	"golang.org/x/term"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/api"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/opid"
 )
 
@@ -40,7 +41,7 @@ func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
 	if len(argv) == 0 {
 		argv = []string{"/bin/sh", "-l"}
 	}
-	req := guest.ExecRequest{Argv: argv, Env: o.Env, Cwd: o.Cwd, TTY: tty, OpID: id}
+	req := agentclient.ExecRequest{Argv: argv, Env: o.Env, Cwd: o.Cwd, TTY: tty, OpID: id}
 
 	stream, err := g.client().VMAgent(ctx, o.VM)
 	if err != nil {
@@ -50,7 +51,7 @@ func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
 
 	sigs := make(chan syscall.Signal, 4)
 	resize := make(chan [2]uint16, 4)
-	stdio := guest.ExecIO{Stdin: g.Stdin, Stdout: g.Stdout, Stderr: g.Stderr, Signals: sigs, Resize: resize}
+	stdio := agentclient.ExecIO{Stdin: g.Stdin, Stdout: g.Stdout, Stderr: g.Stderr, Signals: sigs, Resize: resize}
 
 	if tty && isTerm {
 		fd := int(stdinFile.Fd())
@@ -103,12 +104,12 @@ func Exec(ctx context.Context, g *Globals, o ExecOptions) error {
 			}
 		}()
 	}
-	code, err := guest.Exec(ctx, stream, req, stdio)
+	code, err := agentclient.Exec(ctx, stream, req, stdio)
 	if err != nil && ctx.Err() != nil {
 		return &ExitError{Code: 130}
 	}
 	if err != nil {
-		if errors.Is(err, guest.ErrCommandNotFound) {
+		if errors.Is(err, agentproto.ErrCommandNotFound) {
 			fmt.Fprintf(g.Stderr, "banger: %v\n", err)
 			return &ExitError{Code: 127}
 		}

@@ -9,10 +9,10 @@ import (
 	"strings"
 	"sync"
 
+	"banger/internal/agentproto"
 	"banger/internal/api"
 	"banger/internal/client"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/workspace"
 )
@@ -26,7 +26,7 @@ type WorkspaceOptions struct {
 // parseWorkspaceSpec splits DIR[:GUESTPATH]: the guest path is what follows the last ":/"
 // (a directory name may hold ':' but then no guest path can follow it unambiguously).
 func parseWorkspaceSpec(spec string) (dir, guestPath string, err error) {
-	dir, guestPath = spec, guest.DefaultWorkspacePath
+	dir, guestPath = spec, agentproto.DefaultWorkspacePath
 	if i := strings.LastIndex(spec, ":/"); i > 0 {
 		dir, guestPath = spec[:i], spec[i+1:]
 	}
@@ -66,7 +66,7 @@ func wsPathOf(spec string) string {
 	}
 	_, p, err := parseWorkspaceSpec(spec)
 	if err != nil {
-		return guest.DefaultWorkspacePath
+		return agentproto.DefaultWorkspacePath
 	}
 	return p
 }

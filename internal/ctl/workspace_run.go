@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/opid"
 	"banger/internal/workspace"
 )
@@ -22,15 +23,15 @@ func agentStream(ctx context.Context, g *Globals, vm string) (io.ReadWriteCloser
 	return g.client().VMAgent(ctx, vm)
 }
 
-// listWorkspace lists the workspace tree in the guest (since: guest.Request.Since) and
+// listWorkspace lists the workspace tree in the guest (since: agentproto.Request.Since) and
 // returns the guest's clock at the start.
-func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]guest.ListEntry, int64, error) {
+func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]agentproto.ListEntry, int64, error) {
 	ctx, id := opid.Ensure(ctx)
 	st, err := agentStream(ctx, g, vm)
 	if err != nil {
 		return nil, 0, err
 	}
-	return guest.List(ctx, st, id, guestPath, since)
+	return agentclient.List(ctx, st, id, guestPath, since)
 }
 
 // guestClock reads the guest's wall clock (a list that can match nothing) for --diff's
@@ -54,7 +55,7 @@ func getFromGuest(ctx context.Context, g *Globals, vm, guestPath, dir string) er
 	if err != nil {
 		return err
 	}
-	if err := guest.Get(ctx, st, id, guestPath, dir, guest.CopyOptions{}); err != nil {
+	if err := agentclient.Get(ctx, st, id, guestPath, dir, agentclient.CopyOptions{}); err != nil {
 		return fmt.Errorf("copying %s out of vm %s: %w (%s)", guestPath, vm, err, id)
 	}
 	return nil

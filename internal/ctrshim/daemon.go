@@ -16,11 +16,11 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"banger/internal/agentclient"
 	"banger/internal/api"
 	"banger/internal/client"
 	"banger/internal/config"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
 )
@@ -67,7 +67,7 @@ func (d *daemonClient) putRootfs(ctx context.Context, vm, rootfs string) error {
 	if err != nil {
 		return err
 	}
-	return guest.Put(ctx, st, opid.From(ctx), rootfs, GuestRoot, guest.CopyOptions{})
+	return agentclient.Put(ctx, st, opid.From(ctx), rootfs, GuestRoot, agentclient.CopyOptions{})
 }
 
 // maxSetupOutput bounds what a setup command may print into an error message.
@@ -81,7 +81,7 @@ func (d *daemonClient) run(ctx context.Context, vm string, argv []string) error 
 		return err
 	}
 	var out capped
-	code, err := guest.Exec(ctx, st, guest.ExecRequest{Argv: argv, OpID: opid.From(ctx)}, guest.ExecIO{Stdout: &out, Stderr: &out})
+	code, err := agentclient.Exec(ctx, st, agentclient.ExecRequest{Argv: argv, OpID: opid.From(ctx)}, agentclient.ExecIO{Stdout: &out, Stderr: &out})
 	if err != nil {
 		return err
 	}

@@ -26,8 +26,9 @@ import (
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/opid"
 )
 
@@ -61,7 +62,7 @@ type container struct {
 // process is the init process or one exec: a guest command run through the agent.
 type process struct {
 	id       string // exec id; "" for init
-	req      guest.ExecRequest
+	req      agentclient.ExecRequest
 	stdinP   string
 	stdoutP  string
 	stderrP  string
@@ -284,7 +285,7 @@ func imageFor(s *specs.Spec) string {
 	return os.Getenv("BANGER_SHIM_IMAGE")
 }
 
-func newProcess(execID string, req guest.ExecRequest, in, out, errp string, terminal bool) *process {
+func newProcess(execID string, req agentclient.ExecRequest, in, out, errp string, terminal bool) *process {
 	return &process{
 		id: execID, req: req, stdinP: in, stdoutP: out, stderrP: errp, terminal: terminal,
 		signals: make(chan syscall.Signal, 8), resize: make(chan [2]uint16, 4),
@@ -370,7 +371,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		stdin = p.io.stdin
 	}
 	out, errw := p.io.writers()
-	eio := guest.ExecIO{Stdin: stdin, Stdout: out, Stderr: errw, Signals: p.signals, Resize: p.resize,
+	eio := agentclient.ExecIO{Stdin: stdin, Stdout: out, Stderr: errw, Signals: p.signals, Resize: p.resize,
 		Started: func() {
 			// Before any output, so before exited can record the end.
 			p.mu.Lock()
@@ -385,7 +386,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			close(started)
 		}}
 	go func() {
-		code, err := guest.Exec(pctx, stream, req, eio)
+		code, err := agentclient.Exec(pctx, stream, req, eio)
 		select {
 		case <-started:
 		default:
@@ -406,7 +407,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, toGRPC(fmt.Errorf("starting %v in container %s: %w", p.req.Argv, r.ID, ctx.Err()))
 	case err := <-failed:
 		notStarted()
-		if errors.Is(err, guest.ErrCommandNotFound) {
+		if errors.Is(err, agentproto.ErrCommandNotFound) {
 			err = fmt.Errorf("%w: %w", cerrdefs.ErrNotFound, err)
 		}
 		return nil, toGRPC(fmt.Errorf("starting %v in container %s: %w", p.req.Argv, r.ID, err))
@@ -509,7 +510,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if len(ps.Args) == 0 {
 		return nil, toGRPC(errdefs.InvalidArgument("process.args", nil, "an exec needs a command"))
 	}
-	req := guest.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: GuestRoot,
+	req := agentclient.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: GuestRoot,
 		UID: ps.User.UID, GID: ps.User.GID, Groups: ps.User.AdditionalGids}
 	if ps.ConsoleSize != nil {
 		req.Rows, req.Cols = uint16(ps.ConsoleSize.Height), uint16(ps.ConsoleSize.Width)

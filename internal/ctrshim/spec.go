@@ -12,9 +12,9 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"banger/internal/agentclient"
 	"banger/internal/api"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 )
 
 // GuestRoot is where a container's rootfs lives inside its VM: a directory on the VM's work
@@ -31,7 +31,7 @@ type plan struct {
 	vm       api.VMCreateParams
 	hostname string
 	mounts   []guestMount
-	proc     guest.ExecRequest
+	proc     agentclient.ExecRequest
 }
 
 // guestMount is one filesystem mounted inside GuestRoot before the process starts.
@@ -107,7 +107,7 @@ func planFor(s *specs.Spec) (*plan, error) {
 		return nil, errdefs.InvalidArgument("root.path", "", "the OCI spec has no root filesystem")
 	}
 	p := &plan{}
-	p.proc = guest.ExecRequest{
+	p.proc = agentclient.ExecRequest{
 		Argv: s.Process.Args,
 		Env:  s.Process.Env,
 		Cwd:  s.Process.Cwd,

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/agentproto"
 	"banger/internal/api"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -374,8 +374,8 @@ func TestAgentOfAnotherProtocolIsRefusedAtOnce(t *testing.T) {
 	})
 	var er *rpc.ErrorResponse
 	if !errors.As(err, &er) || er.Code != rpc.CodeConflict || !strings.Contains(er.Message, "protocol 0") ||
-		!strings.Contains(er.Message, fmt.Sprintf("speaks %d", guest.ProtocolVersion)) {
-		t.Fatalf("create with an old agent: %v, want a conflict naming protocol 0 and %d", err, guest.ProtocolVersion)
+		!strings.Contains(er.Message, fmt.Sprintf("speaks %d", agentproto.ProtocolVersion)) {
+		t.Fatalf("create with an old agent: %v, want a conflict naming protocol 0 and %d", err, agentproto.ProtocolVersion)
 	}
 	if _, err := showVM(td, "old"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("vm of the failed create still there: %v", err)

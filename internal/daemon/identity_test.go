@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"banger/internal/agentproto"
 	"banger/internal/guest"
 )
 
@@ -66,9 +67,9 @@ func TestIdentityIsRetriedOnASilentSession(t *testing.T) {
 	defer rt.resetSession()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	id := guest.Identity{Name: "r1", MachineID: strings.Repeat("a", 32), Seed: strings.Repeat("b", 64), UnixNanos: time.Now().UnixNano()}
+	id := agentproto.Identity{Name: "r1", MachineID: strings.Repeat("a", 32), Seed: strings.Repeat("b", 64), UnixNanos: time.Now().UnixNano()}
 	err := (&Daemon{}).sendIdentity(ctx, rt, m, "op-identitytest1", id)
-	if _, remote := errors.AsType[*guest.RemoteError](err); !remote || !strings.Contains(err.Error(), "does not change its identity") {
+	if _, remote := errors.AsType[*agentproto.RemoteError](err); !remote || !strings.Contains(err.Error(), "does not change its identity") {
 		t.Fatalf("sendIdentity = %v, want the real agent's refusal after a retry", err)
 	}
 	m.mu.Lock()

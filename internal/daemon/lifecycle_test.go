@@ -20,6 +20,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/errdefs"
@@ -343,8 +345,8 @@ func TestLifecycleWithFakeVMM(t *testing.T) {
 	}
 	spec := drv.started[0]
 	if spec.Net == nil || spec.Net.Tap != vm.Tap || spec.Net.MAC != vm.MAC ||
-		!strings.Contains(spec.BootArgs, guest.ParamIP+"="+vm.GuestIP+"/24") ||
-		!strings.Contains(spec.BootArgs, guest.ParamName+"=life") || len(spec.Drives) != 3 || !spec.Drives[0].ReadOnly {
+		!strings.Contains(spec.BootArgs, agentproto.ParamIP+"="+vm.GuestIP+"/24") ||
+		!strings.Contains(spec.BootArgs, agentproto.ParamName+"=life") || len(spec.Drives) != 3 || !spec.Drives[0].ReadOnly {
 		t.Fatalf("spec given to the VMM: %+v", spec)
 	}
 
@@ -358,8 +360,8 @@ func TestLifecycleWithFakeVMM(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	code, err := guest.Exec(ctx, stream, guest.ExecRequest{Argv: []string{"sh", "-c", "cat; exit 7"}, OpID: "op-lifecycle01"},
-		guest.ExecIO{Stdin: strings.NewReader("through the daemon\n"), Stdout: &out})
+	code, err := agentclient.Exec(ctx, stream, agentclient.ExecRequest{Argv: []string{"sh", "-c", "cat; exit 7"}, OpID: "op-lifecycle01"},
+		agentclient.ExecIO{Stdin: strings.NewReader("through the daemon\n"), Stdout: &out})
 	c.Close()
 	if err != nil || code != 7 || out.String() != "through the daemon\n" {
 		t.Fatalf("exec via vm.agent: code %d err %v out %q", code, err, out.String())

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/agentclient"
 	"banger/internal/api"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/rpc"
 	"banger/internal/store"
@@ -58,7 +58,7 @@ func execVia(t *testing.T, td *testDaemon, name string) error {
 	if err != nil {
 		return err
 	}
-	code, err := guest.Exec(ctx, stream, guest.ExecRequest{Argv: []string{"true"}}, guest.ExecIO{})
+	code, err := agentclient.Exec(ctx, stream, agentclient.ExecRequest{Argv: []string{"true"}}, agentclient.ExecIO{})
 	if err == nil && code != 0 {
 		err = fmt.Errorf("exit %d", code)
 	}

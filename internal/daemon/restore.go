@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/oplog"
@@ -55,7 +56,7 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 	var mid, seed [32]byte
 	rand.Read(mid[:16])
 	rand.Read(seed[:])
-	id := guest.Identity{Name: vm.Name, MachineID: hex.EncodeToString(mid[:16]), Seed: hex.EncodeToString(seed[:]),
+	id := agentproto.Identity{Name: vm.Name, MachineID: hex.EncodeToString(mid[:16]), Seed: hex.EncodeToString(seed[:]),
 		UnixNanos: time.Now().UnixNano()}
 	if d.cfg.Network.Enabled {
 		id.Addr = fmt.Sprintf("%s/%d", vm.GuestIP, d.prefix.Bits())
@@ -83,15 +84,15 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 // bounded, and a broken or silent attempt is retried on a fresh session (applying an
 // identity twice gives the same guest); an answer from the agent, success or refusal, is
 // final.
-func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine, opID string, id guest.Identity) error {
+func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine, opID string, id agentproto.Identity) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, identityAttempt)
 		st, err := rt.openStream(actx)
 		if err == nil {
-			err = guest.SetIdentity(actx, st, opID, id)
+			err = agentclient.SetIdentity(actx, st, opID, id)
 		}
 		cancel()
-		if _, remote := errors.AsType[*guest.RemoteError](err); err == nil || remote {
+		if _, remote := errors.AsType[*agentproto.RemoteError](err); err == nil || remote {
 			return err
 		}
 		rt.resetSession()

@@ -10,8 +10,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"banger/internal/agentclient"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/vmm"
 )
 
@@ -81,7 +81,7 @@ func (rt *vmRuntime) session(ctx context.Context) (*yamux.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing guest agent channel: %w", err)
 	}
-	sess, err := guest.NewClientSession(conn)
+	sess, err := agentclient.NewClientSession(conn)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("starting agent session: %w", err)
@@ -120,14 +120,14 @@ func (rt *vmRuntime) resetSession() {
 // waitReady pings the agent until it answers, the VMM exits, or ctx ends. A single ping is
 // left pending rather than retried: over virtio-serial the request waits in the channel
 // until the guest opens its port, so the answer comes the moment the agent serves.
-func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (guest.PingInfo, error) {
+func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (agentclient.PingInfo, error) {
 	m := rt.getMachine()
 	if m == nil {
-		return guest.PingInfo{}, errdefs.New(errdefs.ErrConflict, "vm is not running")
+		return agentclient.PingInfo{}, errdefs.New(errdefs.ErrConflict, "vm is not running")
 	}
 	for {
 		type res struct {
-			info guest.PingInfo
+			info agentclient.PingInfo
 			err  error
 		}
 		attemptCtx, cancel := context.WithCancel(ctx)
@@ -139,7 +139,7 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (gue
 				return
 			}
 			defer st.Close()
-			info, err := guest.Ping(attemptCtx, st, opID)
+			info, err := agentclient.Ping(attemptCtx, st, opID)
 			ch <- res{info, err}
 		}()
 		select {
@@ -148,27 +148,27 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (gue
 			if r.err == nil {
 				return r.info, nil
 			}
-			if _, ok := errors.AsType[*guest.ProtocolMismatchError](r.err); ok {
-				return guest.PingInfo{}, r.err
+			if _, ok := errors.AsType[*agentclient.ProtocolMismatchError](r.err); ok {
+				return agentclient.PingInfo{}, r.err
 			}
 			if ctx.Err() != nil {
-				return guest.PingInfo{}, ctx.Err()
+				return agentclient.PingInfo{}, ctx.Err()
 			}
 			// The session broke (e.g. the VMM was not listening yet): start over shortly.
 			rt.resetSession()
 			select {
 			case <-time.After(200 * time.Millisecond):
 			case <-m.Done():
-				return guest.PingInfo{}, errVMMExited
+				return agentclient.PingInfo{}, errVMMExited
 			case <-ctx.Done():
-				return guest.PingInfo{}, ctx.Err()
+				return agentclient.PingInfo{}, ctx.Err()
 			}
 		case <-m.Done():
 			cancel()
-			return guest.PingInfo{}, errVMMExited
+			return agentclient.PingInfo{}, errVMMExited
 		case <-ctx.Done():
 			cancel()
-			return guest.PingInfo{}, ctx.Err()
+			return agentclient.PingInfo{}, ctx.Err()
 		}
 	}
 }

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"banger/internal/agentproto"
 	"banger/internal/api"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/oplog"
 )
@@ -65,7 +65,7 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 		if !workspaceTokenRe.MatchString(p.Workspace.Token) {
 			return nil, errdefs.InvalidArgument("workspace.token", p.Workspace.Token, "must be a token from workspace.upload (32 hex digits)")
 		}
-		plan.wsToken, plan.wsPath = p.Workspace.Token, orDefault(p.Workspace.Path, guest.DefaultWorkspacePath)
+		plan.wsToken, plan.wsPath = p.Workspace.Token, orDefault(p.Workspace.Path, agentproto.DefaultWorkspacePath)
 		if err := model.ValidateWorkspacePath("workspace.path", plan.wsPath); err != nil {
 			return nil, err
 		}

@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
+	"banger/internal/agentclient"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/oplog"
@@ -21,129 +18,6 @@ import (
 // bootTimeout bounds boot-to-ready. Software-emulated guests on a busy two-core host take
 // tens of seconds; a KVM guest takes well under one.
 const bootTimeout = 3 * time.Minute
-
-// autoOrder is the built-in VMMs in the order "auto" tries them: firecracker when it can
-// run, else qemu. doctor reports them in the same order.
-var autoOrder = []string{"firecracker", "qemu"}
-
-// pickDriver resolves the configured VMM.
-func (d *Daemon) pickDriver(ctx context.Context) (vmm.Driver, vmm.Info, error) {
-	order := []string{d.cfg.VMM}
-	if d.cfg.VMM == "auto" {
-		order = autoOrder
-	}
-	var reasons []string
-	for _, name := range order {
-		drv, err := d.driver(name)
-		if err != nil {
-			return nil, vmm.Info{}, err
-		}
-		info := drv.Probe(ctx)
-		if info.Available {
-			return drv, info, nil
-		}
-		r := fmt.Sprintf("%s: %s", name, info.Detail)
-		if info.Fix != "" {
-			r += " (fix: " + info.Fix + ")"
-		}
-		reasons = append(reasons, r)
-	}
-	return nil, vmm.Info{}, errdefs.WithHint(
-		errdefs.New(errdefs.ErrUnavailable, "%v: %s", errNoDriver, strings.Join(reasons, "; ")),
-		"run `banger doctor` to see what is missing")
-}
-
-// spec builds the driver's view of vm.
-func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
-	kernel, ok := im.FileByRole(model.RoleKernel)
-	if !ok {
-		return vmm.Spec{}, fmt.Errorf("image %s has no kernel", im.Name)
-	}
-	rootfs, ok := im.FileByRole(model.RoleRootfs)
-	if !ok {
-		return vmm.Spec{}, fmt.Errorf("image %s has no rootfs", im.Name)
-	}
-	s := vmm.Spec{
-		ID: vm.ID, Name: vm.Name, Dir: vm.Dir,
-		Kernel: filepath.Join(im.Dir, kernel.Name),
-		Drives: []vmm.Drive{
-			{ID: "rootfs", Path: filepath.Join(im.Dir, rootfs.Name), ReadOnly: true, Root: true},
-			{ID: "system", Path: filepath.Join(vm.Dir, systemDiskName)},
-			{ID: "work", Path: filepath.Join(vm.Dir, workDiskName)},
-		},
-		VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
-		LogPath:     filepath.Join(vm.Dir, consoleLogName),
-		LogMax:      d.cfg.ConsoleLogMaxBytes,
-		MetricsPath: filepath.Join(vm.Dir, metricsName),
-		CID:         vm.CID,
-		ChannelPath: filepath.Join(vm.Dir, channelName),
-	}
-	if initrd, ok := im.FileByRole(model.RoleInitrd); ok {
-		s.Initrd = filepath.Join(im.Dir, initrd.Name)
-	}
-	args := []string{im.KernelArgs,
-		guest.ParamName + "=" + vm.Name,
-		guest.ParamRoot + "=/dev/vda", guest.ParamSystem + "=/dev/vdb", guest.ParamWork + "=/dev/vdc"}
-	if vm.Workspace != "" {
-		// The fourth drive: drivers attach drives in order, so it is /dev/vdd.
-		s.Drives = append(s.Drives, vmm.Drive{ID: "workspace", Path: filepath.Join(vm.Dir, workspaceDiskName)})
-		args = append(args, guest.ParamWorkspace+"=/dev/vdd", guest.ParamWorkspacePath+"="+vm.Workspace)
-	}
-	if d.cfg.Network.Enabled {
-		s.Net = &vmm.NetIface{Tap: vm.Tap, MAC: vm.MAC}
-		args = append(args,
-			fmt.Sprintf("%s=%s/%d", guest.ParamIP, vm.GuestIP, d.prefix.Bits()),
-			guest.ParamGateway+"="+d.prefix.Addr().String(),
-			guest.ParamDNS+"="+d.prefix.Addr().String())
-	}
-	s.BootArgs = strings.TrimSpace(strings.Join(args, " "))
-	return s, nil
-}
-
-// setupNetwork creates the VM's tap and NAT through the root helper.
-func (d *Daemon) setupNetwork(ctx context.Context, vm *model.VM) error {
-	if d.helper == nil {
-		return nil
-	}
-	if err := d.helper.CreateTap(ctx, vm.Tap); err != nil {
-		return fmt.Errorf("creating tap %s: %w", vm.Tap, err)
-	}
-	if vm.NAT {
-		ip, _ := netip.ParseAddr(vm.GuestIP)
-		if err := d.helper.EnableNAT(ctx, ip); err != nil {
-			return fmt.Errorf("enabling NAT for %s: %w", vm.GuestIP, err)
-		}
-	}
-	return nil
-}
-
-// teardownNetwork removes what setupNetwork made. Both helper calls are idempotent; their
-// failures are returned (joined), since a NAT rule left behind would follow the guest IP
-// to its next owner: callers keep the row (and so the IP) until this succeeds.
-func (d *Daemon) teardownNetwork(ctx context.Context, vm *model.VM) error {
-	if d.helper == nil {
-		return nil
-	}
-	var errs []error
-	if vm.NAT {
-		ip, _ := netip.ParseAddr(vm.GuestIP)
-		if err := d.helper.DisableNAT(ctx, ip); err != nil {
-			errs = append(errs, fmt.Errorf("disabling NAT for %s: %w", vm.GuestIP, err))
-		}
-	}
-	if err := d.helper.DeleteTap(ctx, vm.Tap); err != nil {
-		errs = append(errs, fmt.Errorf("deleting tap %s: %w", vm.Tap, err))
-	}
-	if err := errors.Join(errs...); err != nil {
-		d.netPending.Store(true)
-		oplog.G(ctx).Warn("network teardown failed; reconcile retries", "vm", vm.Name, "error", err.Error())
-		return fmt.Errorf("%s: %w", netTeardownNote, err)
-	}
-	return nil
-}
-
-// netTeardownNote starts every error about network objects left behind.
-const netTeardownNote = "network teardown failed"
 
 // startLocked boots vm and waits for its agent. The caller holds rt.mu. Every step is
 // recorded before it is taken: the state moves to starting before the tap exists, and the
@@ -250,7 +124,7 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 		// An agent of another protocol version is a conflict (rebuild the image), not a
 		// guest that might still come up.
 		kind := errdefs.ErrUnavailable
-		if _, ok := errors.AsType[*guest.ProtocolMismatchError](err); ok {
+		if _, ok := errors.AsType[*agentclient.ProtocolMismatchError](err); ok {
 			kind = errdefs.ErrConflict
 		}
 		return errdefs.WithHint(d.explainStartFailure(vm, errdefs.New(kind, "%s", msg)),
@@ -357,25 +231,4 @@ func (d *Daemon) startRecorded(ctx context.Context, rt *vmRuntime, vm *model.VM)
 		}
 	}
 	return err
-}
-
-// lockVM resolves ref, takes that VM's lifecycle lock and re-reads its record under the
-// lock, since an operation that held it may have changed the VM. The caller unlocks rt.mu.
-func (d *Daemon) lockVM(ctx context.Context, ref string) (*model.VM, *vmRuntime, error) {
-	vm, err := d.store.ResolveVM(ctx, ref)
-	if err != nil {
-		return nil, nil, err
-	}
-	id := vm.ID
-	rt := d.runtime(id)
-	rt.mu.Lock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		rt.mu.Unlock()
-		if errors.Is(err, errdefs.ErrNotFound) {
-			// Deleted while we waited (vm run --rm's VM, removed by the daemon itself).
-			d.dropRuntime(id)
-		}
-		return nil, nil, err
-	}
-	return vm, rt, nil
 }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"banger/internal/agentclient"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/opid"
 	"banger/internal/oplog"
@@ -85,7 +85,7 @@ func (d *Daemon) haltMachine(ctx context.Context, rt *vmRuntime, m vmm.Machine, 
 	deadline, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	if st, err := rt.openStream(deadline); err == nil {
-		err = guest.Shutdown(deadline, st, opid.From(ctx))
+		err = agentclient.Shutdown(deadline, st, opid.From(ctx))
 		st.Close()
 		if err != nil {
 			log.Warn("guest agent shutdown failed", "error", err.Error())

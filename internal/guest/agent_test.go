@@ -17,12 +17,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
 func TestPing(t *testing.T) {
 	_, s := newTestAgent(t)
-	info, err := Ping(testCtx(t), openStream(t, s), "op-pingtest1")
+	info, err := agentclient.Ping(testCtx(t), openStream(t, s), "op-pingtest1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,9 +42,9 @@ func TestPing(t *testing.T) {
 func TestExecSeparatesStdoutAndStderr(t *testing.T) {
 	_, s := newTestAgent(t)
 	var out, errOut bytes.Buffer
-	code, err := Exec(testCtx(t), openStream(t, s),
-		ExecRequest{Argv: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}, OpID: "op-exectest1"},
-		ExecIO{Stdout: &out, Stderr: &errOut})
+	code, err := agentclient.Exec(testCtx(t), openStream(t, s),
+		agentclient.ExecRequest{Argv: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}, OpID: "op-exectest1"},
+		agentclient.ExecIO{Stdout: &out, Stderr: &errOut})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,9 +57,9 @@ func TestExecEnvAndCwd(t *testing.T) {
 	_, s := newTestAgent(t)
 	dir := t.TempDir()
 	var out bytes.Buffer
-	code, err := Exec(testCtx(t), openStream(t, s),
-		ExecRequest{Argv: []string{"sh", "-c", `echo "$FOO|$HOME|$PATH"; pwd`}, Env: []string{"FOO=bar baz", "HOME=/elsewhere"}, Cwd: dir},
-		ExecIO{Stdout: &out})
+	code, err := agentclient.Exec(testCtx(t), openStream(t, s),
+		agentclient.ExecRequest{Argv: []string{"sh", "-c", `echo "$FOO|$HOME|$PATH"; pwd`}, Env: []string{"FOO=bar baz", "HOME=/elsewhere"}, Cwd: dir},
+		agentclient.ExecIO{Stdout: &out})
 	if err != nil || code != 0 {
 		t.Fatalf("code %d err %v", code, err)
 	}
@@ -66,11 +68,11 @@ func TestExecEnvAndCwd(t *testing.T) {
 		t.Errorf("output %q, want %q", out.String(), want)
 	}
 
-	_, err = Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"true"}, Cwd: filepath.Join(dir, "missing")}, ExecIO{})
+	_, err = agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"true"}, Cwd: filepath.Join(dir, "missing")}, agentclient.ExecIO{})
 	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing cwd: err %v, want a not-found error naming it", err)
 	}
-	_, err = Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"true"}, Env: []string{"NOEQUALS"}}, ExecIO{})
+	_, err = agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"true"}, Env: []string{"NOEQUALS"}}, agentclient.ExecIO{})
 	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "NOEQUALS") {
 		t.Errorf("bad env: err %v, want an invalid-argument error naming it", err)
 	}
@@ -82,8 +84,8 @@ func TestExecStreamsStdinUntilEOF(t *testing.T) {
 	// control is exercised.
 	in := bytes.Repeat([]byte("0123456789abcdef\n"), 200_000)
 	var out bytes.Buffer
-	code, err := Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"cat"}},
-		ExecIO{Stdin: bytes.NewReader(in), Stdout: &out})
+	code, err := agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"cat"}},
+		agentclient.ExecIO{Stdin: bytes.NewReader(in), Stdout: &out})
 	if err != nil || code != 0 {
 		t.Fatalf("code %d err %v", code, err)
 	}
@@ -93,7 +95,7 @@ func TestExecStreamsStdinUntilEOF(t *testing.T) {
 
 	// A nil stdin is an immediate EOF: cat must end at once.
 	out.Reset()
-	code, err = Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"cat"}}, ExecIO{Stdout: &out})
+	code, err = agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"cat"}}, agentclient.ExecIO{Stdout: &out})
 	if err != nil || code != 0 || out.Len() != 0 {
 		t.Errorf("cat with nil stdin: code %d err %v output %q", code, err, out.String())
 	}
@@ -101,18 +103,18 @@ func TestExecStreamsStdinUntilEOF(t *testing.T) {
 
 func TestExecCommandNotFound(t *testing.T) {
 	_, s := newTestAgent(t)
-	_, err := Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"no-such-command-xyz"}}, ExecIO{})
-	if !errors.Is(err, ErrCommandNotFound) || !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("err %v, want ErrCommandNotFound", err)
+	_, err := agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"no-such-command-xyz"}}, agentclient.ExecIO{})
+	if !errors.Is(err, agentproto.ErrCommandNotFound) || !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("err %v, want agentproto.ErrCommandNotFound", err)
 	}
 	if !strings.Contains(err.Error(), "no-such-command-xyz") {
 		t.Errorf("error %q does not name the command", err)
 	}
-	_, err = Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"/no/such/path"}}, ExecIO{})
-	if !errors.Is(err, ErrCommandNotFound) {
-		t.Errorf("absolute path: err %v, want ErrCommandNotFound", err)
+	_, err = agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"/no/such/path"}}, agentclient.ExecIO{})
+	if !errors.Is(err, agentproto.ErrCommandNotFound) {
+		t.Errorf("absolute path: err %v, want agentproto.ErrCommandNotFound", err)
 	}
-	_, err = Exec(testCtx(t), openStream(t, s), ExecRequest{}, ExecIO{})
+	_, err = agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{}, agentclient.ExecIO{})
 	if !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("empty argv: err %v, want invalid argument", err)
 	}
@@ -123,7 +125,7 @@ func TestExecSignal(t *testing.T) {
 	sigs := make(chan syscall.Signal, 1)
 	sigs <- syscall.SIGTERM
 	start := time.Now()
-	code, err := Exec(testCtx(t), openStream(t, s), ExecRequest{Argv: []string{"sleep", "30"}}, ExecIO{Signals: sigs})
+	code, err := agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{Argv: []string{"sleep", "30"}}, agentclient.ExecIO{Signals: sigs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,10 +154,10 @@ func TestExecTTY(t *testing.T) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		code, err := Exec(testCtx(t), openStream(t, s), ExecRequest{
+		code, err := agentclient.Exec(testCtx(t), openStream(t, s), agentclient.ExecRequest{
 			Argv: []string{"sh", "-c", `tty; echo "term=$TERM"; stty size; read x; stty size; echo to-stderr >&2; exit 7`},
 			TTY:  true, Rows: 33, Cols: 101, Term: "vt100",
-		}, ExecIO{Stdin: inR, Stdout: out, Resize: resize})
+		}, agentclient.ExecIO{Stdin: inR, Stdout: out, Resize: resize})
 		res <- result{code, err}
 	}()
 	select {
@@ -195,7 +197,7 @@ func TestExecCancelClosesStream(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	res := make(chan error, 1)
 	go func() {
-		_, err := Exec(ctx, openStream(t, s), ExecRequest{Argv: []string{"sh", "-c", `echo $$ > "$0"; exec sleep 30`, pidFile}}, ExecIO{})
+		_, err := agentclient.Exec(ctx, openStream(t, s), agentclient.ExecRequest{Argv: []string{"sh", "-c", `echo $$ > "$0"; exec sleep 30`, pidFile}}, agentclient.ExecIO{})
 		res <- err
 	}()
 	var pid int
@@ -215,7 +217,7 @@ func TestExecCancelClosesStream(t *testing.T) {
 			t.Errorf("err %v, want context.Canceled", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Exec did not return after cancel")
+		t.Fatal("agentclient.Exec did not return after cancel")
 	}
 	// The agent sees the stream end and hangs the process up.
 	for deadline := time.Now().Add(10 * time.Second); ; {
@@ -233,7 +235,7 @@ func TestPingCancelled(t *testing.T) {
 	// A session whose server never answers: the call must return on ctx, not hang.
 	host, guest := socketPair(t)
 	defer guest.Close()
-	cli, err := NewClientSessionLogger(host, testLogger())
+	cli, err := agentclient.NewClientSessionLogger(host, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +243,7 @@ func TestPingCancelled(t *testing.T) {
 	st := openStream(t, cli)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	_, err = Ping(ctx, st, "")
+	_, err = agentclient.Ping(ctx, st, "")
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err %v, want DeadlineExceeded", err)
 	}
@@ -249,7 +251,7 @@ func TestPingCancelled(t *testing.T) {
 
 func TestShutdown(t *testing.T) {
 	_, s := newTestAgent(t)
-	err := Shutdown(testCtx(t), openStream(t, s), "")
+	err := agentclient.Shutdown(testCtx(t), openStream(t, s), "")
 	if !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("shutdown on an agent that cannot power off: err %v, want ErrUnavailable", err)
 	}
@@ -262,7 +264,7 @@ func TestShutdown(t *testing.T) {
 	})
 	s2 := startAgent(t, a)
 	for range 2 {
-		if err := Shutdown(testCtx(t), openStream(t, s2), "op-shutdown1"); err != nil {
+		if err := agentclient.Shutdown(testCtx(t), openStream(t, s2), "op-shutdown1"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -281,14 +283,14 @@ func TestUnknownRequestType(t *testing.T) {
 	_, s := newTestAgent(t)
 	st := openStream(t, s)
 	defer st.Close()
-	if err := writeJSONLine(st, Request{Type: "reboot-now"}); err != nil {
+	if err := agentproto.WriteJSONLine(st, agentproto.Request{Type: "reboot-now"}); err != nil {
 		t.Fatal(err)
 	}
-	var r Reply
-	if err := readJSONLine(bufio.NewReader(st), &r); err != nil {
+	var r agentproto.Reply
+	if err := agentproto.ReadJSONLine(bufio.NewReader(st), &r); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.err(); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "reboot-now") {
+	if err := r.Err(); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "reboot-now") {
 		t.Errorf("reply %+v, want an invalid-argument error naming the type", r)
 	}
 }

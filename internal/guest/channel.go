@@ -14,8 +14,8 @@ import (
 
 	"github.com/mdlayher/vsock"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/vmm"
 )
 
 // reopenBackoff paces reopening the serial port. With no host attached a virtio port reads
@@ -141,7 +141,7 @@ func (a *Agent) ServeSerial(ctx context.Context, dev string) error {
 // ServeListener gives each accepted connection its own yamux server session, until ctx
 // ends or the listener fails. It closes l.
 func (a *Agent) ServeListener(ctx context.Context, l net.Listener) error {
-	defer bindContext(ctx, l)()
+	defer agentproto.BindContext(ctx, l)()
 	defer l.Close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -161,11 +161,11 @@ func (a *Agent) ServeListener(ctx context.Context, l net.Listener) error {
 	}
 }
 
-// ListenVsock listens on AF_VSOCK port vmm.AgentPort, firecracker's agent channel.
+// ListenVsock listens on AF_VSOCK port agentproto.AgentPort, firecracker's agent channel.
 func ListenVsock() (net.Listener, error) {
-	l, err := vsock.Listen(vmm.AgentPort, nil)
+	l, err := vsock.Listen(agentproto.AgentPort, nil)
 	if err != nil {
-		return nil, fmt.Errorf("listening on vsock port %d: %w", vmm.AgentPort, err)
+		return nil, fmt.Errorf("listening on vsock port %d: %w", agentproto.AgentPort, err)
 	}
 	return l, nil
 }
@@ -205,7 +205,7 @@ func (a *Agent) ServeChannels(ctx context.Context, wait time.Duration, ready fun
 			probes <- err
 			return
 		}
-		a.log.Info("serving the agent on vsock", "port", vmm.AgentPort)
+		a.log.Info("serving the agent on vsock", "port", agentproto.AgentPort)
 		probes <- nil
 		if err := a.ServeListener(ctx, l); err != nil && ctx.Err() == nil {
 			a.log.Error("vsock agent channel failed", "err", err)
@@ -214,7 +214,7 @@ func (a *Agent) ServeChannels(ctx context.Context, wait time.Duration, ready fun
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		dev, err := waitSerialPort(ctx, vmm.AgentSerialName, wait)
+		dev, err := waitSerialPort(ctx, agentproto.AgentSerialName, wait)
 		if err != nil {
 			probes <- err
 			return

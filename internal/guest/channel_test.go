@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"banger/internal/agentclient"
 	"bytes"
 	"context"
 	"errors"
@@ -25,7 +26,7 @@ func pingSoon(t *testing.T, newSession func() *yamux.Session) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		st, err := sess.Open()
 		if err == nil {
-			_, err = Ping(ctx, st, "")
+			_, err = agentclient.Ping(ctx, st, "")
 		}
 		cancel()
 		sess.Close()
@@ -67,11 +68,11 @@ func TestServeReopeningAfterHostReconnects(t *testing.T) {
 	}
 	for range 3 {
 		c := accept()
-		sess, err := NewClientSessionLogger(c, testLogger())
+		sess, err := agentclient.NewClientSessionLogger(c, testLogger())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Ping(testCtx(t), openStream(t, sess), ""); err != nil {
+		if _, err := agentclient.Ping(testCtx(t), openStream(t, sess), ""); err != nil {
 			t.Fatal(err)
 		}
 		sess.Close()
@@ -88,11 +89,11 @@ func TestServeReopeningAfterHostReconnects(t *testing.T) {
 	}
 	c.Close()
 	c = accept()
-	sess, err := NewClientSessionLogger(c, testLogger())
+	sess, err := agentclient.NewClientSessionLogger(c, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Ping(testCtx(t), openStream(t, sess), ""); err != nil {
+	if _, err := agentclient.Ping(testCtx(t), openStream(t, sess), ""); err != nil {
 		t.Fatalf("after garbage: %v", err)
 	}
 	sess.Close()
@@ -144,7 +145,7 @@ func TestServeReopeningPersistentStream(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := NewClientSessionLogger(c, testLogger())
+		s, err := agentclient.NewClientSessionLogger(c, testLogger())
 		if err != nil {
 			t.Fatal(err)
 		}

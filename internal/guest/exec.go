@@ -18,6 +18,7 @@ import (
 
 	"github.com/creack/pty"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
@@ -41,7 +42,7 @@ const (
 
 // execEnv builds the environment: defaults, then the request's KEY=VAL entries replacing
 // same-named defaults.
-func execEnv(req Request) ([]string, error) {
+func execEnv(req agentproto.Request) ([]string, error) {
 	env := []string{
 		"PATH=" + DefaultPath,
 		"HOME=/root",
@@ -87,7 +88,7 @@ func envValue(env []string, key string) string {
 
 // lookPath resolves name against the process's PATH, not the agent's own.
 func lookPath(name, pathEnv string) (string, error) {
-	notFound := fmt.Errorf("%w: %s", ErrCommandNotFound, name)
+	notFound := fmt.Errorf("%w: %s", agentproto.ErrCommandNotFound, name)
 	executable := func(p string) error {
 		fi, err := os.Stat(p)
 		if err != nil {
@@ -176,7 +177,7 @@ func rootedPaths(root, cwd, argv0, pathEnv string) (string, string, error) {
 			p = filepath.Join(cwd, p)
 		}
 		if !exists(p) {
-			return "", "", fmt.Errorf("%w: %s", ErrCommandNotFound, argv0)
+			return "", "", fmt.Errorf("%w: %s", agentproto.ErrCommandNotFound, argv0)
 		}
 		return cwd, p, nil
 	}
@@ -188,7 +189,7 @@ func rootedPaths(root, cwd, argv0, pathEnv string) (string, string, error) {
 			return cwd, p, nil
 		}
 	}
-	return "", "", fmt.Errorf("%w: %s", ErrCommandNotFound, argv0)
+	return "", "", fmt.Errorf("%w: %s", agentproto.ErrCommandNotFound, argv0)
 }
 
 // process is one running exec: the child plus the descriptors the agent keeps.
@@ -200,7 +201,7 @@ type process struct {
 	outs  []*os.File     // read ends streamed to the client
 }
 
-func (a *Agent) startProcess(req Request) (*process, error) {
+func (a *Agent) startProcess(req agentproto.Request) (*process, error) {
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return nil, errdefs.InvalidArgument("argv", req.Argv, "a command is required")
 	}
@@ -314,7 +315,7 @@ func startError(name string, err error) error {
 		return errdefs.New(errdefs.ErrPermissionDenied, "starting %s: %w", name, err)
 	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s", ErrCommandNotFound, name)
+		return fmt.Errorf("%w: %s", agentproto.ErrCommandNotFound, name)
 	}
 	return fmt.Errorf("starting %s: %w", name, err)
 }
@@ -329,14 +330,14 @@ func signalGroup(pid int, sig syscall.Signal) error {
 	return err
 }
 
-func (a *Agent) handleExec(conn io.ReadWriteCloser, br *bufio.Reader, req Request, log *slog.Logger) error {
+func (a *Agent) handleExec(conn io.ReadWriteCloser, br *bufio.Reader, req agentproto.Request, log *slog.Logger) error {
 	p, err := a.startProcess(req)
 	if err != nil {
-		return reply(conn, Reply{}, err)
+		return reply(conn, agentproto.Reply{}, err)
 	}
 	defer a.procs.forget(p.pid)
 	log = log.With("pid", p.pid)
-	if err := reply(conn, Reply{}, nil); err != nil {
+	if err := reply(conn, agentproto.Reply{}, nil); err != nil {
 		_ = signalGroup(p.pid, syscall.SIGKILL)
 		_ = p.cmd.Wait()
 		p.closeAll()
@@ -344,9 +345,9 @@ func (a *Agent) handleExec(conn io.ReadWriteCloser, br *bufio.Reader, req Reques
 	}
 	log.Info("process started", "argv0", req.Argv[0], "tty", req.TTY)
 
-	fw := &frameWriter{w: conn}
+	fw := &agentproto.FrameWriter{W: conn}
 	var outputs sync.WaitGroup
-	kinds := []byte{FrameStdout, FrameStderr}
+	kinds := []byte{agentproto.FrameStdout, agentproto.FrameStderr}
 	for i, f := range p.outs {
 		outputs.Add(1)
 		go func() {
@@ -377,7 +378,7 @@ func (a *Agent) handleExec(conn io.ReadWriteCloser, br *bufio.Reader, req Reques
 	}
 	p.closeAll()
 	log.Info("process exited", "exit_code", code)
-	if err := fw.writeInt32(FrameExit, int32(code)); err != nil {
+	if err := fw.WriteInt32(agentproto.FrameExit, int32(code)); err != nil {
 		return fmt.Errorf("sending the exit status: %w", err)
 	}
 	return nil
@@ -404,15 +405,15 @@ func exitStatus(cmd *exec.Cmd, waitErr error, log *slog.Logger) int {
 	return cmd.ProcessState.ExitCode()
 }
 
-func pumpOutput(f *os.File, fw *frameWriter, kind byte) {
-	buf := make([]byte, chunkSize)
+func pumpOutput(f *os.File, fw *agentproto.FrameWriter, kind byte) {
+	buf := make([]byte, agentproto.ChunkSize)
 	clientGone := false
 	for {
 		n, err := f.Read(buf)
 		if n > 0 && !clientGone {
 			// Once the client is gone keep draining, so the process is not blocked on a
 			// full pipe while it is being hung up.
-			clientGone = fw.write(kind, buf[:n]) != nil
+			clientGone = fw.Write(kind, buf[:n]) != nil
 		}
 		if err != nil {
 			// EOF for pipes, EIO for a terminal whose last slave closed.
@@ -435,7 +436,7 @@ func (a *Agent) execInput(br *bufio.Reader, p *process, tty bool, exited <-chan 
 	}
 	defer closeStdin()
 	for {
-		kind, payload, err := readFrame(br)
+		kind, payload, err := agentproto.ReadFrame(br)
 		if err != nil {
 			select {
 			case <-exited:
@@ -446,7 +447,7 @@ func (a *Agent) execInput(br *bufio.Reader, p *process, tty bool, exited <-chan 
 			return
 		}
 		switch kind {
-		case FrameStdin:
+		case agentproto.FrameStdin:
 			if !stdinOpen {
 				continue
 			}
@@ -454,10 +455,10 @@ func (a *Agent) execInput(br *bufio.Reader, p *process, tty bool, exited <-chan 
 			case chunks <- payload:
 			case <-exited:
 			}
-		case FrameStdinEOF:
+		case agentproto.FrameStdinEOF:
 			closeStdin()
-		case FrameSignal:
-			v, err := payloadInt32(kind, payload)
+		case agentproto.FrameSignal:
+			v, err := agentproto.PayloadInt32(kind, payload)
 			if err != nil || v < 1 || v > 64 {
 				log.Warn("ignoring a bad signal frame", "payload", payload)
 				continue
@@ -465,7 +466,7 @@ func (a *Agent) execInput(br *bufio.Reader, p *process, tty bool, exited <-chan 
 			if err := signalGroup(p.pid, syscall.Signal(v)); err != nil && !errors.Is(err, syscall.ESRCH) {
 				log.Warn("delivering a signal failed", "signal", v, "err", err)
 			}
-		case FrameResize:
+		case agentproto.FrameResize:
 			if len(payload) != 4 || p.ptmx == nil {
 				continue
 			}

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"banger/internal/agentclient"
 	"bytes"
 	"context"
 	"io"
@@ -62,7 +63,7 @@ func startAgent(t *testing.T, agent *Agent) *yamux.Session {
 		defer close(done)
 		agent.Serve(ctx, srv)
 	}()
-	cli, err := NewClientSessionLogger(host, agent.log)
+	cli, err := agentclient.NewClientSessionLogger(host, agent.log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"banger/internal/agentproto"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,7 +15,7 @@ import (
 
 // applyIdentity makes this guest the VM id describes (see the identity request). The
 // clock and entropy go first: everything after may log or pick random numbers.
-func applyIdentity(id Identity, log *slog.Logger) error {
+func applyIdentity(id agentproto.Identity, log *slog.Logger) error {
 	p, err := id.Validate()
 	if err != nil {
 		return err
@@ -68,7 +69,7 @@ func reseed(seed []byte) error {
 // renumber gives eth0 the new MAC and address (dropping the snapshot's) and the default
 // route. The MAC is the guest's to set: QEMU's migration stream carries the NIC's MAC,
 // so the device keeps the source's until the guest changes it.
-func renumber(p parsedIdentity) error {
+func renumber(p agentproto.ParsedIdentity) error {
 	eth, err := netlink.LinkByName("eth0")
 	if err != nil {
 		return fmt.Errorf("finding eth0: %w", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"banger/internal/agentproto"
 	"banger/internal/model"
 )
 
@@ -102,7 +103,7 @@ func RunInit() {
 	if err != nil {
 		fatal(log, "reading /proc/cmdline", err)
 	}
-	params, err := ParseCmdline(string(b))
+	params, err := agentproto.ParseCmdline(string(b))
 	if err != nil {
 		fatal(log, "parsing the kernel command line", err)
 	}
@@ -277,7 +278,7 @@ func mkdirs(paths ...string) error {
 // assembleRoot builds /newroot: the base image read-only as overlay lower, the system disk
 // holding upper/ and work/, the early mounts and disks moved under it, the work disk on
 // /root.
-func assembleRoot(p BootParams, log *slog.Logger, overlayReady func()) error {
+func assembleRoot(p agentproto.BootParams, log *slog.Logger, overlayReady func()) error {
 	devs := []string{p.Root, p.System}
 	if p.Work != "" {
 		devs = append(devs, p.Work)
@@ -345,7 +346,7 @@ func assembleRoot(p BootParams, log *slog.Logger, overlayReady func()) error {
 // for a large tree under emulation), git — which refuses a repository owned by another
 // user ("dubious ownership") — is told in the guest's system config to trust it. The
 // config lands in the VM's own overlay.
-func mountWorkspace(p BootParams, log *slog.Logger) error {
+func mountWorkspace(p agentproto.BootParams, log *slog.Logger) error {
 	dst := filepath.Join(newRoot, p.WorkspacePath)
 	if err := mkdirs(dst); err != nil {
 		return err
@@ -384,7 +385,7 @@ func trustWorkspaceInGit(cfg, path string) error {
 // configureNetwork brings up lo and, when the VM has an address, eth0 with it and the
 // default route. The kernel has no IP autoconfiguration, so this is the only place it
 // happens.
-func configureNetwork(p BootParams, log *slog.Logger) error {
+func configureNetwork(p agentproto.BootParams, log *slog.Logger) error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("finding lo: %w", err)
@@ -512,7 +513,7 @@ func replaceFile(p string, data []byte) error {
 
 // writeIdentity sets the hostname and writes /etc/hostname, /etc/hosts and, with DNS,
 // /etc/resolv.conf. It runs after the switch so paths resolve inside the guest's root.
-func writeIdentity(p BootParams) error {
+func writeIdentity(p agentproto.BootParams) error {
 	if err := unix.Sethostname([]byte(p.Name)); err != nil {
 		return fmt.Errorf("setting the hostname: %w", err)
 	}
@@ -540,8 +541,8 @@ func writeIdentity(p BootParams) error {
 }
 
 // chooseInit returns the init to hand PID 1 to, or "" to stay init.
-func chooseInit(p BootParams, log *slog.Logger) string {
-	if p.Init == InitNone {
+func chooseInit(p agentproto.BootParams, log *slog.Logger) string {
+	if p.Init == agentproto.InitNone {
 		return ""
 	}
 	candidate := p.Init

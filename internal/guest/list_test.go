@@ -1,7 +1,8 @@
 package guest
 
 import (
-	"bufio"
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"context"
 	"net"
 	"os"
@@ -12,50 +13,6 @@ import (
 	"time"
 )
 
-// fakeLister answers one list request with the given lines as the listing.
-func fakeLister(t *testing.T, lines ...string) net.Conn {
-	t.Helper()
-	host, g := net.Pipe()
-	go func() {
-		defer g.Close()
-		br := bufio.NewReader(g)
-		if _, err := br.ReadString('\n'); err != nil {
-			return
-		}
-		g.Write([]byte("{\"ok\":true}\n"))
-		fw := &frameWriter{w: g}
-		for _, l := range lines {
-			fw.write(FrameData, []byte(l+"\n"))
-		}
-		fw.write(FrameDataEOF, nil)
-	}()
-	return host
-}
-
-// The host refuses listings whose paths escape or repeat, and overlong lines.
-func TestListRefusesHostileEntries(t *testing.T) {
-	for name, line := range map[string]string{
-		"dotdot":    `{"p":"../etc/passwd","m":33188,"s":1,"mt":1,"ct":1,"i":1}`,
-		"absolute":  `{"p":"/etc/passwd","m":33188,"s":1,"mt":1,"ct":1,"i":1}`,
-		"unclean":   `{"p":"a//b","m":33188,"s":1,"mt":1,"ct":1,"i":1}`,
-		"inner ..":  `{"p":"a/../../b","m":33188,"s":1,"mt":1,"ct":1,"i":1}`,
-		"long line": `{"p":"` + strings.Repeat("a", maxListLine) + `"}`,
-		"garbage":   `not json`,
-	} {
-		if _, _, err := List(context.Background(), fakeLister(t, line), "", "/work", 0); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
-	}
-	dup := `{"p":"a","m":33188,"s":1,"mt":1,"ct":1,"i":1}`
-	if _, _, err := List(context.Background(), fakeLister(t, dup, dup), "", "/work", 0); err == nil {
-		t.Error("duplicate paths accepted")
-	}
-	got, _, err := List(context.Background(), fakeLister(t, `{"p":".","m":16877,"s":0,"mt":1,"ct":1,"i":1}`, dup), "", "/work", 0)
-	if err != nil || len(got) != 2 || got[1].Path != "a" {
-		t.Fatalf("a good listing: %v %v", got, err)
-	}
-}
-
 // The agent lists without following symlinks, with ctimes that move on chmod.
 func TestAgentListDoesNotFollowSymlinks(t *testing.T) {
 	dir := t.TempDir()
@@ -64,11 +21,11 @@ func TestAgentListDoesNotFollowSymlinks(t *testing.T) {
 	host, g := net.Pipe()
 	a := NewAgent(testLogger(), nil)
 	go a.handle(g)
-	entries, _, err := List(context.Background(), host, "", dir, 0)
+	entries, _, err := agentclient.List(context.Background(), host, "", dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	byPath := map[string]ListEntry{}
+	byPath := map[string]agentproto.ListEntry{}
 	for _, e := range entries {
 		byPath[e.Path] = e
 	}
@@ -92,10 +49,10 @@ func TestAgentListSince(t *testing.T) {
 	for _, p := range []string{".", "a", "a/x", "a/y", "b", "b/z"} {
 		os.Chtimes(filepath.Join(dir, p), old, old)
 	}
-	list := func(since int64) ([]ListEntry, int64) {
+	list := func(since int64) ([]agentproto.ListEntry, int64) {
 		host, g := net.Pipe()
 		go NewAgent(testLogger(), nil).handle(g)
-		e, now, err := List(context.Background(), host, "", dir, since)
+		e, now, err := agentclient.List(context.Background(), host, "", dir, since)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 	"banger/internal/testkit"
 )
@@ -28,7 +30,7 @@ func TestRootedPathsResolveInsideTheRoot(t *testing.T) {
 	if cwd, path, err = rootedPaths(root, "/srv/app", "/bin/sh", ""); err != nil || cwd != "/srv/app" || path != "/bin/sh" {
 		t.Fatalf("got %q %q %v", cwd, path, err)
 	}
-	if _, _, err := rootedPaths(root, "", "nope", "/bin"); !errors.Is(err, ErrCommandNotFound) {
+	if _, _, err := rootedPaths(root, "", "nope", "/bin"); !errors.Is(err, agentproto.ErrCommandNotFound) {
 		t.Fatalf("missing command: %v", err)
 	}
 	if _, _, err := rootedPaths(root, "/missing", "sh", "/bin"); !errors.Is(err, errdefs.ErrNotFound) {
@@ -63,10 +65,10 @@ func TestExecInRootWithCredentials(t *testing.T) {
 	_, s := newTestAgent(t)
 	var out, errOut bytes.Buffer
 	var started bool
-	code, err := Exec(testCtx(t), openStream(t, s),
-		ExecRequest{Argv: []string{"sh", "-c", `/bin/busybox cat marker; /bin/busybox id -u; /bin/busybox id -G; pwd`}, Env: []string{"PATH=/bin"},
+	code, err := agentclient.Exec(testCtx(t), openStream(t, s),
+		agentclient.ExecRequest{Argv: []string{"sh", "-c", `/bin/busybox cat marker; /bin/busybox id -u; /bin/busybox id -G; pwd`}, Env: []string{"PATH=/bin"},
 			Cwd: "/srv", Root: root, UID: 1234, GID: 5678, Groups: []uint32{5678, 42}},
-		ExecIO{Stdout: &out, Stderr: &errOut, Started: func() { started = out.Len() == 0 }})
+		agentclient.ExecIO{Stdout: &out, Stderr: &errOut, Started: func() { started = out.Len() == 0 }})
 	if err != nil || code != 0 {
 		t.Fatalf("code %d err %v stderr %q", code, err, errOut.String())
 	}

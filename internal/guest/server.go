@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 	"banger/internal/rpc"
 )
@@ -29,7 +30,7 @@ type Agent struct {
 	powerOff func(log *slog.Logger)
 	// setIdentity applies an identity request (see Identity); nil refuses them, which is
 	// what an agent on a host must do: it would renumber the host.
-	setIdentity func(id Identity, log *slog.Logger) error
+	setIdentity func(id agentproto.Identity, log *slog.Logger) error
 	procs       *procTable
 	// boot is the guest's boot stages, reported by ping; nil off a guest.
 	boot *bootStages
@@ -55,7 +56,7 @@ func Serve(ctx context.Context, sess *yamux.Session, log *slog.Logger) {
 }
 
 // WithIdentity makes the agent apply identity requests with fn, and returns it.
-func (a *Agent) WithIdentity(fn func(id Identity, log *slog.Logger) error) *Agent {
+func (a *Agent) WithIdentity(fn func(id agentproto.Identity, log *slog.Logger) error) *Agent {
 	a.setIdentity = fn
 	return a
 }
@@ -68,7 +69,7 @@ func (a *Agent) Serve(ctx context.Context, sess *yamux.Session) {
 // serve returns how many streams it handled, so the channel loops can tell a session
 // that did work from one that ended at once (a port with no host attached).
 func (a *Agent) serve(ctx context.Context, sess *yamux.Session) int {
-	defer bindContext(ctx, sess)()
+	defer agentproto.BindContext(ctx, sess)()
 	n := 0
 	for {
 		st, err := sess.AcceptStream()
@@ -88,11 +89,11 @@ func (a *Agent) serve(ctx context.Context, sess *yamux.Session) int {
 func (a *Agent) handle(conn io.ReadWriteCloser) {
 	defer conn.Close()
 	br := bufio.NewReader(conn)
-	var req Request
-	if err := readJSONLine(br, &req); err != nil {
+	var req agentproto.Request
+	if err := agentproto.ReadJSONLine(br, &req); err != nil {
 		if !errors.Is(err, io.EOF) {
 			a.log.Warn("bad request header", "err", err)
-			_ = writeJSONLine(conn, errorReply(errdefs.New(errdefs.ErrInvalidArgument, "request header: %v", err)))
+			_ = agentproto.WriteJSONLine(conn, agentproto.ErrorReply(errdefs.New(errdefs.ErrInvalidArgument, "request header: %v", err)))
 		}
 		return
 	}
@@ -108,23 +109,23 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 	log.Log(context.Background(), level, "request begin")
 	var err error
 	switch req.Type {
-	case TypePing:
+	case agentproto.TypePing:
 		err = a.handlePing(conn)
-	case TypeExec:
+	case agentproto.TypeExec:
 		err = a.handleExec(conn, br, req, log)
-	case TypePut:
+	case agentproto.TypePut:
 		err = a.handlePut(conn, br, req)
-	case TypeGet:
+	case agentproto.TypeGet:
 		err = a.handleGet(conn, req)
-	case TypeList:
+	case agentproto.TypeList:
 		err = a.handleList(conn, req)
-	case TypeShutdown:
+	case agentproto.TypeShutdown:
 		err = a.handleShutdown(conn, log)
-	case TypeIdentity:
+	case agentproto.TypeIdentity:
 		err = a.handleIdentity(conn, req, log)
 	default:
 		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, list, shutdown, identity")
-		_ = writeJSONLine(conn, errorReply(err))
+		_ = agentproto.WriteJSONLine(conn, agentproto.ErrorReply(err))
 	}
 	ms := time.Since(start).Milliseconds()
 	if err != nil {
@@ -136,24 +137,24 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 
 // recoverRequest, deferred, turns a panic in a request into an internal error reply naming
 // the op id and logs the stack: a bug in one request must not take PID 1 (and the VM) down.
-func recoverRequest(w io.Writer, req Request, log *slog.Logger) {
+func recoverRequest(w io.Writer, req agentproto.Request, log *slog.Logger) {
 	if p := recover(); p != nil {
 		log.Error("agent request panic", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-		_ = writeJSONLine(w, Reply{OK: false, Code: rpc.CodeInternal,
+		_ = agentproto.WriteJSONLine(w, agentproto.Reply{OK: false, Code: rpc.CodeInternal,
 			Error: fmt.Sprintf("guest agent internal error in %s request %s; the guest log has the details", req.Type, req.OpID)})
 	}
 }
 
 // reply sends r, or the error reply for err; it returns err so handlers can end with it.
-func reply(w io.Writer, r Reply, err error) error {
+func reply(w io.Writer, r agentproto.Reply, err error) error {
 	if err != nil {
-		if werr := writeJSONLine(w, errorReply(err)); werr != nil {
+		if werr := agentproto.WriteJSONLine(w, agentproto.ErrorReply(err)); werr != nil {
 			return errors.Join(err, fmt.Errorf("sending the error reply: %w", werr))
 		}
 		return err
 	}
 	r.OK = true
-	if werr := writeJSONLine(w, r); werr != nil {
+	if werr := agentproto.WriteJSONLine(w, r); werr != nil {
 		return fmt.Errorf("sending the reply: %w", werr)
 	}
 	return nil
@@ -162,22 +163,22 @@ func reply(w io.Writer, r Reply, err error) error {
 func (a *Agent) handlePing(conn io.Writer) error {
 	host, err := os.Hostname()
 	if err != nil {
-		return reply(conn, Reply{}, fmt.Errorf("reading the hostname: %w", err))
+		return reply(conn, agentproto.Reply{}, fmt.Errorf("reading the hostname: %w", err))
 	}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
-		return reply(conn, Reply{}, fmt.Errorf("reading the kernel release: %w", err))
+		return reply(conn, agentproto.Reply{}, fmt.Errorf("reading the kernel release: %w", err))
 	}
 	up, err := uptime()
 	if err != nil {
-		return reply(conn, Reply{}, err)
+		return reply(conn, agentproto.Reply{}, err)
 	}
-	return reply(conn, Reply{
+	return reply(conn, agentproto.Reply{
 		Hostname:      host,
 		Kernel:        unix.ByteSliceToString(uts.Release[:]),
 		UptimeSeconds: up,
 		AgentVersion:  Version,
-		Protocol:      ProtocolVersion,
+		Protocol:      agentproto.ProtocolVersion,
 		Boot:          a.boot.list(),
 	}, nil)
 }
@@ -201,9 +202,9 @@ func uptime() (float64, error) {
 
 func (a *Agent) handleShutdown(conn io.Writer, log *slog.Logger) error {
 	if a.powerOff == nil {
-		return reply(conn, Reply{}, errdefs.New(errdefs.ErrUnavailable, "this agent does not run in a banger guest and cannot power it off"))
+		return reply(conn, agentproto.Reply{}, errdefs.New(errdefs.ErrUnavailable, "this agent does not run in a banger guest and cannot power it off"))
 	}
-	if err := reply(conn, Reply{}, nil); err != nil {
+	if err := reply(conn, agentproto.Reply{}, nil); err != nil {
 		return err
 	}
 	a.shutdownOnce.Do(func() {

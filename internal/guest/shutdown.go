@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"banger/internal/agentproto"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -47,8 +48,8 @@ func inBangerGuest() bool {
 	if err != nil {
 		return false
 	}
-	for _, arg := range splitCmdline(string(b)) {
-		if strings.HasPrefix(arg, ParamName+"=") {
+	for _, arg := range agentproto.SplitCmdline(string(b)) {
+		if strings.HasPrefix(arg, agentproto.ParamName+"=") {
 			return true
 		}
 	}
@@ -96,7 +97,7 @@ func powerOffAsInit(log *slog.Logger) {
 // read-only remount flushes it instead; the system disk under it stays busy the same way.
 func releaseDisks(log *slog.Logger) {
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
-		if p, err := ParseCmdline(string(b)); err == nil && p.WorkspacePath != "" {
+		if p, err := agentproto.ParseCmdline(string(b)); err == nil && p.WorkspacePath != "" {
 			if err := unix.Unmount(p.WorkspacePath, 0); err != nil && err != unix.EINVAL && err != unix.ENOENT {
 				log.Warn("unmounting the workspace failed; remounting it read-only", "err", err)
 				_ = unix.Mount("", p.WorkspacePath, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/agentarchive"
+	"banger/internal/agentclient"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
@@ -95,7 +98,7 @@ func TestPutGetRoundTrip(t *testing.T) {
 	guestDir := t.TempDir()
 
 	// Into an existing directory: lands under its own name.
-	if err := Put(ctx, openStream(t, s), "op-put1", src, guestDir, CopyOptions{}); err != nil {
+	if err := agentclient.Put(ctx, openStream(t, s), "op-put1", src, guestDir, agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, filepath.Join(guestDir, "proj"))
@@ -106,18 +109,18 @@ func TestPutGetRoundTrip(t *testing.T) {
 
 	// To a new path: the directory becomes that path.
 	renamed := filepath.Join(guestDir, "copy")
-	if err := Put(ctx, openStream(t, s), "", src, renamed, CopyOptions{}); err != nil {
+	if err := agentclient.Put(ctx, openStream(t, s), "", src, renamed, agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, renamed)
 
 	// Back to the host.
 	back := t.TempDir()
-	if err := Get(ctx, openStream(t, s), "op-get1", renamed, back, CopyOptions{}); err != nil {
+	if err := agentclient.Get(ctx, openStream(t, s), "op-get1", renamed, back, agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, filepath.Join(back, "copy"))
-	if err := Get(ctx, openStream(t, s), "", renamed, filepath.Join(back, "again"), CopyOptions{}); err != nil {
+	if err := agentclient.Get(ctx, openStream(t, s), "", renamed, filepath.Join(back, "again"), agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, src, filepath.Join(back, "again"))
@@ -139,26 +142,26 @@ func TestPutGetSingleFile(t *testing.T) {
 			t.Errorf("%s: content %q mode %v (%v, %v), want %q 0604", p, b, fi.Mode(), err, serr, "hello\n")
 		}
 	}
-	if err := Put(ctx, openStream(t, s), "", src, guestDir, CopyOptions{}); err != nil {
+	if err := agentclient.Put(ctx, openStream(t, s), "", src, guestDir, agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check(filepath.Join(guestDir, "notes.txt"))
 	// A file path that does not exist, then one that does (overwritten).
 	target := filepath.Join(guestDir, "renamed.txt")
 	for range 2 {
-		if err := Put(ctx, openStream(t, s), "", src, target, CopyOptions{}); err != nil {
+		if err := agentclient.Put(ctx, openStream(t, s), "", src, target, agentclient.CopyOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		check(target)
 	}
 	// A trailing slash asks for a directory, created on demand.
-	if err := Put(ctx, openStream(t, s), "", src, filepath.Join(guestDir, "newdir")+"/", CopyOptions{}); err != nil {
+	if err := agentclient.Put(ctx, openStream(t, s), "", src, filepath.Join(guestDir, "newdir")+"/", agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check(filepath.Join(guestDir, "newdir", "notes.txt"))
 
 	hostOut := filepath.Join(t.TempDir(), "out.txt")
-	if err := Get(ctx, openStream(t, s), "", target, hostOut, CopyOptions{}); err != nil {
+	if err := agentclient.Get(ctx, openStream(t, s), "", target, hostOut, agentclient.CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check(hostOut)
@@ -180,11 +183,11 @@ func TestTransferErrors(t *testing.T) {
 		err  error
 		kind error
 	}{
-		{"get missing", Get(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), t.TempDir(), CopyOptions{}), errdefs.ErrNotFound},
-		{"get relative", Get(ctx, openStream(t, s), "", "relative/path", t.TempDir(), CopyOptions{}), errdefs.ErrInvalidArgument},
-		{"put missing source", Put(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), dir, CopyOptions{}), errdefs.ErrNotFound},
-		{"put dir onto file", Put(ctx, openStream(t, s), "", srcDir, file, CopyOptions{}), errdefs.ErrConflict},
-		{"put into missing parent", Put(ctx, openStream(t, s), "", file, filepath.Join(dir, "no", "such", "x"), CopyOptions{}), errdefs.ErrNotFound},
+		{"get missing", agentclient.Get(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), t.TempDir(), agentclient.CopyOptions{}), errdefs.ErrNotFound},
+		{"get relative", agentclient.Get(ctx, openStream(t, s), "", "relative/path", t.TempDir(), agentclient.CopyOptions{}), errdefs.ErrInvalidArgument},
+		{"put missing source", agentclient.Put(ctx, openStream(t, s), "", filepath.Join(dir, "missing"), dir, agentclient.CopyOptions{}), errdefs.ErrNotFound},
+		{"put dir onto file", agentclient.Put(ctx, openStream(t, s), "", srcDir, file, agentclient.CopyOptions{}), errdefs.ErrConflict},
+		{"put into missing parent", agentclient.Put(ctx, openStream(t, s), "", file, filepath.Join(dir, "no", "such", "x"), agentclient.CopyOptions{}), errdefs.ErrNotFound},
 	}
 	for _, c := range cases {
 		if c.err == nil {
@@ -268,19 +271,19 @@ func TestPutRefusesEscapes(t *testing.T) {
 
 			st := openStream(t, s)
 			defer st.Close()
-			if err := writeJSONLine(st, Request{Type: TypePut, Path: dst}); err != nil {
+			if err := agentproto.WriteJSONLine(st, agentproto.Request{Type: agentproto.TypePut, Path: dst}); err != nil {
 				t.Fatal(err)
 			}
-			fw := &frameWriter{w: st}
-			dw := dataWriter{fw: fw}
+			fw := &agentproto.FrameWriter{W: st}
+			dw := agentproto.DataWriter{FW: fw}
 			if _, err := dw.Write(archive); err != nil {
 				t.Fatal(err)
 			}
 			if err := dw.Close(); err != nil {
 				t.Fatal(err)
 			}
-			var r Reply
-			if err := readJSONLine(bufio.NewReader(st), &r); err != nil {
+			var r agentproto.Reply
+			if err := agentproto.ReadJSONLine(bufio.NewReader(st), &r); err != nil {
 				t.Fatal(err)
 			}
 			if r.OK {
@@ -311,7 +314,7 @@ func TestExtractRefusesExistingSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	archive := buildTar(t, []tarEntry{{name: "x/", typ: tar.TypeDir}, {name: "x/evil", typ: tar.TypeReg, body: "pwned"}})
-	err := extractTar(bytes.NewReader(archive), dst, extractPolicy{})
+	err := agentarchive.ExtractTar(bytes.NewReader(archive), dst, agentarchive.Policy{})
 	if !errors.Is(err, errdefs.ErrPermissionDenied) && !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("err %v, want a refusal", err)
 	}

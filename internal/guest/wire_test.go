@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
@@ -24,12 +25,12 @@ func TestHeaderIsDecodedStrictly(t *testing.T) {
 	} {
 		st := openStream(t, s)
 		io.WriteString(st, tt.header+"\n")
-		var r Reply
-		if err := readJSONLine(bufio.NewReader(st), &r); err != nil {
+		var r agentproto.Reply
+		if err := agentproto.ReadJSONLine(bufio.NewReader(st), &r); err != nil {
 			t.Fatal(err)
 		}
 		st.Close()
-		if err := r.err(); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tt.names) {
+		if err := r.Err(); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tt.names) {
 			t.Errorf("header %s: reply %+v, want invalid_argument naming %s", tt.header, r, tt.names)
 		}
 	}
@@ -41,11 +42,11 @@ func TestRequestPanicIsAnInternalReply(t *testing.T) {
 	var out, logs bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	func() {
-		defer recoverRequest(&out, Request{Type: TypeExec, OpID: "op-panicking123"}, log)
+		defer recoverRequest(&out, agentproto.Request{Type: agentproto.TypeExec, OpID: "op-panicking123"}, log)
 		panic("boom")
 	}()
-	var r Reply
-	if err := readJSONLine(bufio.NewReader(&out), &r); err != nil {
+	var r agentproto.Reply
+	if err := agentproto.ReadJSONLine(bufio.NewReader(&out), &r); err != nil {
 		t.Fatal(err)
 	}
 	if r.OK || r.Code != "internal" || !strings.Contains(r.Error, "op-panicking123") {

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/google/nftables"
 	"net"
+
+	"github.com/google/nftables"
 
 	"github.com/vishvananda/netlink"
 

@@ -120,11 +120,5 @@ func Wait(ctx context.Context, m Machine) error {
 	}
 }
 
-// AgentPort is the vsock port the guest agent listens on.
-const AgentPort = 1024
-
-// AgentSerialName is the virtio-serial port name of the agent channel.
-const AgentSerialName = "banger.agent"
-
 // PollInterval is how often drivers check a re-adopted process (not their child) for exit.
 const PollInterval = 100 * time.Millisecond

@@ -1,6 +1,7 @@
 package workspace
 
 import (
+	"banger/internal/agentproto"
 	"bufio"
 	"bytes"
 	"context"
@@ -15,8 +16,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-
-	"banger/internal/guest"
 )
 
 // Changes are what a command changed in a workspace. Only files and symlinks count: git
@@ -39,20 +38,20 @@ func (c Changes) Empty() bool { return len(c.Fetch) == 0 && len(c.Old) == 0 && l
 const typeMask = syscall.S_IFMT
 
 // Compare finds what changed from what was packed (manifest) and a listing the agent made
-// after the command with since (guest.Request.Since): the listing holds every entry whose
+// after the command with since (agentproto.Request.Since): the listing holds every entry whose
 // ctime or mtime is at or after since — ctime moves on every write, chmod, rename and
 // link, and programs cannot set it back — and every entry of a directory that changed.
 // So an entry missing from a changed directory was deleted (with everything below it),
 // and an entry not listed under an unchanged directory is unchanged. A listed entry that
 // did not really change (a clock skew making packed ctimes look recent) is only fetched
 // for nothing: git diff then finds no difference.
-func Compare(manifest map[string]ManifestEntry, listing []guest.ListEntry, since int64) Changes {
-	listed := make(map[string]guest.ListEntry, len(listing))
+func Compare(manifest map[string]ManifestEntry, listing []agentproto.ListEntry, since int64) Changes {
+	listed := make(map[string]agentproto.ListEntry, len(listing))
 	for _, e := range listing {
 		listed[e.Path] = e
 	}
-	isDir := func(e guest.ListEntry) bool { return e.Mode&typeMask == syscall.S_IFDIR }
-	changed := func(e guest.ListEntry) bool { return e.CTime >= since || e.MTime >= since }
+	isDir := func(e agentproto.ListEntry) bool { return e.Mode&typeMask == syscall.S_IFDIR }
+	changed := func(e agentproto.ListEntry) bool { return e.CTime >= since || e.MTime >= since }
 	newDirs := map[string]bool{}
 	changedDirs := map[string]bool{}
 	for _, e := range listing {
@@ -114,7 +113,7 @@ func Compare(manifest map[string]ManifestEntry, listing []guest.ListEntry, since
 // deleted reports whether the packed path p, absent from the listing, is gone: it, or
 // one of its ancestors, is missing from a directory that changed, or an ancestor is now
 // something other than a directory.
-func deleted(p string, listed map[string]guest.ListEntry, changedDirs map[string]bool) bool {
+func deleted(p string, listed map[string]agentproto.ListEntry, changedDirs map[string]bool) bool {
 	for x := p; x != "."; x = path.Dir(x) {
 		e, ok := listed[x]
 		if !ok && changedDirs[path.Dir(x)] {
@@ -192,7 +191,7 @@ func MakeLinks(dst string, links map[string]string) error {
 	}
 	defer r.Close()
 	for p, target := range links {
-		if !guest.ValidListPath(p) || p == "." {
+		if !agentproto.ValidListPath(p) || p == "." {
 			return fmt.Errorf("refusing symlink path %q from the guest", p)
 		}
 		fp := filepath.FromSlash(p)

@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
-	"banger/internal/guest"
 )
 
 func write(t *testing.T, root string, files map[string]string) {
@@ -183,8 +183,8 @@ func TestReceiveRefusesOutOfBoundsUploads(t *testing.T) {
 	}
 }
 
-func entry(p string, mode uint32, mt, ct int64, link string) guest.ListEntry {
-	return guest.ListEntry{Path: p, Mode: mode, MTime: mt, CTime: ct, Link: link}
+func entry(p string, mode uint32, mt, ct int64, link string) agentproto.ListEntry {
+	return agentproto.ListEntry{Path: p, Mode: mode, MTime: mt, CTime: ct, Link: link}
 }
 
 func TestCompare(t *testing.T) {
@@ -201,7 +201,7 @@ func TestCompare(t *testing.T) {
 	// After the command: the root changed (gone deleted, new and file created, rmdir
 	// removed, nowfile replaced by a file), so all its entries are listed; sub changed
 	// only in a child's mode, so sub itself is unchanged and only that child is listed.
-	listing := []guest.ListEntry{
+	listing := []agentproto.ListEntry{
 		entry(".", dir, 150, 150, ""),
 		entry("same", reg, 1, 1, ""),
 		entry("touched", reg, 1, 120, ""),

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"banger/internal/agentclient"
 	"banger/internal/api"
-	"banger/internal/guest"
 	"banger/internal/rpc"
 )
 
@@ -59,7 +59,7 @@ func BenchmarkContainerRootfs(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := guest.Put(ctx, st, "", src, fmt.Sprintf("/root/%s-%d-%d", name, b.N, i), guest.CopyOptions{}); err != nil {
+				if err := agentclient.Put(ctx, st, "", src, fmt.Sprintf("/root/%s-%d-%d", name, b.N, i), agentclient.CopyOptions{}); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/agentproto"
 	"banger/internal/vmm"
 )
 
@@ -44,7 +45,7 @@ func (m *Machine) DialAgent(ctx context.Context) (net.Conn, error) {
 	if m.proc.Exited() {
 		return nil, fmt.Errorf("dialing agent of VM %s: %w", m.spec.ID, vmm.ErrNotRunning)
 	}
-	conn, err := DialVsock(ctx, m.spec.ChannelPath, vmm.AgentPort)
+	conn, err := DialVsock(ctx, m.spec.ChannelPath, agentproto.AgentPort)
 	if err != nil {
 		return nil, fmt.Errorf("dialing agent of VM %s: %w", m.spec.ID, err)
 	}

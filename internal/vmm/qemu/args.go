@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 	"banger/internal/vmm"
 )
@@ -138,7 +139,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	args = append(args,
 		"-device", dev("virtio-serial"),
 		"-chardev", "socket,id=agent,path="+spec.ChannelPath+",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name="+vmm.AgentSerialName,
+		"-device", "virtserialport,chardev=agent,name="+agentproto.AgentSerialName,
 		"-qmp", "unix:"+p.QMPPath+",server=on,wait=off",
 	)
 	return args

@@ -1,4 +1,4 @@
-package guest
+package agentproto
 
 import (
 	"fmt"
@@ -56,7 +56,7 @@ var hostnameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // splitCmdline splits a kernel command line the way the kernel does: on spaces, with
 // double quotes grouping (and removed from) a value.
-func splitCmdline(s string) []string {
+func SplitCmdline(s string) []string {
 	var out []string
 	var cur strings.Builder
 	inQuote, have := false, false
@@ -88,7 +88,7 @@ func splitCmdline(s string) []string {
 func ParseCmdline(cmdline string) (BootParams, error) {
 	p := BootParams{ModulesDir: DefaultModulesDir}
 	var ip, gw, dns string
-	for _, arg := range splitCmdline(cmdline) {
+	for _, arg := range SplitCmdline(cmdline) {
 		k, v, _ := strings.Cut(arg, "=")
 		switch k {
 		case ParamName:

@@ -1,4 +1,4 @@
-package guest
+package agentarchive
 
 import (
 	"archive/tar"
@@ -15,7 +15,7 @@ import (
 
 // unixMode converts a Go file mode to st_mode bits (type and permissions), the form the
 // put header carries.
-func unixMode(m fs.FileMode) uint32 {
+func UnixMode(m fs.FileMode) uint32 {
 	v := uint32(m.Perm())
 	if m&fs.ModeSetuid != 0 {
 		v |= syscall.S_ISUID
@@ -69,7 +69,7 @@ func archiveRootName(src string) (string, error) {
 // with src's base name. A symlink given as src is followed; symlinks inside a tree are
 // archived as links. Sockets, fifos and devices are skipped: they cannot be copied
 // meaningfully. Ownership is not recorded because the receiver does not apply it.
-func writeTar(w io.Writer, src string) error {
+func WriteTar(w io.Writer, src string) error {
 	root, err := archiveRootName(src)
 	if err != nil {
 		return err
@@ -109,7 +109,7 @@ func writeTar(w io.Writer, src string) error {
 func addTarEntry(tw *tar.Writer, p, name string, info fs.FileInfo) error {
 	hdr := &tar.Header{
 		Name:    name,
-		Mode:    int64(unixMode(info.Mode()) &^ syscall.S_IFMT),
+		Mode:    int64(UnixMode(info.Mode()) &^ syscall.S_IFMT),
 		ModTime: info.ModTime().Truncate(time.Second),
 	}
 	switch {

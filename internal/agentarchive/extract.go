@@ -1,8 +1,7 @@
-package guest
+package agentarchive
 
 import (
 	"archive/tar"
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -24,52 +23,15 @@ import (
 // extractPolicy is how far the sender of an archive is trusted. The agent receiving a put
 // trusts the host (zero policy, modes kept as sent); the host receiving a get does not
 // trust the guest at all (hostPolicy).
-type extractPolicy struct {
+type Policy struct {
 	// want is the only top-level name accepted; "" accepts the first entry's, which every
 	// later entry must share.
-	want string
+	Want string
 	// maxBytes caps both the stream's bytes and the file sizes the headers claim; 0 is no cap.
-	maxBytes int64
+	MaxBytes int64
 	// mask, when set, strips setuid, setgid and sticky and applies umask to every mode.
-	mask  bool
-	umask fs.FileMode
-}
-
-// hostPolicy is the policy for an archive coming from a guest that was asked for src.
-func hostPolicy(src string, maxBytes int64) (extractPolicy, error) {
-	if src == "" || !path.IsAbs(src) {
-		return extractPolicy{}, errdefs.InvalidArgument("source", src, "must be an absolute guest path")
-	}
-	want := path.Base(path.Clean(src))
-	if want == "/" {
-		return extractPolicy{}, errdefs.InvalidArgument("source", src, "the root directory cannot be copied; name a directory inside it")
-	}
-	return extractPolicy{want: want, maxBytes: maxBytes, mask: true, umask: processUmask()}, nil
-}
-
-// processUmask reads the umask from /proc/self/status: umask(2) can only be read by
-// setting it, which would race with every other goroutine creating files. Where it cannot
-// be read, 077 errs on the side of files only their owner can use.
-func processUmask() fs.FileMode {
-	const fallback = 0o077
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return fallback
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		v, ok := strings.CutPrefix(sc.Text(), "Umask:")
-		if !ok {
-			continue
-		}
-		m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
-		if err != nil {
-			return fallback
-		}
-		return fs.FileMode(m) & fs.ModePerm
-	}
-	return fallback
+	Mask  bool
+	Umask fs.FileMode
 }
 
 // extractTar unpacks an archive made by writeTar at dst:
@@ -88,7 +50,7 @@ func processUmask() fs.FileMode {
 // writing through it. Directories that existed before are left as they were (mode and
 // times); the ones made here get the archive's mode once extraction ends. Permission bits
 // and modification times are applied, masked by pol; ownership is not.
-func extractTar(r io.Reader, dst string, pol extractPolicy) error {
+func ExtractTar(r io.Reader, dst string, pol Policy) error {
 	base, rename, err := prepareDestination(dst)
 	if err != nil {
 		return err
@@ -99,8 +61,8 @@ func extractTar(r io.Reader, dst string, pol extractPolicy) error {
 	}
 	defer root.Close()
 	x := &extractor{root: root, base: base, rename: rename, pol: pol, created: map[string]int{}}
-	if pol.maxBytes > 0 {
-		r = &cappedReader{r: r, left: pol.maxBytes, limit: pol.maxBytes}
+	if pol.MaxBytes > 0 {
+		r = &cappedReader{r: r, left: pol.MaxBytes, limit: pol.MaxBytes}
 	}
 	tr := tar.NewReader(r)
 	for {
@@ -203,7 +165,7 @@ type extractor struct {
 	root    *os.Root
 	base    string // the root's path, for messages
 	rename  string // replaces the first component when set
-	pol     extractPolicy
+	pol     Policy
 	first   string // the archive's first component
 	claimed int64  // file sizes claimed so far
 	// dirs are the directories this extraction made, in creation order; created indexes
@@ -233,8 +195,8 @@ func (x *extractor) target(name string) (string, error) {
 	}
 	comps := strings.Split(clean, "/")
 	switch {
-	case x.first == "" && x.pol.want != "" && comps[0] != x.pol.want:
-		return "", errdefs.New(errdefs.ErrPermissionDenied, "archive entry %q is not under %q, the name that was asked for", name, x.pol.want)
+	case x.first == "" && x.pol.Want != "" && comps[0] != x.pol.Want:
+		return "", errdefs.New(errdefs.ErrPermissionDenied, "archive entry %q is not under %q, the name that was asked for", name, x.pol.Want)
 	case x.first == "":
 		if len(comps) > 1 {
 			return "", errdefs.InvalidArgument("archive", name, fmt.Sprintf("the first entry must be the top level %q itself", comps[0]))
@@ -279,8 +241,8 @@ func (x *extractor) mkdir(rel string, mode fs.FileMode, mtime time.Time) error {
 // mode is the mode an entry gets, after the policy's masking.
 func (x *extractor) mode(tarMode int64) fs.FileMode {
 	m := fileMode(tarMode)
-	if x.pol.mask {
-		m = m.Perm() &^ x.pol.umask
+	if x.pol.Mask {
+		m = m.Perm() &^ x.pol.Umask
 	}
 	return m
 }
@@ -296,12 +258,12 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	if hdr.Size < 0 || (hdr.Typeflag != tar.TypeReg && hdr.Size != 0) {
 		return errdefs.InvalidArgument("archive", hdr.Name, fmt.Sprintf("claims a size of %d bytes, which only a regular file can have", hdr.Size))
 	}
-	if x.pol.maxBytes > 0 {
+	if x.pol.MaxBytes > 0 {
 		// Checked before a byte is written: a sparse entry or a stream cut short must not
 		// leave gigabytes behind first.
 		x.claimed += hdr.Size
-		if x.claimed > x.pol.maxBytes {
-			return fmt.Errorf("archive entry %q claims %d bytes: %w", hdr.Name, hdr.Size, errTooLarge(x.pol.maxBytes))
+		if x.claimed > x.pol.MaxBytes {
+			return fmt.Errorf("archive entry %q claims %d bytes: %w", hdr.Name, hdr.Size, errTooLarge(x.pol.MaxBytes))
 		}
 	}
 	topLevel := x.first == ""

@@ -1,13 +1,17 @@
-// Package guest is both ends of the host↔guest agent channel and the guest's PID 1.
+// Package agentproto is the protocol between the host and the guest agent: the stream's
+// header and reply lines, frames, request types, error codes, the protocol version, the
+// channel's names (virtio-serial port, vsock port), the kernel command line the init
+// reads, and the shared types both ends encode (Identity, ListEntry).
 //
-// The host side (Ping, Exec, Put, Get, Shutdown, NewClientSession) is called by bangerd and
-// the banger CLI; the guest side (Serve, the channel loops and RunInit) runs inside every VM
-// as the static banger-agent binary that is the initrd's /init.
+// The host side is internal/agentclient (bangerd, the CLI, the shim); the guest side is
+// internal/guest, linked into the static banger-agent binary that is the initrd's /init.
+// Both import this package and internal/agentarchive (the put/get archive format); neither
+// imports the other.
 //
 // # Transport
 //
 // The host reaches the agent over one byte stream: a virtio-serial port named
-// vmm.AgentSerialName under qemu, or AF_VSOCK port vmm.AgentPort under firecracker. The
+// agentproto.AgentSerialName under qemu, or AF_VSOCK port agentproto.AgentPort under firecracker. The
 // stream is multiplexed with yamux: the guest is the yamux server, the host the yamux
 // client, and every request below is one yamux stream. The virtio-serial port outlives
 // host connections, so the agent reopens it and starts a fresh yamux server whenever a
@@ -78,7 +82,7 @@
 // tar archive of path (same naming as put: first component is path's base name) as data
 // frames and data_eof, or an error frame if reading fails midway, and closes. The host
 // trusts none of it: only path's base name is accepted at the top level, and see
-// extractTar and hostPolicy for the rest (confinement, masked modes, size cap).
+// agentarchive.ExtractTar and agentclient's hostPolicy for the rest (confinement, masked modes, size cap).
 //
 // list (a workspace's before/after listing): header field "path". The agent replies one
 // JSON line, then sends one JSON object per line (ListEntry: relative path, st_mode,
@@ -104,7 +108,7 @@
 // disk, the overlay root and the system disk, syncs and reboots, which ends the VMM process
 // because VMMs run guests with no-reboot semantics. When a rootfs init is PID 1 the agent
 // asks it to power off (SIGRTMIN+4 for systemd, SIGUSR2 for busybox init).
-package guest
+package agentproto
 
 import (
 	"bufio"
@@ -125,10 +129,6 @@ import (
 
 // ProtocolVersion is reported by ping; it changes when a change breaks older hosts or agents.
 const ProtocolVersion = 1
-
-// Version is the agent's version, set at build time with
-// -ldflags "-X banger/internal/guest.Version=…".
-var Version = "dev"
 
 // Request types.
 const (
@@ -159,10 +159,10 @@ const (
 const MaxFramePayload = 1 << 20
 
 // chunkSize is how much output or file data goes into one frame.
-const chunkSize = 32 << 10
+const ChunkSize = 32 << 10
 
 // maxHeaderLine bounds the JSON header and reply lines for the same reason.
-const maxHeaderLine = 1 << 20
+const MaxHeaderLine = 1 << 20
 
 // Error codes carried in replies, mapped to errdefs kinds on the host.
 const (
@@ -251,7 +251,7 @@ func (e *RemoteError) Is(target error) bool {
 
 // codeOf picks the wire code for an agent-side error from rpc's code table; an
 // unclassified error is "" on this protocol.
-func codeOf(err error) string {
+func CodeOf(err error) string {
 	if errors.Is(err, ErrCommandNotFound) {
 		return CodeCommandNotFound
 	}
@@ -261,17 +261,17 @@ func codeOf(err error) string {
 	return ""
 }
 
-func errorReply(err error) Reply {
-	return Reply{OK: false, Error: err.Error(), Code: codeOf(err)}
+func ErrorReply(err error) Reply {
+	return Reply{OK: false, Error: err.Error(), Code: CodeOf(err)}
 }
 
 // maxPeerMessage bounds an error message from the peer, which ends up in terminals, logs
 // and stored errors.
-const maxPeerMessage = 4096
+const MaxPeerMessage = 4096
 
 // peerText makes text from the peer safe to print: control characters (terminal escapes
 // included) and invalid UTF-8 become U+FFFD, and it is cut at max bytes.
-func peerText(s string, max int) string {
+func PeerText(s string, max int) string {
 	var b strings.Builder
 	for _, r := range s {
 		if r == utf8.RuneError || unicode.IsControl(r) {
@@ -287,11 +287,11 @@ func peerText(s string, max int) string {
 }
 
 // err turns a failed reply into a RemoteError.
-func (r Reply) err() error {
+func (r Reply) Err() error {
 	if r.OK {
 		return nil
 	}
-	msg := peerText(r.Error, maxPeerMessage)
+	msg := PeerText(r.Error, MaxPeerMessage)
 	if msg == "" {
 		msg = "agent reported failure without a message"
 	}
@@ -299,7 +299,7 @@ func (r Reply) err() error {
 }
 
 // writeJSONLine writes v as one line.
-func writeJSONLine(w io.Writer, v any) error {
+func WriteJSONLine(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -311,10 +311,10 @@ func writeJSONLine(w io.Writer, v any) error {
 
 // readJSONLine reads one line from br into v with rpc's line reader and strict decoder:
 // at most maxHeaderLine bytes, exact-case known keys only, no duplicates, no trailing data.
-func readJSONLine(br *bufio.Reader, v any) error {
-	line, err := rpc.ReadLine(br, maxHeaderLine)
+func ReadJSONLine(br *bufio.Reader, v any) error {
+	line, err := rpc.ReadLine(br, MaxHeaderLine)
 	if errors.Is(err, rpc.ErrLineTooLong) {
-		return fmt.Errorf("json line longer than %d bytes", maxHeaderLine)
+		return fmt.Errorf("json line longer than %d bytes", MaxHeaderLine)
 	}
 	if err != nil {
 		return err
@@ -330,12 +330,12 @@ func readJSONLine(br *bufio.Reader, v any) error {
 }
 
 // frameWriter serialises frames from several goroutines onto one stream.
-type frameWriter struct {
+type FrameWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	W  io.Writer
 }
 
-func (fw *frameWriter) write(kind byte, payload []byte) error {
+func (fw *FrameWriter) Write(kind byte, payload []byte) error {
 	if len(payload) > MaxFramePayload {
 		return fmt.Errorf("frame payload of %d bytes exceeds %d", len(payload), MaxFramePayload)
 	}
@@ -345,18 +345,18 @@ func (fw *frameWriter) write(kind byte, payload []byte) error {
 	copy(buf[5:], payload)
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	_, err := fw.w.Write(buf)
+	_, err := fw.W.Write(buf)
 	return err
 }
 
-func (fw *frameWriter) writeInt32(kind byte, v int32) error {
+func (fw *FrameWriter) WriteInt32(kind byte, v int32) error {
 	var b [4]byte
 	binary.BigEndian.PutUint32(b[:], uint32(v))
-	return fw.write(kind, b[:])
+	return fw.Write(kind, b[:])
 }
 
 // readFrame reads one frame. io.EOF means the stream ended cleanly between frames.
-func readFrame(r io.Reader) (kind byte, payload []byte, err error) {
+func ReadFrame(r io.Reader) (kind byte, payload []byte, err error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -378,7 +378,7 @@ func readFrame(r io.Reader) (kind byte, payload []byte, err error) {
 	return hdr[0], payload, nil
 }
 
-func payloadInt32(kind byte, p []byte) (int32, error) {
+func PayloadInt32(kind byte, p []byte) (int32, error) {
 	if len(p) != 4 {
 		return 0, fmt.Errorf("frame kind %d: payload of %d bytes, want 4", kind, len(p))
 	}
@@ -386,13 +386,13 @@ func payloadInt32(kind byte, p []byte) (int32, error) {
 }
 
 // dataWriter turns an io.Writer into data frames; Close sends data_eof.
-type dataWriter struct{ fw *frameWriter }
+type DataWriter struct{ FW *FrameWriter }
 
-func (d dataWriter) Write(p []byte) (int, error) {
+func (d DataWriter) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
-		n := min(len(p), chunkSize)
-		if err := d.fw.write(FrameData, p[:n]); err != nil {
+		n := min(len(p), ChunkSize)
+		if err := d.FW.Write(FrameData, p[:n]); err != nil {
 			return written, err
 		}
 		written += n
@@ -401,22 +401,22 @@ func (d dataWriter) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-func (d dataWriter) Close() error { return d.fw.write(FrameDataEOF, nil) }
+func (d DataWriter) Close() error { return d.FW.Write(FrameDataEOF, nil) }
 
 // dataReader reads data frames as a byte stream until data_eof (io.EOF). An error frame or
 // any other kind is an error.
-type dataReader struct {
-	r    io.Reader
+type DataReader struct {
+	R    io.Reader
 	buf  []byte
 	done bool
 }
 
-func (d *dataReader) Read(p []byte) (int, error) {
+func (d *DataReader) Read(p []byte) (int, error) {
 	for len(d.buf) == 0 {
 		if d.done {
 			return 0, io.EOF
 		}
-		kind, payload, err := readFrame(d.r)
+		kind, payload, err := ReadFrame(d.R)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return 0, fmt.Errorf("stream ended before the end of the archive: %w", io.ErrUnexpectedEOF)
@@ -429,7 +429,7 @@ func (d *dataReader) Read(p []byte) (int, error) {
 		case FrameDataEOF:
 			d.done = true
 		case FrameError:
-			return 0, fmt.Errorf("peer aborted the transfer: %s", peerText(string(payload), maxPeerMessage))
+			return 0, fmt.Errorf("peer aborted the transfer: %s", PeerText(string(payload), MaxPeerMessage))
 		default:
 			return 0, fmt.Errorf("unexpected frame kind %d in an archive stream", kind)
 		}

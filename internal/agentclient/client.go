@@ -1,4 +1,4 @@
-package guest
+package agentclient
 
 import (
 	"bufio"
@@ -10,8 +10,9 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
-	"time"
 
+	"banger/internal/agentarchive"
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 	"banger/internal/model"
 )
@@ -61,17 +62,6 @@ type ExecIO struct {
 	Started func()
 }
 
-// bindContext closes conn when ctx ends; the returned function detaches it.
-// A yamux stream's Close is only a half-close, so reads are cut short with a deadline too.
-func bindContext(ctx context.Context, conn io.Closer) func() bool {
-	return context.AfterFunc(ctx, func() {
-		if d, ok := conn.(interface{ SetDeadline(time.Time) error }); ok {
-			_ = d.SetDeadline(time.Now())
-		}
-		_ = conn.Close()
-	})
-}
-
 // failure prefers the context's cause: once ctx closed the stream, the I/O error it caused
 // says nothing useful.
 func failure(ctx context.Context, what string, err error) error {
@@ -82,16 +72,16 @@ func failure(ctx context.Context, what string, err error) error {
 }
 
 // roundTrip sends a header and reads the reply line.
-func roundTrip(ctx context.Context, conn io.ReadWriter, br *bufio.Reader, req Request) (Reply, error) {
-	if err := writeJSONLine(conn, req); err != nil {
-		return Reply{}, failure(ctx, "sending "+req.Type+" request to the guest agent", err)
+func roundTrip(ctx context.Context, conn io.ReadWriter, br *bufio.Reader, req agentproto.Request) (agentproto.Reply, error) {
+	if err := agentproto.WriteJSONLine(conn, req); err != nil {
+		return agentproto.Reply{}, failure(ctx, "sending "+req.Type+" request to the guest agent", err)
 	}
-	var r Reply
-	if err := readJSONLine(br, &r); err != nil {
+	var r agentproto.Reply
+	if err := agentproto.ReadJSONLine(br, &r); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = errdefs.New(errdefs.ErrUnavailable, "guest agent closed the stream without replying")
 		}
-		return Reply{}, failure(ctx, "reading the guest agent's "+req.Type+" reply", err)
+		return agentproto.Reply{}, failure(ctx, "reading the guest agent's "+req.Type+" reply", err)
 	}
 	return r, nil
 }
@@ -103,22 +93,22 @@ const maxPingField = 256
 // Ping asks the agent who it is; it is also the readiness check after boot.
 func Ping(ctx context.Context, conn io.ReadWriteCloser, opID string) (PingInfo, error) {
 	defer conn.Close()
-	defer bindContext(ctx, conn)()
-	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), Request{Type: TypePing, OpID: opID})
+	defer agentproto.BindContext(ctx, conn)()
+	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), agentproto.Request{Type: agentproto.TypePing, OpID: opID})
 	if err != nil {
 		return PingInfo{}, err
 	}
-	if err := r.err(); err != nil {
+	if err := r.Err(); err != nil {
 		return PingInfo{}, fmt.Errorf("ping: %w", err)
 	}
-	if r.Protocol != ProtocolVersion {
-		return PingInfo{}, &ProtocolMismatchError{Agent: r.Protocol, AgentVersion: peerText(r.AgentVersion, maxPingField)}
+	if r.Protocol != agentproto.ProtocolVersion {
+		return PingInfo{}, &ProtocolMismatchError{Agent: r.Protocol, AgentVersion: agentproto.PeerText(r.AgentVersion, maxPingField)}
 	}
 	// These strings come from the guest and are printed in progress lines and logs.
 	info := PingInfo{
-		Hostname:      peerText(r.Hostname, maxPingField),
-		Kernel:        peerText(r.Kernel, maxPingField),
-		AgentVersion:  peerText(r.AgentVersion, maxPingField),
+		Hostname:      agentproto.PeerText(r.Hostname, maxPingField),
+		Kernel:        agentproto.PeerText(r.Kernel, maxPingField),
+		AgentVersion:  agentproto.PeerText(r.AgentVersion, maxPingField),
 		UptimeSeconds: r.UptimeSeconds,
 	}
 	info.Boot, info.BootDropped, info.BootDroppedWhy = peerBootStages(r.Boot)
@@ -135,7 +125,7 @@ type ProtocolMismatchError struct {
 
 func (e *ProtocolMismatchError) Error() string {
 	return fmt.Sprintf("the guest agent (version %q) speaks protocol %d, this banger speaks %d: rebuild the image's agent with this banger (`banger image rm IMAGE`, then build or pull it again)",
-		e.AgentVersion, e.Agent, ProtocolVersion)
+		e.AgentVersion, e.Agent, agentproto.ProtocolVersion)
 }
 
 // Is makes a mismatch an errdefs.ErrConflict.
@@ -145,12 +135,12 @@ func (e *ProtocolMismatchError) Is(target error) bool { return target == errdefs
 // process exits shortly after (wait for it with vmm.Wait).
 func Shutdown(ctx context.Context, conn io.ReadWriteCloser, opID string) error {
 	defer conn.Close()
-	defer bindContext(ctx, conn)()
-	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), Request{Type: TypeShutdown, OpID: opID})
+	defer agentproto.BindContext(ctx, conn)()
+	r, err := roundTrip(ctx, conn, bufio.NewReader(conn), agentproto.Request{Type: agentproto.TypeShutdown, OpID: opID})
 	if err != nil {
 		return err
 	}
-	if err := r.err(); err != nil {
+	if err := r.Err(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
@@ -164,10 +154,10 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return -1, errdefs.InvalidArgument("argv", req.Argv, "a command is required")
 	}
-	defer bindContext(ctx, conn)()
+	defer agentproto.BindContext(ctx, conn)()
 	br := bufio.NewReader(conn)
-	r, err := roundTrip(ctx, conn, br, Request{
-		Type: TypeExec, OpID: req.OpID,
+	r, err := roundTrip(ctx, conn, br, agentproto.Request{
+		Type: agentproto.TypeExec, OpID: req.OpID,
 		Argv: req.Argv, Env: req.Env, Cwd: req.Cwd,
 		TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, Term: req.Term,
 		Root: req.Root, UID: req.UID, GID: req.GID, Groups: req.Groups,
@@ -175,14 +165,14 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 	if err != nil {
 		return -1, err
 	}
-	if err := r.err(); err != nil {
+	if err := r.Err(); err != nil {
 		return -1, fmt.Errorf("exec %s: %w", req.Argv[0], err)
 	}
 	if stdio.Started != nil {
 		stdio.Started()
 	}
 
-	fw := &frameWriter{w: conn}
+	fw := &agentproto.FrameWriter{W: conn}
 	done := make(chan struct{})
 	defer close(done)
 	// The stdin pump may stay blocked in Read after Exec returns (a terminal cannot be
@@ -198,7 +188,7 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 		stderr = io.Discard
 	}
 	for {
-		kind, payload, err := readFrame(br)
+		kind, payload, err := agentproto.ReadFrame(br)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errdefs.New(errdefs.ErrUnavailable, "guest agent closed the stream before the exit status")
@@ -211,51 +201,51 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req ExecRequest, stdio E
 			return -1, failure(ctx, "exec "+req.Argv[0], ctx.Err())
 		}
 		switch kind {
-		case FrameStdout:
+		case agentproto.FrameStdout:
 			if _, err := stdout.Write(payload); err != nil {
 				return -1, fmt.Errorf("writing the output of %s: %w", req.Argv[0], err)
 			}
-		case FrameStderr:
+		case agentproto.FrameStderr:
 			if _, err := stderr.Write(payload); err != nil {
 				return -1, fmt.Errorf("writing the error output of %s: %w", req.Argv[0], err)
 			}
-		case FrameExit:
-			code, err := payloadInt32(kind, payload)
+		case agentproto.FrameExit:
+			code, err := agentproto.PayloadInt32(kind, payload)
 			if err != nil {
 				return -1, fmt.Errorf("exec %s: %w", req.Argv[0], err)
 			}
 			return int(code), nil
-		case FrameError:
-			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], peerText(string(payload), maxPeerMessage))
+		case agentproto.FrameError:
+			return -1, fmt.Errorf("exec %s: guest agent: %s", req.Argv[0], agentproto.PeerText(string(payload), agentproto.MaxPeerMessage))
 		default:
 			return -1, fmt.Errorf("exec %s: unexpected frame kind %d from the guest agent", req.Argv[0], kind)
 		}
 	}
 }
 
-func pumpStdin(fw *frameWriter, in io.Reader) {
+func pumpStdin(fw *agentproto.FrameWriter, in io.Reader) {
 	if in == nil {
-		_ = fw.write(FrameStdinEOF, nil)
+		_ = fw.Write(agentproto.FrameStdinEOF, nil)
 		return
 	}
-	buf := make([]byte, chunkSize)
+	buf := make([]byte, agentproto.ChunkSize)
 	for {
 		n, err := in.Read(buf)
 		if n > 0 {
-			if werr := fw.write(FrameStdin, buf[:n]); werr != nil {
+			if werr := fw.Write(agentproto.FrameStdin, buf[:n]); werr != nil {
 				return
 			}
 		}
 		if err != nil {
 			// A read error other than EOF still ends the input: the process must not wait
 			// for bytes that will never come.
-			_ = fw.write(FrameStdinEOF, nil)
+			_ = fw.Write(agentproto.FrameStdinEOF, nil)
 			return
 		}
 	}
 }
 
-func pumpControl(fw *frameWriter, resize <-chan [2]uint16, signals <-chan syscall.Signal, done <-chan struct{}) {
+func pumpControl(fw *agentproto.FrameWriter, resize <-chan [2]uint16, signals <-chan syscall.Signal, done <-chan struct{}) {
 	for {
 		select {
 		case <-done:
@@ -268,7 +258,7 @@ func pumpControl(fw *frameWriter, resize <-chan [2]uint16, signals <-chan syscal
 			var b [4]byte
 			binary.BigEndian.PutUint16(b[0:2], sz[0])
 			binary.BigEndian.PutUint16(b[2:4], sz[1])
-			if fw.write(FrameResize, b[:]) != nil {
+			if fw.Write(agentproto.FrameResize, b[:]) != nil {
 				return
 			}
 		case sig, ok := <-signals:
@@ -276,7 +266,7 @@ func pumpControl(fw *frameWriter, resize <-chan [2]uint16, signals <-chan syscal
 				signals = nil
 				continue
 			}
-			if fw.writeInt32(FrameSignal, int32(sig)) != nil {
+			if fw.WriteInt32(agentproto.FrameSignal, int32(sig)) != nil {
 				return
 			}
 		}
@@ -303,30 +293,30 @@ func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGue
 	}
 	ctx, idle := watchIdle(ctx, opts.IdleTimeout)
 	defer idle.stop()
-	defer bindContext(ctx, conn)()
+	defer agentproto.BindContext(ctx, conn)()
 	conn = progressConn{conn, idle}
-	if err := writeJSONLine(conn, Request{Type: TypePut, OpID: opID, Path: dstGuestPath, Mode: unixMode(fi.Mode())}); err != nil {
+	if err := agentproto.WriteJSONLine(conn, agentproto.Request{Type: agentproto.TypePut, OpID: opID, Path: dstGuestPath, Mode: agentarchive.UnixMode(fi.Mode())}); err != nil {
 		return failure(ctx, "sending put request to the guest agent", err)
 	}
 
 	// The agent may refuse before reading the whole archive; reading its reply concurrently
 	// lets us stop sending instead of blocking on a flow-control window nobody drains.
 	type result struct {
-		r   Reply
+		r   agentproto.Reply
 		err error
 	}
 	replies := make(chan result, 1)
 	go func() {
-		var r Reply
-		err := readJSONLine(bufio.NewReader(conn), &r)
+		var r agentproto.Reply
+		err := agentproto.ReadJSONLine(bufio.NewReader(conn), &r)
 		replies <- result{r, err}
 	}()
 	sent := make(chan error, 1)
 	go func() {
-		fw := &frameWriter{w: conn}
-		dw := dataWriter{fw: fw}
-		if err := writeTar(dw, srcHostPath); err != nil {
-			_ = fw.write(FrameError, []byte(err.Error()))
+		fw := &agentproto.FrameWriter{W: conn}
+		dw := agentproto.DataWriter{FW: fw}
+		if err := agentarchive.WriteTar(dw, srcHostPath); err != nil {
+			_ = fw.Write(agentproto.FrameError, []byte(err.Error()))
 			sent <- err
 			return
 		}
@@ -356,7 +346,7 @@ func Put(ctx context.Context, conn io.ReadWriteCloser, opID, srcHostPath, dstGue
 		}
 		return failure(ctx, what, res.err)
 	}
-	if err := res.r.err(); err != nil {
+	if err := res.r.Err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
@@ -380,18 +370,18 @@ func Get(ctx context.Context, conn io.ReadWriteCloser, opID, srcGuestPath, dstHo
 	what := fmt.Sprintf("copying guest %s to %s", srcGuestPath, dstHostPath)
 	ctx, idle := watchIdle(ctx, opts.IdleTimeout)
 	defer idle.stop()
-	defer bindContext(ctx, conn)()
+	defer agentproto.BindContext(ctx, conn)()
 	conn = progressConn{conn, idle}
 	br := bufio.NewReader(conn)
-	r, err := roundTrip(ctx, conn, br, Request{Type: TypeGet, OpID: opID, Path: srcGuestPath})
+	r, err := roundTrip(ctx, conn, br, agentproto.Request{Type: agentproto.TypeGet, OpID: opID, Path: srcGuestPath})
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := r.err(); err != nil {
+	if err := r.Err(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	// extractTar reads up to data_eof, so an archive cut short by an agent error fails.
-	if err := extractTar(&dataReader{r: br}, dstHostPath, pol); err != nil {
+	if err := agentarchive.ExtractTar(&agentproto.DataReader{R: br}, dstHostPath, pol); err != nil {
 		return failure(ctx, what, err)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package guest
+package agentproto
 
 import (
 	"errors"
@@ -79,9 +79,9 @@ func TestParseCmdline(t *testing.T) {
 }
 
 func TestSplitCmdline(t *testing.T) {
-	got := splitCmdline(` a  b="c d" "e f"=g  h` + "\n")
+	got := SplitCmdline(` a  b="c d" "e f"=g  h` + "\n")
 	want := []string{"a", "b=c d", "e f=g", "h"}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("splitCmdline = %q, want %q", got, want)
+		t.Errorf("SplitCmdline = %q, want %q", got, want)
 	}
 }

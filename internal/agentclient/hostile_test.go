@@ -1,4 +1,4 @@
-package guest
+package agentclient
 
 import (
 	"archive/tar"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
@@ -27,14 +28,14 @@ import (
 // It returns the host's client session.
 func hostileGuest(t *testing.T, serve func(st io.ReadWriteCloser)) *yamux.Session {
 	t.Helper()
-	return hostileGuestReplying(t, Reply{OK: true}, serve)
+	return hostileGuestReplying(t, agentproto.Reply{OK: true}, serve)
 }
 
 // hostileGuestReplying is hostileGuest answering every request with reply.
-func hostileGuestReplying(t *testing.T, reply Reply, serve func(st io.ReadWriteCloser)) *yamux.Session {
+func hostileGuestReplying(t *testing.T, reply agentproto.Reply, serve func(st io.ReadWriteCloser)) *yamux.Session {
 	t.Helper()
 	host, guestEnd := socketPair(t)
-	srv, err := yamux.Server(guestEnd, yamuxConfig(testLogger()))
+	srv, err := yamux.Server(guestEnd, agentproto.YamuxConfig(testLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,11 +47,11 @@ func hostileGuestReplying(t *testing.T, reply Reply, serve func(st io.ReadWriteC
 			}
 			go func() {
 				defer st.Close()
-				var req Request
-				if err := readJSONLine(bufio.NewReader(st), &req); err != nil {
+				var req agentproto.Request
+				if err := agentproto.ReadJSONLine(bufio.NewReader(st), &req); err != nil {
 					return
 				}
-				if err := writeJSONLine(st, reply); err != nil {
+				if err := agentproto.WriteJSONLine(st, reply); err != nil {
 					return
 				}
 				serve(st)
@@ -71,7 +72,7 @@ func hostileGuestReplying(t *testing.T, reply Reply, serve func(st io.ReadWriteC
 // sendArchive is a hostile serve function that sends b as a complete archive.
 func sendArchive(b []byte) func(io.ReadWriteCloser) {
 	return func(st io.ReadWriteCloser) {
-		dw := dataWriter{fw: &frameWriter{w: st}}
+		dw := agentproto.DataWriter{FW: &agentproto.FrameWriter{W: st}}
 		if _, err := dw.Write(b); err != nil {
 			return
 		}
@@ -330,7 +331,7 @@ func TestGetCapsSizeAndRemovesPartialFile(t *testing.T) {
 		tw := tar.NewWriter(&buf)
 		_ = tw.WriteHeader(&tar.Header{Name: "out.log", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1 << 40})
 		_, _ = tw.Write(bytes.Repeat([]byte("x"), 64<<10))
-		dw := dataWriter{fw: &frameWriter{w: st}}
+		dw := agentproto.DataWriter{FW: &agentproto.FrameWriter{W: st}}
 		_, _ = dw.Write(buf.Bytes())
 	}
 	s := hostileGuest(t, huge)
@@ -349,9 +350,9 @@ func TestGetCapsSizeAndRemovesPartialFile(t *testing.T) {
 		tw := tar.NewWriter(&buf)
 		_ = tw.WriteHeader(&tar.Header{Name: "out.log", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1 << 20})
 		_, _ = tw.Write(bytes.Repeat([]byte("x"), 100<<10))
-		dw := dataWriter{fw: &frameWriter{w: st}}
+		dw := agentproto.DataWriter{FW: &agentproto.FrameWriter{W: st}}
 		_, _ = dw.Write(buf.Bytes())
-		_ = (&frameWriter{w: st}).write(FrameError, []byte("disk on fire"))
+		_ = (&agentproto.FrameWriter{W: st}).Write(agentproto.FrameError, []byte("disk on fire"))
 	})
 	if err := copyOut(t, s, "/root/out.log", dir, CopyOptions{}); err == nil {
 		t.Fatal("a cut-short archive succeeded")
@@ -379,7 +380,7 @@ func TestGetCapsSizeAndRemovesPartialFile(t *testing.T) {
 func TestGetTrailingDataIsCapped(t *testing.T) {
 	// After a valid archive the guest keeps streaming data frames forever: the copy must end.
 	s := hostileGuest(t, func(st io.ReadWriteCloser) {
-		dw := dataWriter{fw: &frameWriter{w: st}}
+		dw := agentproto.DataWriter{FW: &agentproto.FrameWriter{W: st}}
 		if _, err := dw.Write(rawTar(t, []*tar.Header{{Name: "out.log", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}}, "x")); err != nil {
 			return
 		}
@@ -406,7 +407,7 @@ func TestGetIdleTimeout(t *testing.T) {
 		tw := tar.NewWriter(&buf)
 		_ = tw.WriteHeader(&tar.Header{Name: "out.log", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1 << 20})
 		_, _ = tw.Write(bytes.Repeat([]byte("z"), 1024))
-		dw := dataWriter{fw: &frameWriter{w: st}}
+		dw := agentproto.DataWriter{FW: &agentproto.FrameWriter{W: st}}
 		// Some progress first, then silence: the timer restarts on progress.
 		for chunk := range slices.Chunk(buf.Bytes(), 512) {
 			time.Sleep(150 * time.Millisecond)
@@ -448,7 +449,7 @@ func TestHostRefusesGuestInitiatedStreams(t *testing.T) {
 	// The host never accepts streams; a guest that opens them must not pin host memory.
 	// The session is torn down on the first one.
 	host, guestEnd := socketPair(t)
-	srv, err := yamux.Server(guestEnd, yamuxConfig(testLogger()))
+	srv, err := yamux.Server(guestEnd, agentproto.YamuxConfig(testLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,7 +487,7 @@ func TestGuestTextIsMadeSafe(t *testing.T) {
 	// Strings the guest sends end up in terminals, progress lines and stored errors: no
 	// escape sequences, and a bounded length.
 	evil := "web\x1b]0;owned\x07\x1b[2J" + strings.Repeat("A", 1<<17)
-	s := hostileGuestReplying(t, Reply{OK: true, Hostname: evil, Kernel: evil, AgentVersion: evil, Protocol: ProtocolVersion}, func(io.ReadWriteCloser) {})
+	s := hostileGuestReplying(t, agentproto.Reply{OK: true, Hostname: evil, Kernel: evil, AgentVersion: evil, Protocol: agentproto.ProtocolVersion}, func(io.ReadWriteCloser) {})
 	info, err := Ping(testCtx(t), openStream(t, s), "")
 	if err != nil {
 		t.Fatal(err)
@@ -496,13 +497,13 @@ func TestGuestTextIsMadeSafe(t *testing.T) {
 			t.Errorf("%s: %.40q… (%d bytes)", name, v, len(v))
 		}
 	}
-	s = hostileGuestReplying(t, Reply{OK: false, Error: evil}, func(io.ReadWriteCloser) {})
+	s = hostileGuestReplying(t, agentproto.Reply{OK: false, Error: evil}, func(io.ReadWriteCloser) {})
 	err = copyOut(t, s, "/root/out", t.TempDir(), CopyOptions{})
 	if err == nil || strings.ContainsAny(err.Error(), "\x1b\x07") || len(err.Error()) > 5000 {
 		t.Errorf("error from the guest not made safe: %.80q (%d bytes)", err, len(err.Error()))
 	}
 	s = hostileGuest(t, func(st io.ReadWriteCloser) {
-		_ = (&frameWriter{w: st}).write(FrameError, []byte(evil))
+		_ = (&agentproto.FrameWriter{W: st}).Write(agentproto.FrameError, []byte(evil))
 	})
 	err = copyOut(t, s, "/root/out", t.TempDir(), CopyOptions{})
 	if err == nil || strings.ContainsAny(err.Error(), "\x1b\x07") || len(err.Error()) > 5000 {
@@ -513,10 +514,10 @@ func TestGuestTextIsMadeSafe(t *testing.T) {
 // TestPingRefusesAnotherProtocol: an agent reporting another protocol version (or none, as
 // agents before versioning did) is a conflict naming both versions, with its own text made safe.
 func TestPingRefusesAnotherProtocol(t *testing.T) {
-	for _, p := range []int{0, ProtocolVersion + 1} {
-		s := hostileGuestReplying(t, Reply{OK: true, Hostname: "web", AgentVersion: "v\x1b[2J", Protocol: p}, func(io.ReadWriteCloser) {})
+	for _, p := range []int{0, agentproto.ProtocolVersion + 1} {
+		s := hostileGuestReplying(t, agentproto.Reply{OK: true, Hostname: "web", AgentVersion: "v\x1b[2J", Protocol: p}, func(io.ReadWriteCloser) {})
 		_, err := Ping(testCtx(t), openStream(t, s), "")
-		if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), fmt.Sprintf("speaks protocol %d, this banger speaks %d", p, ProtocolVersion)) {
+		if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), fmt.Sprintf("speaks protocol %d, this banger speaks %d", p, agentproto.ProtocolVersion)) {
 			t.Errorf("agent of protocol %d: %v, want a conflict naming both versions", p, err)
 		}
 		if strings.Contains(err.Error(), "\x1b") {
