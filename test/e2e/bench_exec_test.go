@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/agentclient"
 	"banger/internal/client"
-	"banger/internal/guest"
 )
 
 // BenchmarkExecPhases splits BenchmarkExecTrue's round trip into what each layer adds, on
@@ -42,7 +42,7 @@ func BenchmarkExecPhases(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			_, err = guest.Ping(ctx, st, "")
+			_, err = agentclient.Ping(ctx, st, "")
 			return err
 		}},
 		{"agent-exec", func() error {
@@ -50,7 +50,7 @@ func BenchmarkExecPhases(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			code, err := guest.Exec(ctx, st, guest.ExecRequest{Argv: []string{"true"}}, guest.ExecIO{})
+			code, err := agentclient.Exec(ctx, st, agentclient.ExecRequest{Argv: []string{"true"}}, agentclient.ExecIO{})
 			if err == nil && code != 0 {
 				err = fmt.Errorf("true exited %d", code)
 			}
