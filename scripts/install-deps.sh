@@ -2,11 +2,12 @@
 # Installs the Debian packages banger needs on a host: qemu (the VMM that works
 # everywhere), busybox-static and e2fsprogs (image builders), nftables and iproute2 (the
 # root helper), dnsutils and socat (tests and debugging), debootstrap (debian builder),
-# containerd (the runtime shim's e2e test runs a private containerd), linux-source and the
-# kernel build tools (`image build tiny --kernel microvm` compiles a kernel from Debian's
-# source; unversioned metapackage, whatever kernel it currently depends on).
+# containerd (the runtime shim's e2e test runs a private containerd),
+# containernetworking-plugins (the CNI bridge and loopback of that containerd's CRI pods),
+# linux-source and the kernel build tools (`image build tiny --kernel microvm` compiles a
+# kernel from Debian's source; unversioned metapackage, whatever kernel it depends on now).
 set -euo pipefail
-pkgs=(qemu-system-x86 busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make containerd
+pkgs=(qemu-system-x86 busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make containerd containernetworking-plugins
   linux-source bc bison flex gcc libc6-dev libelf-dev libssl-dev xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,11 +1,8 @@
 package ctl
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 
@@ -115,31 +112,9 @@ func uploadWorkspace(ctx context.Context, g *Globals, o WorkspaceOptions, quiet 
 			fmt.Fprintf(g.Stderr, "workspace: skipped %s (not a regular file, directory or symlink)\n", s)
 		}
 	}
-	sendErr := workspace.SendImage(ctx, stream, packed.Image)
-	if sendErr != nil && ctx.Err() != nil {
+	if err := workspace.Upload(ctx, stream, packed.Image); err != nil {
 		w.Close()
-		return nil, ctx.Err()
-	}
-	// A refusing daemon answers and stops reading, so a failed send still has its reason.
-	line, err := bufio.NewReader(io.LimitReader(stream, 64<<10)).ReadString('\n')
-	if err != nil && sendErr != nil {
-		w.Close()
-		return nil, fmt.Errorf("uploading the workspace: %w", sendErr)
-	}
-	if err != nil {
-		w.Close()
-		return nil, fmt.Errorf("uploading the workspace: no answer from bangerd: %w", err)
-	}
-	var reply struct {
-		OK    bool   `json:"ok"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(line), &reply); err != nil || !reply.OK {
-		w.Close()
-		if reply.Error == "" {
-			reply.Error = strings.TrimSpace(line)
-		}
-		return nil, fmt.Errorf("uploading the workspace: bangerd refused it: %s", reply.Error)
+		return nil, err
 	}
 	w.params = api.WorkspaceParams{Token: res.Token, Path: guestPath}
 	return w, nil

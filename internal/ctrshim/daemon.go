@@ -61,15 +61,6 @@ func (d *daemonClient) agentStream(ctx context.Context, vm string) (io.ReadWrite
 	return d.c.VMAgent(ctx, vm)
 }
 
-// putRootfs copies the host directory rootfs to GuestRoot in the VM.
-func (d *daemonClient) putRootfs(ctx context.Context, vm, rootfs string) error {
-	st, err := d.agentStream(ctx, vm)
-	if err != nil {
-		return err
-	}
-	return agentclient.Put(ctx, st, opid.From(ctx), rootfs, GuestRoot, agentclient.CopyOptions{})
-}
-
 // maxSetupOutput bounds what a setup command may print into an error message.
 const maxSetupOutput = 4 << 10
 

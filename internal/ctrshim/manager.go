@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // RuntimeName is the runtime containerd is configured with; containerd derives the binary
@@ -60,12 +61,19 @@ func socketAddress(containerdAddress, ns, id string) string {
 
 // Start runs the serving shim process for container id and returns its socket address.
 // containerd 1.6 reads that address as plain text from stdout (shim protocol v2; later
-// containerd versions also accept it).
+// containerd versions also accept it). The containers of a CRI pod are grouped onto one
+// shim, as runc's and Kata's v2 shims do: the address is derived from the pod's sandbox id
+// (its io.kubernetes.cri.sandbox-id annotation; the sandbox's own id for the sandbox), so
+// a pod's later containers find the sandbox's shim serving and are answered its address.
+// That one process holds the pod's VM and its containers. Called with the container's
+// bundle as the working directory.
 func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return "", err
 	}
+	spec, _ := readSpec(".") // no readable spec: a shim of its own
+	group := shimGroup(id, spec)
 	self, err := os.Executable()
 	if err != nil {
 		return "", err
@@ -74,14 +82,14 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	address := socketAddress(opts.Address, ns, id)
+	address := socketAddress(opts.Address, ns, group)
 	socket, err := shim.NewSocket(address)
 	if err != nil {
 		if !shim.SocketEaddrinuse(err) {
 			return "", fmt.Errorf("creating the shim socket %s: %w", address, err)
 		}
 		if shim.CanConnect(address) {
-			// A shim for this container already serves: containerd reconnects to it.
+			// A shim for this container or its pod already serves: containerd uses it.
 			if err := shim.WriteAddress("address", address); err != nil {
 				return "", err
 			}
@@ -108,7 +116,7 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 		return "", err
 	}
 	defer f.Close()
-	args := []string{"-namespace", ns, "-id", id, "-address", opts.Address}
+	args := []string{"-namespace", ns, "-id", group, "-address", opts.Address}
 	if opts.Debug {
 		args = append(args, "-debug")
 	}
@@ -130,10 +138,22 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	return address, nil
 }
 
+// shimGroup is the id the shim serving container id is known by: its CRI pod's sandbox id
+// (the sandbox's own id for the sandbox), else the container's own.
+func shimGroup(id string, spec *specs.Spec) string {
+	if spec != nil {
+		if sb := spec.Annotations[annoSandboxID]; sb != "" && validID.MatchString(sb) {
+			return sb
+		}
+	}
+	return id
+}
+
 // Stop is containerd's cleanup of a container whose shim is gone (crashed, killed) or
 // whose create failed: it removes the container's VM (found by its derived name, so no
 // state of the dead shim is needed) and the snapshot mount. Called with the bundle as the
-// working directory.
+// working directory. A pod container that shares its sandbox's VM leaves the VM to the
+// sandbox's cleanup (its processes and directory are the VM's, and go with it).
 func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
@@ -146,7 +166,10 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	name := VMName(ns, id)
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := newDaemonClient().deleteVM(dctx, name); err != nil {
+	spec, specErr := readSpec(cwd)
+	if specErr == nil && podSandbox(spec) != "" {
+		log.G(ctx).WithField("id", id).Info("pod container: its VM is the sandbox's, removed with it")
+	} else if err := newDaemonClient().deleteVM(dctx, name); err != nil {
 		// containerd retries the cleanup of a dead shim's task on its next start; bangerd's
 		// reconcile does not know containers, so the VM stays until then.
 		return shim.StopStatus{}, fmt.Errorf("deleting vm %s of container %s/%s: %w", name, ns, id, err)
@@ -155,7 +178,10 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithError(err).Warn("unmounting the container's snapshot")
 	}
 	// A killed shim could not remove its socket; Start wrote its address into the bundle.
-	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil {
+	// containerd also runs this cleanup for a pod's container after a normal delete (its
+	// connection to the pod's shim closes): that socket is the pod's, still served, and
+	// removing it would make the pod's next container start a shim of its own.
+	if address, err := shim.ReadAddress(filepath.Join(cwd, "address")); err == nil && !shim.CanConnect(address) {
 		_ = shim.RemoveSocket(address)
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil

@@ -35,7 +35,9 @@ import (
 var empty = &ptypes.Empty{}
 
 // Service is the task service of one shim process: containerd's task API (v2, over
-// ttrpc) mapped onto banger VMs, one VM per container.
+// ttrpc) mapped onto banger VMs. A container outside a pod, or a pod's sandbox, has its
+// own VM; a pod's other containers (the same shim serves the whole pod) join the
+// sandbox's VM, each in its own root directory there.
 type Service struct {
 	ctx       context.Context // the shim's: namespace, logger; outlives requests
 	ns        string
@@ -52,12 +54,17 @@ type Service struct {
 type container struct {
 	id, bundle string
 	rootfs     string // host mount point of the snapshot while it is copied into the guest
+	dir        string // its directory in the VM (containerDir); its root is dir/rootfs
 	vmID       string
 	vmName     string
-	pid        uint32 // the VMM's pid: the task's pid as containerd sees it
+	pid        uint32     // the VMM's pid: the task's pid as containerd sees it
+	sandbox    *container // the pod sandbox whose VM it shares; nil if the VM is its own
 	init       *process
 	execs      map[string]*process
 }
+
+// ownsVM says whether deleting the container deletes its VM.
+func (c *container) ownsVM() bool { return c.sandbox == nil }
 
 // process is the init process or one exec: a guest command run through the agent.
 type process struct {
@@ -210,14 +217,25 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	pl, err := planFor(spec)
+	pl, err := planFor(r.ID, spec)
 	if err != nil {
 		return nil, toGRPC(fmt.Errorf("container %s: %w", r.ID, err))
 	}
-	pl.vm.Name = VMName(s.ns, r.ID)
-	pl.vm.Image = imageFor(spec)
-	pl.vm.NAT = spec.Annotations["banger.dev/nat"] == "true"
-	c := &container{id: r.ID, bundle: r.Bundle, vmName: pl.vm.Name, execs: map[string]*process{}}
+	c := &container{id: r.ID, bundle: r.Bundle, dir: pl.dir, execs: map[string]*process{}}
+	if sbID := podSandbox(spec); sbID != "" {
+		// A pod's container: it joins the sandbox's VM, which this shim serves (Start
+		// groups a pod onto the sandbox's shim).
+		sb, err := s.get(sbID)
+		if err != nil {
+			return nil, toGRPC(fmt.Errorf("container %s joins pod sandbox %s, which this shim does not serve: %w", r.ID, sbID, cerrdefs.ErrFailedPrecondition))
+		}
+		c.sandbox, c.vmID, c.vmName, c.pid = sb, sb.vmID, sb.vmName, sb.pid
+	} else {
+		pl.vm.Name = VMName(s.ns, r.ID)
+		pl.vm.Image = imageFor(spec)
+		pl.vm.NAT = spec.Annotations["banger.dev/nat"] == "true"
+		c.vmName = pl.vm.Name
+	}
 	c.init = newProcess("", pl.proc, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
 	c.init.req.TTY = r.Terminal
 	defer func() {
@@ -247,18 +265,25 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, toGRPC(err)
 	}
 
-	vm, err := s.daemon.createVM(ctx, pl.vm)
-	if err != nil {
-		return nil, toGRPC(fmt.Errorf("creating the VM of container %s: %w", r.ID, err))
+	streamed := c.rootfs
+	if c.ownsVM() {
+		if err := s.bootVM(ctx, c, pl); err != nil {
+			return nil, toGRPC(err)
+		}
+		if pl.rootDisk {
+			streamed = "" // the rootfs is the VM's disk; only the bind files remain
+		}
 	}
-	c.vmID, c.pid = vm.ID, uint32(vm.PID)
-	lg.WithField("vm", vm.Name).WithField("vm_id", vm.ID).WithField("elapsed", time.Since(start).String()).Info("vm ready")
 
 	t := time.Now()
-	if err := s.daemon.putRootfs(ctx, c.vmID, c.rootfs); err != nil {
-		return nil, toGRPC(fmt.Errorf("copying the rootfs of container %s into its VM: %w", r.ID, err))
+	if streamed != "" || len(pl.binds) > 0 {
+		if err := s.daemon.putContainer(ctx, c.vmID, c.dir, streamed, pl.binds); err != nil {
+			return nil, toGRPC(fmt.Errorf("copying the rootfs of container %s into its VM: %w", r.ID, err))
+		}
 	}
-	lg.WithField("elapsed", time.Since(t).String()).Info("rootfs copied")
+	if streamed != "" {
+		lg.WithField("elapsed", time.Since(t).String()).Info("rootfs copied")
+	}
 	// The guest has its own copy now; the snapshot is not needed mounted.
 	unmountRootfs(ctx, c)
 	if err := s.daemon.run(ctx, c.vmID, []string{"/bin/sh", "-c", pl.setupScript()}); err != nil {
@@ -274,6 +299,31 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	})
 	lg.WithField("elapsed", time.Since(start).String()).Info("created")
 	return &taskAPI.CreateTaskResponse{Pid: c.pid}, nil
+}
+
+// bootVM creates c's own VM. Its rootfs goes in as an ext4 disk (rootdisk.go) unless the
+// tree is over bangerd's workspace limit; then pl.rootDisk stays false and it is streamed.
+func (s *Service) bootVM(ctx context.Context, c *container, pl *plan) error {
+	lg := log.G(ctx).WithField("op_id", opid.From(ctx)).WithField("id", c.id)
+	start := time.Now()
+	disk, err := s.daemon.uploadRootDisk(ctx, c.rootfs, c.dir+"/rootfs")
+	if err != nil {
+		return fmt.Errorf("container %s: %w", c.id, err)
+	}
+	if disk != nil {
+		defer disk.close() // the create has claimed the image, or failed
+		pl.vm.Workspace, pl.rootDisk = &disk.params, true
+		lg.WithField("elapsed", time.Since(start).String()).Info("rootfs image uploaded")
+		// The image is bangerd's now; the snapshot is not needed mounted.
+		unmountRootfs(ctx, c)
+	}
+	vm, err := s.daemon.createVM(ctx, pl.vm)
+	if err != nil {
+		return fmt.Errorf("creating the VM of container %s: %w", c.id, err)
+	}
+	c.vmID, c.pid = vm.ID, uint32(vm.PID)
+	lg.WithField("vm", vm.Name).WithField("vm_id", vm.ID).WithField("elapsed", time.Since(start).String()).Info("vm ready")
+	return nil
 }
 
 // imageFor picks the VM image: the spec's banger.dev/image annotation, the shim's
@@ -293,12 +343,57 @@ func newProcess(execID string, req agentclient.ExecRequest, in, out, errp string
 	}
 }
 
-// teardown removes everything of c that exists: its processes' streams, its VM, the
-// snapshot mount. Every step tolerates the thing being gone already.
+// teardown removes everything of c that exists: its processes' streams, its VM (or, in a
+// pod's VM, its processes and directory there), the snapshot mount. Every step tolerates
+// the thing being gone already. A sandbox's teardown ends the pod: the containers that
+// still share its VM are reported exited and dropped.
 func (s *Service) teardown(ctx context.Context, c *container) {
 	s.mu.Lock()
 	procs := append(c.execList(), c.init)
+	var members []*container
+	if c.ownsVM() {
+		for _, m := range s.containers {
+			if m.sandbox == c {
+				members = append(members, m)
+				delete(s.containers, m.id)
+			}
+		}
+	}
 	s.mu.Unlock()
+	stopAll(procs)
+	if c.ownsVM() {
+		if err := s.daemon.deleteVM(ctx, c.vmName); err != nil {
+			log.G(ctx).WithError(err).WithField("vm", c.vmName).Error("deleting the container's VM")
+		}
+		for _, m := range members {
+			s.memberGone(ctx, m)
+		}
+	} else if c.vmID != "" {
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := s.daemon.run(rctx, c.vmID, []string{"/bin/sh", "-c", removeScript(c.dir)}); err != nil {
+			log.G(ctx).WithError(err).WithField("vm", c.vmName).WithField("dir", c.dir).Error("removing the container from its pod's VM")
+		}
+		cancel()
+	}
+	unmountRootfs(ctx, c)
+}
+
+// memberGone ends a pod container whose VM went with its sandbox: its processes are
+// reported exited (137, killed) and containerd's later delete finds nothing to do.
+func (s *Service) memberGone(ctx context.Context, m *container) {
+	s.mu.Lock()
+	procs := append(m.execList(), m.init)
+	s.mu.Unlock()
+	stopAll(procs)
+	for _, p := range procs {
+		if p != nil {
+			s.exited(m, p, 128+uint32(syscall.SIGKILL))
+		}
+	}
+	unmountRootfs(ctx, m)
+}
+
+func stopAll(procs []*process) {
 	for _, p := range procs {
 		if p == nil {
 			continue
@@ -308,10 +403,6 @@ func (s *Service) teardown(ctx context.Context, c *container) {
 			p.io.Close()
 		}
 	}
-	if err := s.daemon.deleteVM(ctx, c.vmName); err != nil {
-		log.G(ctx).WithError(err).WithField("vm", c.vmName).Error("deleting the container's VM")
-	}
-	unmountRootfs(ctx, c)
 }
 
 func (c *container) execList() []*process {
@@ -482,7 +573,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return &taskAPI.DeleteResponse{Pid: c.pid, ExitStatus: code, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 	ctx, op := opid.Ensure(ctx)
-	log.G(ctx).WithField("op_id", op).WithField("id", r.ID).WithField("vm", c.vmName).Info("deleting the container's VM")
+	msg := "deleting the container's VM"
+	if !c.ownsVM() {
+		msg = "removing the container from its pod's VM"
+	}
+	log.G(ctx).WithField("op_id", op).WithField("id", r.ID).WithField("vm", c.vmName).Info(msg)
 	s.teardown(ctx, c)
 	s.mu.Lock()
 	delete(s.containers, r.ID)
@@ -510,7 +605,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if len(ps.Args) == 0 {
 		return nil, toGRPC(errdefs.InvalidArgument("process.args", nil, "an exec needs a command"))
 	}
-	req := agentclient.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: GuestRoot,
+	req := agentclient.ExecRequest{Argv: ps.Args, Env: ps.Env, Cwd: ps.Cwd, TTY: r.Terminal, Root: c.dir + "/rootfs",
 		UID: ps.User.UID, GID: ps.User.GID, Groups: ps.User.AdditionalGids}
 	if ps.ConsoleSize != nil {
 		req.Rows, req.Cols = uint16(ps.ConsoleSize.Height), uint16(ps.ConsoleSize.Width)

@@ -17,10 +17,50 @@ import (
 	"banger/internal/errdefs"
 )
 
-// GuestRoot is where a container's rootfs lives inside its VM: a directory on the VM's work
-// disk (/root, root.ext4), so the container's writes land on that VM's own disk and vanish
-// with it.
-const GuestRoot = "/root/rootfs"
+// Where containers live inside a VM. A container with its own VM has its rootfs as an ext4
+// disk the guest mounts at /ctr/<id>/rootfs at boot (bangerd mounts no disk under /root,
+// the work disk). A pod's later containers are streamed into /root/ctr/<id>/ on the VM's
+// work disk (root.ext4). Either way a container's writes land on its VM's own disks and
+// vanish with it.
+const (
+	ownVMContainers = "/ctr"
+	podContainers   = "/root/ctr"
+)
+
+// containerDir is container id's directory in its VM: rootfs/ (its root) and binds/ (the
+// host files bind-mounted into it, copied at create). inPod: it joins a sandbox's VM.
+func containerDir(id string, inPod bool) string {
+	if inPod {
+		return podContainers + "/" + id
+	}
+	return ownVMContainers + "/" + id
+}
+
+// validID is what a container id must look like: it names a guest directory and is put into
+// guest shell commands. containerd's own identifier rule is the same set, 76 characters.
+var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$`)
+
+// The CRI plugin's annotations: what a container is in a pod, and its pod.
+const (
+	annoContainerType = "io.kubernetes.cri.container-type"
+	annoSandboxID     = "io.kubernetes.cri.sandbox-id"
+	typeSandbox       = "sandbox"
+	typeContainer     = "container"
+)
+
+// podSandbox returns the id of the pod (sandbox) container whose VM the container described
+// by s joins, or "" when the container has its own VM (a sandbox, or a container outside
+// any pod). The sandbox-id annotation of a sandbox names the sandbox itself.
+func podSandbox(s *specs.Spec) string {
+	if s.Annotations[annoContainerType] != typeContainer {
+		return ""
+	}
+	return s.Annotations[annoSandboxID]
+}
+
+// maxBindFile bounds a host file bind-mounted into a container (CRI's hosts, resolv.conf,
+// hostname, termination-log): copied into the guest, not shared.
+const maxBindFile = 1 << 20
 
 // maxSpecBytes bounds config.json: containerd writes it, but nothing here needs more.
 const maxSpecBytes = 4 << 20
@@ -29,15 +69,20 @@ const maxSpecBytes = 4 << 20
 // the container's root, and the init process.
 type plan struct {
 	vm       api.VMCreateParams
+	dir      string // the container's guest directory (containerDir)
 	hostname string
 	mounts   []guestMount
+	binds    []string // host files copied to dir/binds/N, bind-mounted by mounts
+	rootDisk bool     // the root is an ext4 disk the guest mounted (nosuid, nodev) at boot
 	proc     agentclient.ExecRequest
 }
 
-// guestMount is one filesystem mounted inside GuestRoot before the process starts.
+// guestMount is one filesystem mounted inside the container's root before the process
+// starts. A bind mount's source is a path relative to the container's directory.
 type guestMount struct {
 	fstype, source, target string
 	options                []string
+	bind                   bool
 }
 
 // VMName is the name of the VM running container id of containerd namespace ns. It is the
@@ -97,22 +142,25 @@ var safePath = regexp.MustCompile(`^/[A-Za-z0-9._/-]*$`)
 var safeOption = regexp.MustCompile(`^[A-Za-z0-9_]+(=[A-Za-z0-9_.:,]+)?$`)
 var safeHostname = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$`)
 
-// planFor maps an OCI spec onto a VM and a process; anything it cannot honour is an error
-// naming the field and value, before any VM exists.
-func planFor(s *specs.Spec) (*plan, error) {
+// planFor maps the OCI spec of container id onto a VM and a process; anything it cannot
+// honour is an error naming the field and value, before any VM exists.
+func planFor(id string, s *specs.Spec) (*plan, error) {
+	if !validID.MatchString(id) {
+		return nil, errdefs.InvalidArgument("id", id, "a container id must be 1-76 letters, digits, '_', '.' or '-', starting with a letter or digit")
+	}
 	if s.Process == nil || len(s.Process.Args) == 0 {
 		return nil, errdefs.InvalidArgument("process.args", nil, "the OCI spec has no process to run")
 	}
 	if s.Root == nil || s.Root.Path == "" {
 		return nil, errdefs.InvalidArgument("root.path", "", "the OCI spec has no root filesystem")
 	}
-	p := &plan{}
+	p := &plan{dir: containerDir(id, podSandbox(s) != "")}
 	p.proc = agentclient.ExecRequest{
 		Argv: s.Process.Args,
 		Env:  s.Process.Env,
 		Cwd:  s.Process.Cwd,
 		TTY:  s.Process.Terminal,
-		Root: GuestRoot,
+		Root: p.dir + "/rootfs",
 		UID:  s.Process.User.UID,
 		GID:  s.Process.User.GID,
 	}
@@ -129,12 +177,15 @@ func planFor(s *specs.Spec) (*plan, error) {
 		}
 		p.hostname = s.Hostname
 	}
+	// In a CRI pod every container names namespaces by path: the sandbox its CNI network
+	// namespace, the others the sandbox's. They all mean the pod, which is the VM.
+	_, inPod := s.Annotations[annoContainerType]
 	if s.Linux != nil {
 		for _, ns := range s.Linux.Namespaces {
 			if !namespacesVMProvides[ns.Type] {
 				continue
 			}
-			if ns.Path != "" {
+			if ns.Path != "" && !inPod {
 				return nil, errdefs.InvalidArgument("linux.namespaces", string(ns.Type)+":"+ns.Path,
 					"joining an existing namespace is not supported: the container runs in its own VM, not beside host processes")
 			}
@@ -164,7 +215,7 @@ func planFor(s *specs.Spec) (*plan, error) {
 		return nil, errdefs.InvalidArgument("linux", nil, "the banger runtime runs Linux containers only")
 	}
 	for _, m := range s.Mounts {
-		gm, ok, err := guestMountFor(m)
+		gm, ok, err := p.guestMountFor(m)
 		if err != nil {
 			return nil, err
 		}
@@ -173,6 +224,42 @@ func planFor(s *specs.Spec) (*plan, error) {
 		}
 	}
 	return p, nil
+}
+
+// bindFor maps a bind mount: /dev/shm (CRI binds the pod's host tmpfs there) becomes the
+// container's own tmpfs; a regular host file is copied into the container's directory and
+// bind-mounted from there in the guest (a copy made at create, not shared: later host
+// changes are not seen, the container's writes stay in the VM); a directory would need a
+// shared file system and is refused.
+func (p *plan) bindFor(m specs.Mount, target string) (guestMount, error) {
+	opts := flagsOf(m.Options)
+	if target == "/dev/shm" {
+		return guestMount{fstype: "tmpfs", source: "shm", target: target, options: opts}, nil
+	}
+	fi, err := os.Stat(m.Source)
+	if err != nil {
+		return guestMount{}, errdefs.InvalidArgument("mounts", m.Source+":"+m.Destination, "the bind mount's source cannot be read: "+err.Error())
+	}
+	if !fi.Mode().IsRegular() {
+		return guestMount{}, errdefs.InvalidArgument("mounts", m.Source+":"+m.Destination,
+			"bind mounts of host directories are not supported by the banger runtime (the container runs in a VM; only regular files are copied in)")
+	}
+	if fi.Size() > maxBindFile {
+		return guestMount{}, errdefs.InvalidArgument("mounts", m.Source+":"+m.Destination, fmt.Sprintf("a bind-mounted file is copied into the VM and may be at most %d bytes, not %d", maxBindFile, fi.Size()))
+	}
+	p.binds = append(p.binds, m.Source)
+	return guestMount{fstype: "none", source: fmt.Sprintf("binds/%d", len(p.binds)-1), target: target, options: opts, bind: true}, nil
+}
+
+// flagsOf keeps the mount flags that mean something in the guest.
+func flagsOf(options []string) []string {
+	var opts []string
+	for _, o := range options {
+		if mountFlagsKept[o] {
+			opts = append(opts, o)
+		}
+	}
+	return opts
 }
 
 func hasNamespace(nss []specs.LinuxNamespace, t specs.LinuxNamespaceType) bool {
@@ -186,7 +273,7 @@ func hasNamespace(nss []specs.LinuxNamespace, t specs.LinuxNamespaceType) bool {
 
 // guestMountFor turns one OCI mount into a guest mount. ok is false for mounts that the
 // VM makes unnecessary (the cgroup v1 hierarchy).
-func guestMountFor(m specs.Mount) (guestMount, bool, error) {
+func (p *plan) guestMountFor(m specs.Mount) (guestMount, bool, error) {
 	target := filepath.Clean(m.Destination)
 	if !safePath.MatchString(target) || target == "/" {
 		return guestMount{}, false, errdefs.InvalidArgument("mounts.destination", m.Destination, "must be an absolute path of letters, digits, '.', '_', '-' and '/', other than /")
@@ -196,8 +283,8 @@ func guestMountFor(m specs.Mount) (guestMount, bool, error) {
 		return guestMount{}, false, nil
 	}
 	if fstype == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
-		return guestMount{}, false, errdefs.InvalidArgument("mounts", m.Source+":"+m.Destination,
-			"bind mounts of host paths are not supported by the banger runtime (the container runs in a VM)")
+		gm, err := p.bindFor(m, target)
+		return gm, err == nil, err
 	}
 	if !fsTypesInVM[fstype] {
 		return guestMount{}, false, errdefs.InvalidArgument("mounts.type", fstype+" at "+m.Destination, "not a filesystem the VM can provide")
@@ -233,15 +320,33 @@ func hasOption(opts []string, o string) bool {
 	return false
 }
 
-// setupScript is the guest shell command that prepares GuestRoot: the mounts (creating
-// their mount points) and the hostname. Every interpolated value passed safePath,
-// safeOption or safeHostname.
+// setupScript is the guest shell command that prepares the container's root: the mounts
+// (creating their mount points) and the hostname. Every interpolated value passed validID,
+// safePath, safeOption or safeHostname. The image is hostile: a mount point that resolves
+// outside the root (a symlink in the image) fails the create instead of mounting over the
+// VM's own files, and a symlink where a file is bind-mounted is replaced by a file.
 func (p *plan) setupScript() string {
 	var b strings.Builder
+	root := p.dir + "/rootfs"
 	b.WriteString("set -e\n")
+	if p.rootDisk {
+		// The guest mounts workspace disks nosuid,nodev; an image's setuid programs and
+		// device nodes must work as they would under runc.
+		fmt.Fprintf(&b, "mount -o remount,suid,dev %s\n", root)
+	}
+	fmt.Fprintf(&b, "inroot() { case \"$(realpath \"$1\")\" in %s/*) ;; *) echo \"mount point $1 resolves outside the container's root\" >&2; exit 1;; esac; }\n", root)
 	for _, m := range p.mounts {
-		dst := GuestRoot + m.target
-		fmt.Fprintf(&b, "mkdir -p %s\n", dst)
+		dst := root + m.target
+		if m.bind {
+			fmt.Fprintf(&b, "mkdir -p %s\ninroot %s\n", filepath.Dir(dst), filepath.Dir(dst))
+			fmt.Fprintf(&b, "if [ -L %[1]s ] || [ ! -f %[1]s ]; then rm -rf %[1]s; : > %[1]s; fi\ninroot %[1]s\n", dst)
+			fmt.Fprintf(&b, "mount --bind %s/%s %s\n", p.dir, m.source, dst)
+			if hasOption(m.options, "ro") {
+				fmt.Fprintf(&b, "mount -o remount,bind,ro %s\n", dst)
+			}
+			continue
+		}
+		fmt.Fprintf(&b, "mkdir -p %s\ninroot %s\n", dst, dst)
 		opt := ""
 		if len(m.options) > 0 {
 			opt = " -o " + strings.Join(m.options, ",")

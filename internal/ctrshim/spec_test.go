@@ -2,6 +2,8 @@ package ctrshim
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -34,21 +36,22 @@ func TestPlanMapsProcessResourcesAndMounts(t *testing.T) {
 		Memory: &specs.LinuxMemory{Limit: &mem},
 	}
 	s.Process.User = specs.User{UID: 1000, GID: 100}
-	p, err := planFor(s)
+	p, err := planFor("web", s)
 	if err != nil {
 		t.Fatal(err)
 	}
+	root := containerDir("web", false) + "/rootfs"
 	if p.vm.VCPU != 2 || p.vm.Memory != "768M" {
 		t.Fatalf("1.5 CPUs and 768 MiB should give 2 vCPUs and 768M, got %d and %q", p.vm.VCPU, p.vm.Memory)
 	}
-	if p.proc.Root != GuestRoot || p.proc.UID != 1000 || p.proc.GID != 100 || p.proc.Argv[0] != "sh" {
+	if p.proc.Root != root || p.proc.UID != 1000 || p.proc.GID != 100 || p.proc.Argv[0] != "sh" {
 		t.Fatalf("process not mapped: %+v", p.proc)
 	}
 	script := p.setupScript()
 	for _, want := range []string{
-		"mount -t proc -o nosuid,noexec,nodev proc " + GuestRoot + "/proc\n",
-		"mount -t devtmpfs -o nosuid devtmpfs " + GuestRoot + "/dev\n",
-		"mount -t devpts -o bind /dev/pts " + GuestRoot + "/dev/pts\n",
+		"mount -t proc -o nosuid,noexec,nodev proc " + root + "/proc\n",
+		"mount -t devtmpfs -o nosuid devtmpfs " + root + "/dev\n",
+		"mount -t devpts -o bind /dev/pts " + root + "/dev/pts\n",
 		"hostname web\n",
 	} {
 		if !strings.Contains(script, want) {
@@ -68,9 +71,20 @@ func TestPlanRefusesWhatAVMCannotDo(t *testing.T) {
 	}{
 		{"host pid namespace", func(s *specs.Spec) { s.Linux.Namespaces = s.Linux.Namespaces[1:] }, "linux.namespaces"},
 		{"joined namespace", func(s *specs.Spec) { s.Linux.Namespaces[1].Path = "/proc/1/ns/net" }, "linux.namespaces"},
-		{"bind mount", func(s *specs.Spec) {
-			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/srv", Options: []string{"rbind"}})
+		{"bind mount of a directory", func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: t.TempDir(), Options: []string{"rbind"}})
 		}, "mounts"},
+		{"bind mount of nothing", func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/nonexistent/x", Options: []string{"rbind"}})
+		}, "/nonexistent/x"},
+		{"joined namespace outside a pod", func(s *specs.Spec) {
+			s.Annotations = map[string]string{"io.kubernetes.cri.sandbox-id": "x"} // no container type: not CRI's
+			s.Linux.Namespaces[1].Path = "/proc/1/ns/net"
+		}, "linux.namespaces"},
+		{"host network in a pod", func(s *specs.Spec) {
+			s.Annotations = map[string]string{annoContainerType: typeSandbox}
+			s.Linux.Namespaces = s.Linux.Namespaces[:1]
+		}, "network"},
 		{"odd mount target", func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/x;reboot", Type: "tmpfs", Source: "tmpfs"})
 		}, "mounts.destination"},
@@ -81,11 +95,16 @@ func TestPlanRefusesWhatAVMCannotDo(t *testing.T) {
 		{"no process", func(s *specs.Spec) { s.Process.Args = nil }, "process.args"},
 		{"bad hostname", func(s *specs.Spec) { s.Hostname = "a b" }, "hostname"},
 		{"not linux", func(s *specs.Spec) { s.Linux = nil }, "linux"},
+		{"container id that is no file name", func(s *specs.Spec) {}, "id"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := baseSpec()
 			c.edit(s)
-			_, err := planFor(s)
+			id := "c1"
+			if c.name == "container id that is no file name" {
+				id = "../x"
+			}
+			_, err := planFor(id, s)
 			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), c.field) {
 				t.Fatalf("want an invalid argument naming %s, got %v", c.field, err)
 			}
@@ -117,5 +136,71 @@ func TestStdioPathRefusesBinaryLoggers(t *testing.T) {
 	}
 	if p, err := stdioPath("stdout", "file:///var/log/c.log"); err != nil || p != "/var/log/c.log" {
 		t.Fatalf("file:// not accepted: %q %v", p, err)
+	}
+}
+
+// CRI's pod specs name namespaces by path (the sandbox its CNI netns, the others the
+// sandbox's): in a pod they mean the VM and are accepted. Its bind mounts become a tmpfs
+// (/dev/shm) or a copied file bind-mounted inside the container's root.
+func TestPlanMapsACRIPodContainer(t *testing.T) {
+	s := baseSpec()
+	s.Annotations = map[string]string{annoContainerType: typeContainer, annoSandboxID: "sb1"}
+	s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: "/proc/42/ns/net"}, {Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"}}
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644)
+	s.Mounts = append(s.Mounts,
+		specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: hosts, Options: []string{"rbind", "rprivate", "ro"}},
+		specs.Mount{Destination: "/dev/shm", Type: "bind", Source: t.TempDir(), Options: []string{"rbind", "nosuid", "nodev", "noexec"}},
+	)
+	if podSandbox(s) != "sb1" {
+		t.Fatalf("podSandbox = %q, want sb1", podSandbox(s))
+	}
+	p, err := planFor("app1", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.binds) != 1 || p.binds[0] != hosts {
+		t.Fatalf("binds = %v, want the hosts file", p.binds)
+	}
+	root := containerDir("app1", true) + "/rootfs"
+	script := p.setupScript()
+	for _, want := range []string{
+		"mount --bind " + containerDir("app1", true) + "/binds/0 " + root + "/etc/hosts\n",
+		"mount -o remount,bind,ro " + root + "/etc/hosts\n",
+		"mount -t tmpfs -o nosuid,nodev,noexec shm " + root + "/dev/shm\n",
+		"inroot " + root + "/etc/hosts\n",
+	} {
+		if !strings.Contains(script, want) {
+			t.Errorf("setup script lacks %q:\n%s", want, script)
+		}
+	}
+	s.Annotations[annoContainerType] = typeSandbox
+	if podSandbox(s) != "" {
+		t.Fatal("a sandbox joins no other container's VM")
+	}
+	big := filepath.Join(t.TempDir(), "big")
+	os.WriteFile(big, make([]byte, maxBindFile+1), 0o644)
+	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/big", Type: "bind", Source: big, Options: []string{"rbind"}})
+	if _, err := planFor("sb1", s); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), big) {
+		t.Fatalf("a bind-mounted file over the cap: %v", err)
+	}
+}
+
+// A pod's containers are served by the sandbox's shim: one socket address for the pod.
+func TestShimGroupIsThePodsSandbox(t *testing.T) {
+	sb := &specs.Spec{Annotations: map[string]string{annoContainerType: typeSandbox, annoSandboxID: "pod1"}}
+	app := &specs.Spec{Annotations: map[string]string{annoContainerType: typeContainer, annoSandboxID: "pod1"}}
+	if shimGroup("pod1", sb) != "pod1" || shimGroup("app1", app) != "pod1" {
+		t.Fatalf("groups: sandbox %q, app %q; want pod1 for both", shimGroup("pod1", sb), shimGroup("app1", app))
+	}
+	if socketAddress("/run/c.sock", "k8s.io", shimGroup("app1", app)) != socketAddress("/run/c.sock", "k8s.io", shimGroup("pod1", sb)) {
+		t.Fatal("a pod's containers get different shim sockets")
+	}
+	if shimGroup("solo", baseSpec()) != "solo" || shimGroup("solo", nil) != "solo" {
+		t.Fatal("a container outside a pod has a shim of its own")
+	}
+	bad := &specs.Spec{Annotations: map[string]string{annoSandboxID: "../x"}}
+	if shimGroup("solo", bad) != "solo" {
+		t.Fatal("a sandbox id that is no container id names the shim")
 	}
 }

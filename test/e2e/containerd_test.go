@@ -41,6 +41,15 @@ const ctrImage = "docker.io/library/banger-busybox:e2e"
 
 func startContainerd(t testing.TB, x *env) *ctrd {
 	t.Helper()
+	return startContainerdWith(t, x, false)
+}
+
+// startContainerdWith starts the private containerd; with cri, its CRI plugin is enabled
+// (namespace k8s.io) with the runtime handler banger → io.containerd.banger.v2, the pause
+// image built here as its sandbox image and a CNI bridge network, all in the test's
+// network namespace and private directories.
+func startContainerdWith(t testing.TB, x *env, cri bool) *ctrd {
+	t.Helper()
 	for _, tool := range []string{"containerd", "ctr"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			testkit.Missing(t, "%s not installed (Debian package containerd; scripts/install-deps.sh)", tool)
@@ -59,7 +68,6 @@ func startContainerd(t testing.TB, x *env) *ctrd {
 	cfg := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = %q
 [debug]
@@ -67,6 +75,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.internal.v1.opt"]
   path = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.socket, filepath.Join(dir, "opt"))
+	if cri {
+		c.ns = "k8s.io"
+		cfg += criConfig(t, dir)
+	} else {
+		cfg = strings.Replace(cfg, "[grpc]", "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]", 1)
+	}
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -105,6 +119,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Fatalf("containerd did not create its socket: %v\n%s", err, readFile(c.log))
 	}
 	c.importBusybox(t)
+	if cri {
+		c.importImage(t, pauseImage, busyboxLayer(t), []string{"/bin/sleep", "2147483647"})
+	}
 	return c
 }
 
@@ -140,6 +157,14 @@ func (c *ctrd) mustCtr(t testing.TB, args ...string) string {
 // as an OCI archive and imports it: no registry involved.
 func (c *ctrd) importBusybox(t testing.TB) {
 	t.Helper()
+	c.importImage(t, ctrImage, busyboxLayer(t), nil)
+}
+
+// busyboxLayer is the test image's one layer: busybox, a few applets, /etc/motd, and what
+// the rootfs must keep on its way into the guest: /data/owned (1000:1000, 0640) with a
+// hard link /data/link, a FIFO /data/fifo (0620) and a character device /data/null (1,3).
+func busyboxLayer(t testing.TB) []byte {
+	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		testkit.Missing(t, "busybox-static not installed: %v", err)
@@ -147,19 +172,32 @@ func (c *ctrd) importBusybox(t testing.TB) {
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
 	now := time.Unix(0, 0)
-	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp", "etc", "root"} {
+	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp", "etc", "root", "data"} {
 		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: now})
 	}
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bb)), ModTime: now})
 	tw.Write(bb)
-	for _, a := range []string{"sh", "cat", "echo", "sleep", "uname", "tty", "stty", "hostname", "ls", "id", "true", "nproc", "grep", "head"} {
+	for _, a := range []string{"sh", "cat", "echo", "sleep", "uname", "tty", "stty", "hostname", "ls", "id", "true", "nproc", "grep", "head", "stat"} {
 		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "/bin/busybox", ModTime: now})
 	}
 	motd := []byte("inside the banger container\n")
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/motd", Mode: 0o644, Size: int64(len(motd)), ModTime: now})
 	tw.Write(motd)
+	owned := []byte("owned by 1000\n")
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "data/owned", Mode: 0o640, Uid: 1000, Gid: 1000, Size: int64(len(owned)), ModTime: now})
+	tw.Write(owned)
+	// A hard link header carries its inode's owner and mode, as tar writers do.
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: "data/link", Linkname: "data/owned", Mode: 0o640, Uid: 1000, Gid: 1000, ModTime: now})
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeFifo, Name: "data/fifo", Mode: 0o620, ModTime: now})
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeChar, Name: "data/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: now})
 	tw.Close()
+	return layer.Bytes()
+}
 
+// importImage imports an OCI archive of one layer as ref; entrypoint nil means Cmd sh.
+func (c *ctrd) importImage(t testing.TB, ref string, layer []byte, entrypoint []string) {
+	t.Helper()
+	now := time.Unix(0, 0)
 	blobs := map[string][]byte{}
 	put := func(b []byte) string {
 		d := sha256.Sum256(b)
@@ -167,17 +205,21 @@ func (c *ctrd) importBusybox(t testing.TB) {
 		blobs[h] = b
 		return "sha256:" + h
 	}
-	layerDigest := put(layer.Bytes())
+	layerDigest := put(layer)
+	imgCfg := map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"sh"}}
+	if entrypoint != nil {
+		imgCfg = map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": entrypoint}
+	}
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"Env": []string{"PATH=/bin"}, "Cmd": []string{"sh"}},
+		"config": imgCfg,
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest := put(config)
 	manifest, _ := json.Marshal(map[string]any{
 		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
 		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": configDigest, "size": len(config)},
-		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest, "size": layer.Len()}},
+		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest, "size": len(layer)}},
 	})
 	manifestDigest := put(manifest)
 	index, _ := json.Marshal(map[string]any{
@@ -185,7 +227,7 @@ func (c *ctrd) importBusybox(t testing.TB) {
 		"manifests": []any{map[string]any{
 			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifestDigest, "size": len(manifest),
 			"platform":    map[string]string{"architecture": "amd64", "os": "linux"},
-			"annotations": map[string]string{"io.containerd.image.name": ctrImage, "org.opencontainers.image.ref.name": "e2e"},
+			"annotations": map[string]string{"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": "e2e"},
 		}},
 	})
 	var archive bytes.Buffer
@@ -200,13 +242,13 @@ func (c *ctrd) importBusybox(t testing.TB) {
 		add("blobs/sha256/"+h, b)
 	}
 	aw.Close()
-	path := filepath.Join(c.dir, "busybox-oci.tar")
+	path := filepath.Join(c.dir, "image-oci.tar")
 	if err := os.WriteFile(path, archive.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c.mustCtr(t, "image", "import", path)
-	if ls := c.mustCtr(t, "image", "ls", "-q"); !strings.Contains(ls, ctrImage) {
-		t.Fatalf("imported image not listed: %s", ls)
+	if ls := c.mustCtr(t, "image", "ls", "-q"); !strings.Contains(ls, ref) {
+		t.Fatalf("imported image %s not listed: %s", ref, ls)
 	}
 }
 
@@ -262,16 +304,27 @@ func TestContainerdRunPrintsGuestKernelAndExitCode(t *testing.T) {
 	before := x.bangerState(t)
 	host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	out, errOut, code := c.ctr(t, nil, "run", "--runtime", "io.containerd.banger.v2", "--rm", "--fifo-dir", filepath.Join(c.dir, "fifo"),
-		ctrImage, "e2e-run", "sh", "-c", "uname -r; cat /etc/motd; exit 3")
+		ctrImage, "e2e-run", "sh", "-c", "uname -r; cat /etc/motd; stat -c '%i %u:%g %a %F %h' /data/owned /data/fifo /data/null /data/link; exit 3")
 	if code != 3 {
 		t.Fatalf("ctr run: exit %d, want 3\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 || !strings.Contains(lines[0], "cloud-amd64") || lines[0] == strings.TrimSpace(string(host)) {
-		t.Fatalf("want the guest's kernel release (not the host's %q) and the image's /etc/motd, got %q", strings.TrimSpace(string(host)), out)
+	if len(lines) != 6 || !strings.Contains(lines[0], "cloud-amd64") || lines[0] == strings.TrimSpace(string(host)) {
+		t.Fatalf("want the guest's kernel release (not the host's %q), the image's /etc/motd and 4 stat lines, got %q", strings.TrimSpace(string(host)), out)
 	}
 	if lines[1] != "inside the banger container" {
 		t.Fatalf("the process did not run in the image's rootfs: %q", out)
+	}
+	// The image's owners, modes, FIFO, device and hard link arrive as they are.
+	inode := func(l string) string { return strings.SplitN(l, " ", 2)[0] }
+	rest := func(l string) string { f := strings.SplitN(l, " ", 2); return f[len(f)-1] }
+	for i, want := range []string{"1000:1000 640 regular file 2", "0:0 620 fifo 1", "0:0 666 character special file 1", "1000:1000 640 regular file 2"} {
+		if got := rest(lines[2+i]); got != want {
+			t.Errorf("stat line %d in the guest: %q, want %q", i, got, want)
+		}
+	}
+	if inode(lines[2]) != inode(lines[5]) {
+		t.Errorf("/data/link is not a hard link of /data/owned in the guest: %q vs %q", lines[2], lines[5])
 	}
 	x.assertNothingLeft(t, before)
 
