@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"banger/internal/errdefs"
@@ -381,6 +382,10 @@ func niced(ctx context.Context, dir string, name string, args ...string) *exec.C
 	// Fixed build identity: the same inputs give the same vmlinux on every host.
 	cmd.Env = append(os.Environ(), "KBUILD_BUILD_USER=banger", "KBUILD_BUILD_HOST=banger",
 		"KBUILD_BUILD_TIMESTAMP=1970-01-01", "ARCH=x86_64", "LC_ALL=C")
+	// Its own process group, killed whole when ctx ends: make's compilers must not outlive
+	// a cancelled build.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	return cmd
 }
