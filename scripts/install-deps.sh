@@ -4,10 +4,13 @@
 # root helper), dnsutils and socat (tests and debugging), debootstrap (debian builder),
 # containerd (the runtime shim's e2e test runs a private containerd),
 # containernetworking-plugins (the CNI bridge and loopback of that containerd's CRI pods),
-# linux-source and the kernel build tools (`image build tiny --kernel microvm` compiles a
-# kernel from Debian's source; unversioned metapackage, whatever kernel it depends on now).
+# qemu-system-common (named for its virtiofsd, /usr/lib/qemu/virtiofsd on Debian 12,
+# which serves --mount's shared folders; Debian 12 has no separate virtiofsd package,
+# Debian 13's installs /usr/libexec/virtiofsd), and linux-source with the kernel build
+# tools (`image build tiny --kernel microvm` compiles a kernel from Debian's source;
+# unversioned metapackage, whatever kernel it depends on now).
 set -euo pipefail
-pkgs=(qemu-system-x86 busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make containerd containernetworking-plugins
+pkgs=(qemu-system-x86 qemu-system-common busybox-static e2fsprogs nftables iproute2 dnsutils socat cpio kmod debootstrap ca-certificates git make containerd containernetworking-plugins
   linux-source bc bison flex gcc libc6-dev libelf-dev libssl-dev xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -24,6 +24,7 @@ func addCreateFlags(fs *pflag.FlagSet, o *ctl.CreateOptions) {
 	fs.StringVar(&o.FromSnapshot, "from-snapshot", "", "restore the VM from this snapshot instead of booting it (image, vcpu, memory and disks are the snapshot's)")
 	fs.StringVarP(&o.Workspace.Spec, "workspace", "W", "", "copy host directory DIR into the guest at /work (DIR[:GUESTPATH]; bare -W means .)")
 	fs.Lookup("workspace").NoOptDefVal = bareWorkspace
+	fs.StringArrayVar(&o.MountSpecs, "mount", nil, "share host directory HOSTDIR live at GUESTPATH (HOSTDIR:GUESTPATH[:ro|:rw], read-only by default; repeatable; qemu only)")
 	fs.StringArrayVar(&o.Workspace.Excludes, "exclude", nil, "leave paths matching this gitignore-style pattern out of the workspace (repeatable; .bangerignore is read too)")
 }
 

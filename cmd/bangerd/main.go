@@ -15,6 +15,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/daemon"
 	"banger/internal/errdefs"
+	"banger/internal/vmm/qemu"
 )
 
 var version = "dev"
@@ -28,6 +29,15 @@ func newLogger() *slog.Logger {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == qemu.SandboxArg {
+		// The virtiofsd sandbox of a shared folder (see internal/vmm/qemu/virtiofs.go):
+		// not a command users run.
+		if err := qemu.SandboxMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bangerd:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	daemon.Version = version
 	var (
 		cfgPath, stateDir, runtimeDir, socket string

@@ -50,6 +50,8 @@ type BootParams struct {
 	// Workspace is the workspace disk's device and WorkspacePath its mount point.
 	Workspace     string
 	WorkspacePath string
+	// Mounts are shared folders (virtiofs) to mount; see mounts.go.
+	Mounts []Mount
 }
 
 var hostnameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -87,7 +89,7 @@ func SplitCmdline(s string) []string {
 // the modules directory defaults to DefaultModulesDir.
 func ParseCmdline(cmdline string) (BootParams, error) {
 	p := BootParams{ModulesDir: DefaultModulesDir}
-	var ip, gw, dns string
+	var ip, gw, dns, mounts string
 	for _, arg := range SplitCmdline(cmdline) {
 		k, v, _ := strings.Cut(arg, "=")
 		switch k {
@@ -113,6 +115,8 @@ func ParseCmdline(cmdline string) (BootParams, error) {
 			p.Workspace = v
 		case ParamWorkspacePath:
 			p.WorkspacePath = v
+		case ParamMounts:
+			mounts = v
 		}
 	}
 	if !hostnameRe.MatchString(p.Name) {
@@ -138,6 +142,12 @@ func ParseCmdline(cmdline string) (BootParams, error) {
 		}
 	} else if p.WorkspacePath != "" {
 		return BootParams{}, errdefs.InvalidArgument(ParamWorkspacePath, p.WorkspacePath, "needs "+ParamWorkspace)
+	}
+	if mounts != "" {
+		var err error
+		if p.Mounts, err = parseMounts(mounts); err != nil {
+			return BootParams{}, err
+		}
 	}
 	if !strings.HasPrefix(p.ModulesDir, "/") {
 		return BootParams{}, errdefs.InvalidArgument(ParamModules, p.ModulesDir, "must be an absolute path")
@@ -200,6 +210,9 @@ func (p BootParams) Args() string {
 	}
 	if p.Workspace != "" {
 		args = append(args, ParamWorkspace+"="+p.Workspace, ParamWorkspacePath+"="+p.WorkspacePath)
+	}
+	if len(p.Mounts) > 0 {
+		args = append(args, MountsParam(p.Mounts))
 	}
 	if p.ModulesDir != "" {
 		args = append(args, ParamModules+"="+p.ModulesDir)

@@ -139,6 +139,8 @@ const (
 	TypeShutdown = "shutdown"
 	TypeIdentity = "identity"
 	TypeList     = "list"
+	// TypeWatch starts recording changes under path for a later list with watched.
+	TypeWatch = "watch"
 )
 
 // Frame kinds; see the package documentation.
@@ -204,8 +206,11 @@ type Request struct {
 	// list: only entries changed at or after this guest time (ns), and the entries of the
 	// directories that did; 0 lists everything; a time in the guest's future lists nothing
 	// (the reply's now tells the client the guest's clock).
-	Since int64  `json:"since,omitempty"`
-	Mode  uint32 `json:"mode,omitempty"`
+	Since int64 `json:"since,omitempty"`
+	// list: use the changes a watch request on path recorded instead of walking, when it
+	// has a usable one (the listing is the same either way).
+	Watched bool   `json:"watched,omitempty"`
+	Mode    uint32 `json:"mode,omitempty"`
 
 	// identity
 	Identity *Identity `json:"identity,omitempty"`
@@ -226,8 +231,10 @@ type Reply struct {
 	// Boot is the guest's boot stages (uptime ms), oldest first.
 	Boot []model.BootStage `json:"boot,omitempty"`
 
-	// list: the guest's wall clock (ns) when the listing began
+	// list, watch: the guest's wall clock (ns) when the listing or watch began
 	Now int64 `json:"now,omitempty"`
+	// watch: changes are being recorded
+	Watching bool `json:"watching,omitempty"`
 }
 
 // RemoteError is an error reported by the agent. It matches the errdefs kind of its code and,

@@ -77,6 +77,11 @@ type VMCreateParams struct {
 	AutoRemove bool `json:"auto_remove,omitempty"`
 	// Workspace attaches an uploaded workspace disk (workspace.upload) to the VM.
 	Workspace *WorkspaceParams `json:"workspace,omitempty"`
+	// Mounts are live shared folders (QEMU only): HostDir must be absolute (the CLI
+	// resolves it against its working directory), an existing directory the calling
+	// user is allowed to hand to the daemon (see docs/security.md); read_only defaults to
+	// false on the wire, the CLI's --mount defaults to read-only.
+	Mounts []model.Mount `json:"mounts,omitempty"`
 }
 
 // WorkspaceParams name an uploaded workspace image and where the guest mounts it.

@@ -144,9 +144,14 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 			return err
 		}
 	}
+	mounts, err := parseMounts(o.Create.MountSpecs)
+	if err != nil {
+		return err
+	}
 	// The first Ctrl-C during create cancels it; cleanup still runs.
 	createCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	params := o.Create.VMCreateParams
+	params.Mounts = mounts
 	// The daemon owns --rm: it removes the VM even if this process dies.
 	params.AutoRemove = o.Remove
 	var ws *workspaceUpload
@@ -193,7 +198,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	// The create claimed the upload; the stream has no more use.
 	ws.Close()
 	o.Exec.VM = vm.ID
-	var since int64
+	var dw diffWatch
 	if o.Diff != "" || len(o.Outs) > 0 {
 		// With --rm the daemon deletes the VM when its last vm.agent stream ends; this one
 		// stays open (idle) until the diff and the copies are done.
@@ -202,7 +207,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 		}
 	}
 	if o.Diff != "" {
-		if since, err = guestClock(ctx, g, vm.ID, ws.params.Path); err != nil {
+		if dw, err = startDiffWatch(ctx, g, vm.ID, ws.params.Path); err != nil {
 			if o.Remove {
 				removeVM(context.WithoutCancel(ctx), g, vm.ID)
 			}
@@ -212,7 +217,7 @@ func Run(ctx context.Context, g *Globals, o RunOptions) error {
 	execErr := Exec(ctx, g, o.Exec)
 	var after error
 	if o.Diff != "" && ctx.Err() == nil {
-		after = workspaceDiff(ctx, g, vm.ID, ws, since, o.Diff)
+		after = workspaceDiff(ctx, g, vm.ID, ws, dw, o.Diff)
 	}
 	for _, spec := range o.Outs {
 		if after != nil || ctx.Err() != nil {

@@ -23,11 +23,18 @@ type CreateOptions struct {
 	api.VMCreateParams
 	Quiet     bool // no stage lines
 	Workspace WorkspaceOptions
+	// MountSpecs are the --mount values, parsed into VMCreateParams.Mounts.
+	MountSpecs []string
 }
 
 // CreateVM creates a VM through vm.create.begin and shows each stage as it happens.
 func CreateVM(ctx context.Context, g *Globals, o CreateOptions) (*model.VM, error) {
 	ctx, _ = opid.Ensure(ctx)
+	mounts, err := parseMounts(o.MountSpecs)
+	if err != nil {
+		return nil, err
+	}
+	o.VMCreateParams.Mounts = mounts
 	if o.Workspace.Spec != "" {
 		// Ctrl-C while packing or uploading must leave nothing: the upload is dropped.
 		wctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -195,6 +202,13 @@ func printVM(w io.Writer, vm model.VM) {
 	row("Work disk", model.FormatSize(vm.WorkDiskBytes))
 	if vm.Workspace != "" {
 		row("Workspace", vm.Workspace)
+	}
+	for _, m := range vm.Mounts {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		row("Mount", m.HostDir+" → "+m.GuestPath+" ("+mode+")")
 	}
 	row("Guest IP", vm.GuestIP)
 	row("MAC", vm.MAC)

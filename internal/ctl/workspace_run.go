@@ -15,6 +15,7 @@ import (
 	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 	"banger/internal/opid"
+	"banger/internal/oplog"
 	"banger/internal/workspace"
 )
 
@@ -34,6 +35,16 @@ func listWorkspace(ctx context.Context, g *Globals, vm, guestPath string, since 
 	return agentclient.List(ctx, st, id, guestPath, since)
 }
 
+// listWatched is listWorkspace answered from the agent's watch.
+func listWatched(ctx context.Context, g *Globals, vm, guestPath string, since int64) ([]agentproto.ListEntry, error) {
+	ctx, id := opid.Ensure(ctx)
+	st, err := agentStream(ctx, g, vm)
+	if err != nil {
+		return nil, err
+	}
+	return agentclient.ListWatched(ctx, st, id, guestPath, since)
+}
+
 // guestClock reads the guest's wall clock (a list that can match nothing) for --diff's
 // since. The margin covers the kernel's coarse file-time clock, which may lag by a tick.
 func guestClock(ctx context.Context, g *Globals, vm, guestPath string) (int64, error) {
@@ -41,8 +52,43 @@ func guestClock(ctx context.Context, g *Globals, vm, guestPath string) (int64, e
 	if err == nil && now <= 0 {
 		err = fmt.Errorf("the guest agent reported no clock")
 	}
-	return now - int64(50*time.Millisecond), err
+	return now - clockMargin, err
 }
+
+// diffWatch is what --diff learned before the command: the guest's clock, and whether the
+// agent records the command's changes (so the listing after it needs no walk).
+type diffWatch struct {
+	since    int64
+	watching bool
+}
+
+// startDiffWatch asks the agent to watch the workspace and reads the guest's clock. An
+// agent from before watches gets the clock probe alone (the listing then walks); one from
+// before listings cannot do --diff at all, and says so.
+func startDiffWatch(ctx context.Context, g *Globals, vm, guestPath string) (diffWatch, error) {
+	ctx, id := opid.Ensure(ctx)
+	st, err := agentStream(ctx, g, vm)
+	if err != nil {
+		return diffWatch{}, err
+	}
+	now, err := agentclient.Watch(ctx, st, id, guestPath)
+	if err == nil {
+		return diffWatch{since: now - clockMargin, watching: true}, nil
+	}
+	if !agentclient.IsUnknownRequest(err) {
+		oplog.G(ctx).Debug("no change watch; the listing will walk", "error", err.Error())
+	}
+	since, err := guestClock(ctx, g, vm, guestPath)
+	if agentclient.IsUnknownRequest(err) {
+		return diffWatch{}, errdefs.WithHint(errdefs.New(errdefs.ErrConflict,
+			"the image's guest agent is too old for --diff (it has no list request): %w", err),
+			"rebuild or re-pull the image with this banger (banger image rm IMAGE, then run again)")
+	}
+	return diffWatch{since: since}, err
+}
+
+// clockMargin covers the kernel's coarse file-time clock, which may lag by a tick.
+const clockMargin = int64(50 * time.Millisecond)
 
 // getFromGuest copies guestPath into the host directory dir (created if missing) through
 // the hardened extractor: what lands is dir/base(guestPath) and nothing else.
@@ -122,8 +168,15 @@ func parseOut(spec, wsPath string) (guestPath, hostDir string, err error) {
 
 // workspaceDiff builds the patch of what the command changed under the workspace (before
 // is the guest's clock just before it) and writes it to target ("-": stdout).
-func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUpload, since int64, target string) (retErr error) {
-	after, _, err := listWorkspace(ctx, g, vm, ws.params.Path, since)
+func workspaceDiff(ctx context.Context, g *Globals, vm string, ws *workspaceUpload, dw diffWatch, target string) (retErr error) {
+	since := dw.since
+	var after []agentproto.ListEntry
+	var err error
+	if dw.watching {
+		after, err = listWatched(ctx, g, vm, ws.params.Path, since)
+	} else {
+		after, _, err = listWorkspace(ctx, g, vm, ws.params.Path, since)
+	}
 	if err != nil {
 		return fmt.Errorf("--diff: %w", err)
 	}

@@ -86,6 +86,7 @@ func (d *Daemon) killVMMs(ctx context.Context, rt *vmRuntime, vm *model.VM) erro
 		oplog.G(ctx).Warn("killing untracked VMM of vm", "vm", vm.Name, "pid", o.PID)
 		errs = append(errs, vmm.KillOwned(o, d.cfg.VMsDir(), d.vmmBinaries(), 10*time.Second))
 	}
+	errs = append(errs, d.killShareProcs(vm.ID))
 	return errors.Join(errs...)
 }
 

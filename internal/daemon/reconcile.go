@@ -185,6 +185,7 @@ func (d *Daemon) sweepVMMs(ctx context.Context) error {
 			}
 		})
 	}
+	errs = append(errs, d.sweepShareProcs(ctx))
 	return errors.Join(errs...)
 }
 

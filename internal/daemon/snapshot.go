@@ -63,6 +63,11 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 		// Its workspace disk is not among the copies a snapshot makes yet.
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s has a workspace; snapshots of vms with a workspace are not supported", vm.Name)
 	}
+	if len(vm.Mounts) > 0 {
+		// Its guest memory is shared with virtiofsd and its state includes live FUSE
+		// sessions no copy could restore.
+		return nil, errdefs.New(errdefs.ErrConflict, "vm %s has shared folders (--mount); snapshots and forks of vms with shared folders are not supported", vm.Name)
+	}
 	m := rt.getMachine()
 	if m == nil {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm %s has no VMM this daemon holds", vm.Name)

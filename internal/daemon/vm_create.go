@@ -30,6 +30,7 @@ type createPlan struct {
 	// wsToken and wsPath are the workspace upload and its guest mount point; "" none.
 	wsToken string
 	wsPath  string
+	mounts  []model.Mount // shared folders, host paths resolved
 }
 
 // validateCreate checks params without holding any lock. Resolving the image may pull it.
@@ -70,6 +71,14 @@ func (d *Daemon) validateCreate(ctx context.Context, p api.VMCreateParams, prog 
 			return nil, err
 		}
 	}
+	if len(p.Mounts) > 0 {
+		if plan.mounts, err = d.resolveMounts(ctx, p.Mounts); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkMountsAgainstWorkspace(plan.mounts, plan.wsPath); err != nil {
+		return nil, err
+	}
 	if p.FromSnapshot != "" {
 		return d.validateRestore(ctx, p, plan, prog)
 	}
@@ -93,6 +102,8 @@ func (d *Daemon) validateRestore(ctx context.Context, p api.VMCreateParams, plan
 		{"system_overlay_size", p.SystemOverlaySize != "", p.SystemOverlaySize}, {"work_disk_size", p.WorkDiskSize != "", p.WorkDiskSize},
 		// A workspace disk would be a device the snapshot's machine did not have.
 		{"workspace", p.Workspace != nil, "(set)"},
+		// Shared folders need shared guest memory, which a snapshot's machine lacks.
+		{"mounts", len(p.Mounts) > 0, "(set)"},
 	} {
 		if f.set {
 			return nil, errdefs.InvalidArgument(f.field, f.value, "cannot be given with from_snapshot: the snapshot's is used")
@@ -171,6 +182,7 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		GuestIP: ip.String(), MAC: model.MACForIP(ip), CID: model.CIDForIP(ip),
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
 		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm, Workspace: plan.wsPath,
+		Mounts: plan.mounts,
 	}
 	if plan.snap != nil {
 		vm.SnapshotID = plan.snap.ID

@@ -46,6 +46,7 @@ func (d *Daemon) spec(vm *model.VM, im *model.Image) (vmm.Spec, error) {
 		s.Drives = append(s.Drives, vmm.Drive{ID: "workspace", Path: filepath.Join(vm.Dir, workspaceDiskName)})
 		args = append(args, agentproto.ParamWorkspace+"=/dev/vdd", agentproto.ParamWorkspacePath+"="+vm.Workspace)
 	}
+	args = addMounts(&s, vm, args)
 	if d.cfg.Network.Enabled {
 		s.Net = &vmm.NetIface{Tap: vm.Tap, MAC: vm.MAC}
 		args = append(args,

@@ -50,6 +50,9 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 	if err != nil {
 		return err
 	}
+	if err := refuseMountsOnDriver(vm, drv); err != nil {
+		return err
+	}
 	spec, err := d.spec(vm, im)
 	if err != nil {
 		return err

@@ -132,6 +132,9 @@ func RunInit() {
 	if err := assembleRoot(params, log, func() { mods.wait("overlay") }); err != nil {
 		fatal(log, "assembling the root file system", err)
 	}
+	if err := mountShares(params, mods, log); err != nil {
+		fatal(log, "mounting the shared folders", err)
+	}
 	boot.mark(model.GuestStageRoot)
 	if err := <-netDone; err != nil {
 		fatal(log, "configuring the network", err)
@@ -351,7 +354,7 @@ func mountWorkspace(p agentproto.BootParams, log *slog.Logger) error {
 	if err := mkdirs(dst); err != nil {
 		return err
 	}
-	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount(p.Workspace, dst, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, workspaceMountData); err != nil {
 		return fmt.Errorf("mounting the workspace %s on %s: %w", p.Workspace, p.WorkspacePath, err)
 	}
 	if err := trustWorkspaceInGit(filepath.Join(newRoot, "etc", "gitconfig"), p.WorkspacePath); err != nil {

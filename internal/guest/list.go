@@ -45,6 +45,18 @@ func (a *Agent) handleList(conn io.Writer, req agentproto.Request) error {
 		}
 		return fw.Write(agentproto.FrameDataEOF, nil)
 	}
+	if req.Watched && req.Since > 0 {
+		if ok, err := a.listWatched(root, rootDev, enc); ok {
+			if err == nil {
+				err = bw.Flush()
+			}
+			if err != nil {
+				_ = fw.Write(agentproto.FrameError, []byte(err.Error()))
+				return err
+			}
+			return fw.Write(agentproto.FrameDataEOF, nil)
+		}
+	}
 	// With since, a directory whose ctime or mtime moved is listed with all its entries, so
 	// the client sees what is missing from it (deletions, renames away).
 	changedDirs := map[string]bool{}

@@ -28,6 +28,7 @@ import (
 const (
 	virtioIDNet   = "0x0001"
 	virtioIDVsock = "0x0013"
+	virtioIDFS    = "0x001a" // virtiofs: shared folders (mounts_linux.go)
 )
 
 // modCondition says when a module is needed. Modules not listed always load.
@@ -38,12 +39,14 @@ const (
 	modPCI                     // a virtio device on the PCI bus
 	modVirtioNet               // a virtio network device
 	modVirtioSock              // a virtio vsock device
+	modVirtioFS                // a virtiofs device (a VM with shared folders)
 )
 
 var moduleConditions = map[string]modCondition{
 	"virtio_pci": modPCI, "virtio_pci_legacy_dev": modPCI, "virtio_pci_modern_dev": modPCI,
 	"virtio_net": modVirtioNet, "net_failover": modVirtioNet, "failover": modVirtioNet,
 	"vsock": modVirtioSock, "vmw_vsock_virtio_transport_common": modVirtioSock, "vmw_vsock_virtio_transport": modVirtioSock,
+	"fuse": modVirtioFS, "virtiofs": modVirtioFS,
 }
 
 // transportModules make virtio devices appear on the virtio bus; device conditions are
@@ -221,6 +224,8 @@ func (l *modLoader) start(dir string) *modSet {
 				j.skipped = !present(virtioIDNet)
 			case modVirtioSock:
 				j.skipped = !present(virtioIDVsock)
+			case modVirtioFS:
+				j.skipped = !present(virtioIDFS)
 			}
 			if j.skipped {
 				return

@@ -36,6 +36,8 @@ type Agent struct {
 	boot *bootStages
 
 	shutdownOnce sync.Once
+	// watches record workspace changes for --diff (watch_linux.go).
+	watches watchSet
 }
 
 // NewAgent returns an agent logging to log. powerOff is what a shutdown request does after
@@ -121,12 +123,14 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 		err = a.handleGet(conn, req)
 	case agentproto.TypeList:
 		err = a.handleList(conn, req)
+	case agentproto.TypeWatch:
+		err = a.handleWatch(conn, req)
 	case agentproto.TypeShutdown:
 		err = a.handleShutdown(conn, log)
 	case agentproto.TypeIdentity:
 		err = a.handleIdentity(conn, req, log)
 	default:
-		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, list, shutdown, identity")
+		err = errdefs.InvalidArgument("type", req.Type, "must be one of ping, exec, put, get, list, watch, shutdown, identity")
 		_ = agentproto.WriteJSONLine(conn, agentproto.ErrorReply(err))
 	}
 	ms := time.Since(start).Milliseconds()

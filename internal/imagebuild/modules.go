@@ -46,6 +46,9 @@ var guestModuleList = []guestModule{
 	{"vsock", false},
 	{"vmw_vsock_virtio_transport_common", false},
 	{"vmw_vsock_virtio_transport", false},
+	// Shared folders (--mount); the guest init loads them only for a virtiofs device.
+	{"fuse", false},
+	{"virtiofs", false},
 }
 
 // GuestModuleNames lists the modules GuestModules looks for, in load order.

@@ -52,6 +52,9 @@ type VM struct {
 	// Workspace is the guest path the VM's workspace disk (a copy of a host tree, made by
 	// `vm create/run --workspace`) is mounted at; empty: the VM has none.
 	Workspace string `json:"workspace,omitempty"`
+	// Mounts are the VM's live shared folders (`vm create/run --mount`), attached on every
+	// start; QEMU only.
+	Mounts []Mount `json:"mounts,omitempty"`
 	// SnapshotID is the snapshot the VM was restored from (vm create --from-snapshot, vm
 	// fork); empty for a VM that booted cold.
 	SnapshotID string    `json:"snapshot_id,omitempty"`

@@ -271,6 +271,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, lim Limits) {
 	// wait for connections ends; a handler in flight still writes its response.
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if cred, err := PeerCred(c); err == nil {
+		ctx = WithPeer(ctx, cred)
+	}
 	br := bufio.NewReaderSize(c, readBufSize)
 	for {
 		line, release, ok := s.readRequest(ctx, c, br, lim)

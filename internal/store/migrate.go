@@ -116,6 +116,11 @@ CREATE INDEX snapshots_image_id ON snapshots (image_id);
 ALTER TABLE vms ADD COLUMN snapshot_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX vms_snapshot_id ON vms (snapshot_id) WHERE snapshot_id <> '';
 `},
+	// Shared folders (`vm create --mount`): model.VM.Mounts as JSON ('' = none), so a VM
+	// gets them again on every start.
+	{version: 7, sql: `
+ALTER TABLE vms ADD COLUMN mounts TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // migrate creates the bookkeeping table and applies each migration in migs that the database

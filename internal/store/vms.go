@@ -18,7 +18,7 @@ import (
 // vmColumns lists the vms columns in the order scanVM and vmValues use.
 const vmColumns = `id, name, image_id, image_name, state, vcpu, memory_mib, system_overlay_bytes,
 	work_disk_bytes, nat, guest_ip, mac, cid, tap, dir, vmm, accel, pid, last_error,
-	created_at, updated_at, started_at, pid_start, creating, auto_remove, workspace, boot, snapshot_id`
+	created_at, updated_at, started_at, pid_start, creating, auto_remove, workspace, boot, snapshot_id, mounts`
 
 const vmOrder = ` ORDER BY created_at, name`
 
@@ -36,7 +36,7 @@ func (s *Store) InsertVM(ctx context.Context, vm *model.VM) error {
 		vm.UpdatedAt = vm.CreatedAt
 	}
 	_, err := s.db.ExecContext(ctx,
-		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vmValues(vm)...)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -58,12 +58,12 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 	name = ?, image_id = ?, image_name = ?, state = ?, vcpu = ?, memory_mib = ?,
 	system_overlay_bytes = ?, work_disk_bytes = ?, nat = ?, guest_ip = ?, mac = ?, cid = ?,
 	tap = ?, dir = ?, vmm = ?, accel = ?, pid = ?, last_error = ?, updated_at = ?, started_at = ?,
-	pid_start = ?, creating = ?, auto_remove = ?, workspace = ?, snapshot_id = ?
+	pid_start = ?, creating = ?, auto_remove = ?, workspace = ?, snapshot_id = ?, mounts = ?
 WHERE id = ?`,
 		vm.Name, vm.ImageID, vm.ImageName, string(vm.State), vm.VCPU, vm.MemoryMiB,
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError, formatTime(now), formatTime(vm.StartedAt),
-		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, vm.SnapshotID,
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, vm.SnapshotID, mountsJSON(vm.Mounts),
 		vm.ID)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -157,6 +157,17 @@ func bootJSON(b *model.BootTimeline) string {
 	j, err := json.Marshal(b)
 	if err != nil {
 		return "" // plain strings and ints: cannot fail
+	}
+	return string(j)
+}
+
+func mountsJSON(m []model.Mount) string {
+	if len(m) == 0 {
+		return ""
+	}
+	j, err := json.Marshal(m)
+	if err != nil {
+		return "" // plain strings and bools: cannot fail
 	}
 	return string(j)
 }
@@ -273,7 +284,7 @@ func vmValues(vm *model.VM) []any {
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError,
 		formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), formatTime(vm.StartedAt),
-		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, bootJSON(vm.Boot), vm.SnapshotID,
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, bootJSON(vm.Boot), vm.SnapshotID, mountsJSON(vm.Mounts),
 	}
 }
 
@@ -286,11 +297,12 @@ func scanVM(sc scanner) (*model.VM, error) {
 		cid                         int64
 		created, updated, startedAt string
 		boot                        string
+		mounts                      string
 	)
 	if err := sc.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.ImageName, &state, &vm.VCPU, &vm.MemoryMiB,
 		&vm.SystemOverlayBytes, &vm.WorkDiskBytes, &nat, &vm.GuestIP, &vm.MAC, &cid,
 		&vm.Tap, &vm.Dir, &vm.VMM, &vm.Accel, &vm.PID, &vm.LastError,
-		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove, &vm.Workspace, &boot, &vm.SnapshotID); err != nil {
+		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove, &vm.Workspace, &boot, &vm.SnapshotID, &mounts); err != nil {
 		return nil, err
 	}
 	vm.State = model.VMState(state)
@@ -312,6 +324,11 @@ func scanVM(sc scanner) (*model.VM, error) {
 		vm.Boot = new(model.BootTimeline)
 		if err := json.Unmarshal([]byte(boot), vm.Boot); err != nil {
 			return nil, fmt.Errorf("vm %s: decoding boot timeline: %w", vm.ID, err)
+		}
+	}
+	if mounts != "" {
+		if err := json.Unmarshal([]byte(mounts), &vm.Mounts); err != nil {
+			return nil, fmt.Errorf("vm %s: decoding mounts: %w", vm.ID, err)
 		}
 	}
 	return &vm, nil

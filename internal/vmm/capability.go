@@ -88,3 +88,17 @@ type Linker interface {
 type SharedPreparer interface {
 	PrepareShared(ctx context.Context, spec Spec, info RestoreInfo, memPath string) error
 }
+
+// Sharer is a Driver that can give a guest shared folders (Spec.Shares).
+type Sharer interface {
+	SharesFolders() bool
+}
+
+// CanShare reports whether drv can start a Spec with Shares.
+func CanShare(drv Driver) bool {
+	s, ok := drv.(Sharer)
+	return ok && s.SharesFolders()
+}
+
+// ErrNoSharesMessage is what a driver without shared folders says about --mount.
+const ErrNoSharesMessage = "has no shared folders (--mount): use --workspace to give the VM a copy of a host directory instead, or run it under qemu"

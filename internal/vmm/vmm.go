@@ -23,6 +23,15 @@ type Drive struct {
 	Root     bool // firecracker's is_root_device
 }
 
+// Share is a host directory the guest mounts live (a shared folder, `--mount`): a
+// virtiofs device with Tag, served from Source (absolute, symlinks already resolved: it is
+// opened refusing any symlink), read-only unless ReadOnly is false.
+type Share struct {
+	Tag      string
+	Source   string
+	ReadOnly bool
+}
+
 // NetIface attaches the VM to a tap device created by the root helper.
 type NetIface struct {
 	Tap string
@@ -31,14 +40,17 @@ type NetIface struct {
 
 // Spec is everything a driver needs to start one VM. All paths are absolute.
 type Spec struct {
-	ID          string
-	Name        string
-	Dir         string // the VM's directory; drivers keep their sockets and pidfile here
-	Kernel      string // vmlinux ELF (PVH) or bzImage
-	Initrd      string
-	BootArgs    string // guest arguments (banger.*, root setup); drivers add console/platform args
-	Drives      []Drive
-	Net         *NetIface // nil: no NIC
+	ID       string
+	Name     string
+	Dir      string // the VM's directory; drivers keep their sockets and pidfile here
+	Kernel   string // vmlinux ELF (PVH) or bzImage
+	Initrd   string
+	BootArgs string // guest arguments (banger.*, root setup); drivers add console/platform args
+	Drives   []Drive
+	Net      *NetIface // nil: no NIC
+	// Shares are shared folders; a driver without them (vmm.Sharer) refuses a Spec that
+	// has any.
+	Shares      []Share
 	VCPU        int
 	MemoryMiB   int
 	LogPath     string // serial console and VMM log

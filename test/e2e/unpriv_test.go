@@ -95,8 +95,14 @@ func TestUnprivilegedDaemonThroughRootHelper(t *testing.T) {
 		}
 	}
 
-	// Create a VM without NAT: image build, disks, tap through the helper, qemu, agent.
-	out, errOut, code := u.cli(nil, "vm", "create", "--name", "up-web")
+	// Create a VM without NAT: image build, disks, tap through the helper, qemu, agent,
+	// and a shared folder, whose virtiofsd runs as the daemon's user in its sandbox.
+	share := filepath.Join(u.home, "share")
+	mkdirOwned(t, share)
+	if err := os.WriteFile(filepath.Join(share, "f"), []byte("shared-unpriv\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := u.cli(nil, "vm", "create", "--name", "up-web", "--mount", share+":/mnt/host:rw")
 	if code != 0 {
 		t.Fatalf("vm create as uid %d: exit %d\nstdout: %s\nstderr: %s\n--- bangerd log ---\n%s", unprivUID, code, out, errOut,
 			tail(readFile(u.daemonLog), 30))
@@ -110,6 +116,22 @@ func TestUnprivilegedDaemonThroughRootHelper(t *testing.T) {
 	}
 	if got := u.mustCLI(t, "vm", "exec", "up-web", "--", "sh", "-c", "echo exec-ok; id -u"); got != "exec-ok\n0\n" {
 		t.Fatalf("vm exec: %q", got)
+	}
+	if got := u.mustCLI(t, "vm", "exec", "up-web", "--", "sh", "-c", "cat /mnt/host/f; echo from-guest > /mnt/host/g"); got != "shared-unpriv\n" {
+		t.Fatalf("shared folder of an unprivileged daemon: %q", got)
+	}
+	if fi, err := os.Stat(filepath.Join(share, "g")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != unprivUID {
+		t.Fatalf("a guest write to the shared folder of an unprivileged daemon: %v (want a file of uid %d)", err, unprivUID)
+	}
+	vfs := virtiofsdOf(t, vm.Dir)
+	if len(vfs) == 0 {
+		t.Fatalf("no virtiofsd for %s", vm.Dir)
+	}
+	for _, p := range vfs {
+		pid, _ := strconv.Atoi(p)
+		if st := procStatus(t, pid); st["Uid"] != idLine(unprivUID) {
+			t.Fatalf("virtiofsd pid %d runs as Uid %q, want %d", pid, st["Uid"], unprivUID)
+		}
 	}
 	// Images and disks made by an unprivileged daemon still belong to root inside the guest:
 	// the image tree, the overlay's root and the work disk's root directory.
@@ -173,6 +195,9 @@ func TestUnprivilegedDaemonThroughRootHelper(t *testing.T) {
 	}
 	if err := waitFor(func() bool { return syscall.Kill(vm.PID, 0) != nil }, 10*time.Second); err != nil {
 		t.Fatalf("VMM pid %d still alive after vm rm", vm.PID)
+	}
+	if pids := virtiofsdOf(t, vm.Dir); len(pids) != 0 {
+		t.Fatalf("virtiofsd %v still runs after vm rm", pids)
 	}
 }
 

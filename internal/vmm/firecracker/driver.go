@@ -178,6 +178,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
+	if len(spec.Shares) > 0 {
+		return nil, errdefs.New(errdefs.ErrConflict, "firecracker "+vmm.ErrNoSharesMessage)
+	}
 	bin, err := exec.LookPath(d.cfg.Binary)
 	if err != nil {
 		return nil, errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "finding firecracker binary %q: %w", d.cfg.Binary, err), installHint)

@@ -28,6 +28,13 @@ type plan struct {
 	RAMShared bool
 }
 
+// memfdBackend is the RAM backend id of a VM with shared folders: vhost-user devices
+// (virtiofsd) map guest memory, so it must be shared memory.
+func memfdBackend(spec vmm.Spec, machine string) (id string, args []string) {
+	id = ramID(machine)
+	return id, []string{"-object", fmt.Sprintf("memory-backend-memfd,id=%s,size=%dM,share=on", id, spec.MemoryMiB)}
+}
+
 // nicID is the NIC's device id, which set_link names.
 const nicID = "nic0"
 
@@ -88,6 +95,10 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		}
 		backend = ramID(p.Machine)
 		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", backend, spec.MemoryMiB, p.RAMFile, share))
+	} else if len(spec.Shares) > 0 {
+		var obj []string
+		backend, obj = memfdBackend(spec, p.Machine)
+		args = append(args, obj...)
 	}
 	args = append(args, machineArgs(p.Machine, p.Accel, backend)...)
 	args = append(args,
@@ -136,6 +147,7 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 		)
 	}
 
+	args = append(args, shareArgs(spec, p.Machine)...)
 	args = append(args,
 		"-device", dev("virtio-serial"),
 		"-chardev", "socket,id=agent,path="+spec.ChannelPath+",server=on,wait=off",

@@ -204,6 +204,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
+	if err := validateShares(spec); err != nil {
+		return nil, err
+	}
 	bin, err := exec.LookPath(d.cfg.Binary)
 	if err != nil {
 		return nil, errdefs.WithHint(errdefs.New(errdefs.ErrUnavailable, "finding qemu binary %q: %w", d.cfg.Binary, err), installHint)
@@ -232,11 +235,21 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	log := d.log.With("vm", spec.ID)
 	logOffset := vmm.FileSize(spec.LogPath)
 	began := time.Now()
+	// Shared folders' virtiofsd listen before QEMU connects to them.
+	shares, err := startShares(spec)
+	if err != nil {
+		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
+	}
 	// Not CommandContext: the VMM must outlive the request (and the daemon) that started it.
 	cmd := exec.Command(bin, args...)
 	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
+		shares.kill()
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
+	}
+	if len(shares) > 0 {
+		// virtiofsd exits when QEMU's connection closes; this makes sure of it.
+		go func() { <-proc.Done(); shares.kill() }()
 	}
 	if err := spec.Launched(proc); err != nil {
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
@@ -245,6 +258,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err := m.waitRunning(ctx); err != nil {
 		_ = proc.Kill()
 		<-proc.Done()
+		if len(shares) > 0 {
+			shares.kill()
+			if tail := vmm.LogTail(shareLog(spec.Dir, spec.Shares[0].Tag), 0, 5); tail != "" {
+				err = fmt.Errorf("%w; virtiofsd: %s", err, tail)
+			}
+		}
 		if tail := vmm.LogTail(spec.LogPath, logOffset, 15); tail != "" {
 			err = fmt.Errorf("%w; qemu output: %s", err, tail)
 		}
