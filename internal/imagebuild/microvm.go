@@ -62,7 +62,7 @@ const microvmRevision = 1
 // the final .config, whatever the fragment says.
 var RequiredMicrovmOptions = []string{
 	"64BIT", "SMP", "PVH", "ACPI", "PRINTK", "BLK_DEV_INITRD", "BINFMT_ELF", "BINFMT_SCRIPT", "FUTEX", "EPOLL",
-	"PROC_FS", "SYSFS", "DEVTMPFS", "TMPFS", "EXT4_FS", "OVERLAY_FS",
+	"PROC_FS", "SYSFS", "DEVTMPFS", "TMPFS", "EXT4_FS", "OVERLAY_FS", "FUSE_FS", "VIRTIO_FS", "FANOTIFY",
 	"TTY", "UNIX98_PTYS", "SERIAL_8250", "SERIAL_8250_CONSOLE",
 	"VIRTIO_MMIO", "VIRTIO_MMIO_CMDLINE_DEVICES", "PCI", "VIRTIO_PCI",
 	"VIRTIO_BLK", "VIRTIO_NET", "VIRTIO_CONSOLE",

@@ -36,11 +36,12 @@ func TestMicrovmKernelImage(t *testing.T) {
 	// /proc/modules exists only in a kernel with CONFIG_MODULES; the disks and the network
 	// work, so every driver is built in.
 	out := x.mustCLI(t, "vm", "exec", "e2e-microvm", "--", "sh", "-c",
-		"test -e /proc/modules && echo has-modules; uname -r; cat /proc/mounts; ip -4 addr show eth0")
+		"test -e /proc/modules && echo has-modules; uname -r; cat /proc/mounts; ip -4 addr show eth0; cat /proc/filesystems")
 	if strings.Contains(out, "has-modules") {
 		t.Errorf("the microvm kernel has module support:\n%s", out)
 	}
-	for _, want := range []string{"microvm", "overlay / overlay", "/dev/vdc /root ext4", "inet "} {
+	// The file systems other features mount: virtiofs for --mount, built in too.
+	for _, want := range []string{"microvm", "overlay / overlay", "/dev/vdc /root ext4", "inet ", "\tvirtiofs", "\tfuse"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("guest output lacks %q:\n%s", want, out)
 		}
