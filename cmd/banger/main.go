@@ -31,7 +31,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&socket, "socket", "", "bangerd socket (default: $BANGER_SOCKET, then "+config.DefaultSocket()+")")
-	root.AddCommand(newVersionCmd(), newVMCmd(), newImageCmd(), newSnapshotCmd(), newDoctorCmd())
+	root.AddCommand(newVersionCmd(), newVMCmd(), newImageCmd(), newSnapshotCmd(), newPoolCmd(), newDoctorCmd())
 	return root
 }
 

@@ -47,6 +47,7 @@ const (
 	MethodImageCatalog    = "image.catalog"
 	MethodOpStatus        = "op.status"
 	MethodDoctor          = "daemon.doctor"
+	MethodPoolList        = "pool.list"
 )
 
 // PingResult answers daemon.ping.
@@ -297,4 +298,32 @@ type DoctorCheck struct {
 // DoctorResult answers daemon.doctor.
 type DoctorResult struct {
 	Checks []DoctorCheck `json:"checks"`
+}
+
+// PoolListResult is pool.list's result.
+type PoolListResult struct {
+	Pools []PoolInfo `json:"pools"`
+}
+
+// PoolInfo is one warm pool (config pools): its spec, how many VMs are ready, and how its
+// filling goes.
+type PoolInfo struct {
+	Name      string `json:"name"`
+	Image     string `json:"image"` // the configured image reference
+	VCPU      int    `json:"vcpu"`
+	MemoryMiB int    `json:"memory_mib"`
+	Size      int    `json:"size"`
+	// Mode is "vms" (Size paused VMs kept ready) or "snapshot" (creates restore from it).
+	Mode string `json:"mode"`
+	// Ready is how many VMs wait to be handed out.
+	Ready int `json:"ready"`
+	// State is starting, filling, ready (filled) or failing (see LastError, NextRetry).
+	State string `json:"state"`
+	// Snapshot is the name of the pool's snapshot; empty until it is made.
+	Snapshot    string    `json:"snapshot,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	NextRetry   time.Time `json:"next_retry,omitzero"`
+	// Served counts the creates the pool served since the daemon started.
+	Served int64 `json:"served"`
 }

@@ -50,7 +50,36 @@ type Config struct {
 	ConsoleLogMaxBytes int64 `yaml:"-"`
 	// DebianMirror is used by the debian image builder.
 	DebianMirror string `yaml:"debian_mirror"`
+	// Pools are warm pools: VMs of one spec kept ready so a matching create is served at
+	// once (internal/daemon/pool.go).
+	Pools []Pool `yaml:"pools"`
 }
+
+// Pool is one warm pool: the daemon keeps a snapshot of a VM of this spec booted to
+// agent-ready and, in mode "vms", Size VMs restored from it and paused, each handed out
+// whole to a create asking for the same image, vcpu and memory.
+type Pool struct {
+	// Name defaults to IMAGE-VCPUcMEMm, e.g. tiny-1c512m.
+	Name   string `yaml:"name"`
+	Image  string `yaml:"image"`
+	VCPU   int    `yaml:"vcpu"`   // default: defaults.vcpu
+	Memory string `yaml:"memory"` // default: defaults.memory
+	Size   int    `yaml:"size"`
+	// Mode is "vms" (the default: Size paused VMs ready) or "snapshot" (only the snapshot;
+	// a create restores from it).
+	Mode string `yaml:"mode"`
+	// MemoryMiB is Memory parsed by Finish.
+	MemoryMiB int `yaml:"-"`
+}
+
+// Pool modes.
+const (
+	PoolModeVMs      = "vms"
+	PoolModeSnapshot = "snapshot"
+)
+
+// MaxPoolSize bounds one pool: every ready VM holds a guest address and its memory.
+const MaxPoolSize = 32
 
 // Network configures the bridge the root helper manages.
 type Network struct {
@@ -218,8 +247,62 @@ func (c *Config) Finish() error {
 			"must be between 1M and "+model.FormatSize(maxWorkspace))
 	}
 	c.Workspace.MaxSizeBytes = ws
+	return c.finishPools()
+}
+
+// finishPools fills the pools' defaults and checks them: each field is named by its index.
+func (c *Config) finishPools() error {
+	seen := map[string]bool{}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		field := func(f string) string { return fmt.Sprintf("pools[%d].%s", i, f) }
+		if p.Image == "" {
+			return errdefs.InvalidArgument(field("image"), p.Image, "is required")
+		}
+		if p.VCPU == 0 {
+			p.VCPU = c.Defaults.VCPU
+		}
+		if err := model.ValidateVCPU(p.VCPU); err != nil {
+			return fmt.Errorf("%s: %w", field("vcpu"), err)
+		}
+		if p.Memory == "" {
+			p.Memory = c.Defaults.Memory
+		}
+		mem, err := model.MemoryMiB(field("memory"), p.Memory)
+		if err != nil {
+			return err
+		}
+		p.MemoryMiB = mem
+		if p.Size < 1 || p.Size > MaxPoolSize {
+			return errdefs.InvalidArgument(field("size"), p.Size, fmt.Sprintf("must be between 1 and %d", MaxPoolSize))
+		}
+		switch p.Mode {
+		case "":
+			p.Mode = PoolModeVMs
+		case PoolModeVMs, PoolModeSnapshot:
+		default:
+			return errdefs.InvalidArgument(field("mode"), p.Mode, "must be vms or snapshot")
+		}
+		if p.Name == "" {
+			p.Name = strings.ToLower(fmt.Sprintf("%s-%dc%dm", p.Image, p.VCPU, p.MemoryMiB))
+		}
+		// Pool names go into VM and snapshot names (pool-NAME-xxxxxx), which are DNS labels.
+		if len(p.Name) > maxPoolName {
+			return errdefs.InvalidArgument(field("name"), p.Name, fmt.Sprintf("must be at most %d characters", maxPoolName))
+		}
+		if err := model.ValidateName(field("name"), p.Name); err != nil {
+			return err
+		}
+		if seen[p.Name] {
+			return errdefs.InvalidArgument(field("name"), p.Name, "is already the name of another pool")
+		}
+		seen[p.Name] = true
+	}
 	return nil
 }
+
+// maxPoolName leaves room for "pool-" and "-xxxxxx" in a 63-character DNS label.
+const maxPoolName = 63 - len("pool-") - len("-xxxxxx")
 
 // The console log cap's sane range: enough for a boot's messages, little enough that a
 // host with many VMs keeps its disk.

@@ -60,6 +60,14 @@ func TestFinishNamesBadFields(t *testing.T) {
 		{func(c *Config) { c.DNS.Domain = "Bad_Domain" }, "dns.domain"},
 		{func(c *Config) { c.ConsoleLogMax = "1K" }, "console_log_max"},
 		{func(c *Config) { c.ConsoleLogMax = "much" }, "console_log_max"},
+		{func(c *Config) { c.Pools = []Pool{{Size: 1}} }, "pools[0].image"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny"}} }, "pools[0].size"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny", Size: MaxPoolSize + 1}} }, "pools[0].size"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny", Size: 1, Memory: "1X"}} }, "pools[0].memory"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny", Size: 1, VCPU: 999}} }, "pools[0].vcpu"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny", Size: 1, Mode: "hot"}} }, "pools[0].mode"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny", Size: 1, Name: "Bad_Name"}} }, "pools[0].name"},
+		{func(c *Config) { c.Pools = []Pool{{Image: "tiny", Size: 1}, {Image: "tiny", Size: 2}} }, "pools[1].name"},
 	} {
 		c := Default()
 		tc.mut(&c)
@@ -105,5 +113,19 @@ func TestDefaultSocketIsTheDaemonsDefault(t *testing.T) {
 		if got := DefaultSocket(); got != c.Socket {
 			t.Errorf("XDG_RUNTIME_DIR=%q: DefaultSocket() = %s, daemon listens on %s", xdg, got, c.Socket)
 		}
+	}
+}
+
+func TestPoolDefaults(t *testing.T) {
+	c := Default()
+	c.Pools = []Pool{{Image: "tiny", Size: 2}, {Name: "big", Image: "tiny", VCPU: 2, Memory: "1G", Size: 1, Mode: "snapshot"}}
+	if err := c.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Pools[0]; p.Name != "tiny-1c512m" || p.VCPU != 1 || p.MemoryMiB != 512 || p.Mode != PoolModeVMs {
+		t.Fatalf("defaults not filled: %+v", p)
+	}
+	if p := c.Pools[1]; p.MemoryMiB != 1024 || p.Mode != PoolModeSnapshot {
+		t.Fatalf("%+v", p)
 	}
 }

@@ -76,6 +76,11 @@ type Daemon struct {
 	// rmGrace is how long a vm run --rm VM may wait for its run to attach after the create.
 	rmGrace time.Duration
 
+	// pools are the configured warm pools (pool.go); userCreates counts the creates users
+	// have in flight, which pool fills wait for.
+	pools       []*warmPool
+	userCreates atomic.Int32
+
 	// bg tracks async operations so shutdown can wait for them; bgCtx ends them at shutdown.
 	bg       sync.WaitGroup
 	bgCtx    context.Context
@@ -204,6 +209,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) 
 	}
 	d.dns = vmdns.New(cfg.DNS.Domain, upstreams, log)
 	d.sweepWorkspaces()
+	for _, pc := range cfg.Pools {
+		d.pools = append(d.pools, newWarmPool(pc))
+	}
 	return d, nil
 }
 
@@ -238,6 +246,8 @@ func (d *Daemon) Run(ctx context.Context, opts RunOptions) error {
 		defer d.bg.Done()
 		d.reconcileLoop(d.bgCtx)
 	}()
+	d.sweepPools(startCtx)
+	d.startPools()
 	srv := rpc.NewServer(d.log)
 	srv.Observe = d.metrics.observeRPC
 	d.register(srv)

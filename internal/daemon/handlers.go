@@ -51,10 +51,17 @@ func (d *Daemon) register(s *rpc.Server) {
 		if err != nil {
 			return nil, err
 		}
-		if vms == nil {
-			vms = []model.VM{}
+		// A warm pool's VMs are the daemon's until a create claims one (pool.list shows them).
+		out := []model.VM{}
+		for _, vm := range vms {
+			if vm.Pool == "" {
+				out = append(out, vm)
+			}
 		}
-		return api.VMListResult{VMs: vms}, nil
+		return api.VMListResult{VMs: out}, nil
+	}))
+	s.Handle(api.MethodPoolList, noParams(func(ctx context.Context) (any, error) {
+		return d.listPools(ctx)
 	}))
 	s.Handle(api.MethodVMShow, withParams(func(ctx context.Context, p api.VMRef) (any, error) {
 		vm, err := d.store.ResolveVM(ctx, p.VM)

@@ -249,6 +249,17 @@ type fakeMachine struct {
 	proc     *vmm.Process
 	agentLog *slog.Logger
 	oldAgent bool
+	// calls records Pause, Resume and DetachAgent in order (detach_test.go).
+	callsMu sync.Mutex
+	calls   []string
+	// guestSess is the guest end of the latest agent channel.
+	guestSess *yamux.Session
+}
+
+func (m *fakeMachine) record(call string) {
+	m.callsMu.Lock()
+	defer m.callsMu.Unlock()
+	m.calls = append(m.calls, call)
 }
 
 func newFakeMachine(proc *vmm.Process) *fakeMachine {
@@ -268,6 +279,9 @@ func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 		go serveOldAgent(sess)
 		return host, nil
 	}
+	m.callsMu.Lock()
+	m.guestSess = sess
+	m.callsMu.Unlock()
 	agent := guest.NewAgent(m.agentLog, func(*slog.Logger) { m.stop() })
 	go agent.Serve(context.Background(), sess)
 	go func() { <-m.proc.Done(); sess.Close() }()

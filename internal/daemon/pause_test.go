@@ -23,10 +23,12 @@ import (
 // state is read from /proc like the VMM's own query.
 
 func (m *fakeMachine) Pause(context.Context) error {
+	m.record("pause")
 	return syscall.Kill(m.proc.PID(), syscall.SIGSTOP)
 }
 
 func (m *fakeMachine) Resume(context.Context) error {
+	m.record("resume")
 	return syscall.Kill(m.proc.PID(), syscall.SIGCONT)
 }
 

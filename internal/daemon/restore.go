@@ -95,6 +95,8 @@ func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine,
 		if _, remote := errors.AsType[*agentproto.RemoteError](err); err == nil || remote {
 			return err
 		}
+		// The fallback: a snapshot taken without detaching the agent (detach.go).
+		oplog.G(ctx).Warn("identity attempt failed; retrying on a fresh agent session", "error", err.Error())
 		rt.resetSession()
 		select {
 		case <-time.After(200 * time.Millisecond):

@@ -32,6 +32,9 @@ type vmRuntime struct {
 	machine vmm.Machine
 	sess    *yamux.Session
 	conn    net.Conn
+	// detached is set while the guest has been made to drop its agent session ahead of a
+	// pause (detach.go): no session is dialed until the VM is resumed or replaced.
+	detached bool
 }
 
 func (d *Daemon) runtime(id string) *vmRuntime {
@@ -55,6 +58,7 @@ func (rt *vmRuntime) setMachine(m vmm.Machine) {
 	rt.machMu.Lock()
 	defer rt.machMu.Unlock()
 	rt.machine = m
+	rt.detached = false
 }
 
 func (rt *vmRuntime) getMachine() vmm.Machine {
@@ -70,6 +74,9 @@ func (rt *vmRuntime) session(ctx context.Context) (*yamux.Session, error) {
 	defer rt.machMu.Unlock()
 	if rt.machine == nil {
 		return nil, errdefs.New(errdefs.ErrConflict, "vm is not running")
+	}
+	if rt.detached {
+		return nil, errdefs.New(errdefs.ErrConflict, "vm is being paused or snapshotted")
 	}
 	if rt.sess != nil && !rt.sess.IsClosed() {
 		return rt.sess, nil

@@ -30,6 +30,8 @@ const (
 	snapshotMemName    = "memory"
 	snapshotRecordName = "snapshot.json"
 	snapshotTmpPrefix  = ".tmp-"
+	// snapshotTransientMark in a snapshot's directory: see snapshotOwner.transient.
+	snapshotTransientMark = "transient"
 	// snapshotPauseMark in a VM's directory says a snapshot paused the VM and will resume
 	// it: a daemon that dies meanwhile leaves it, and the next one resumes the VM.
 	snapshotPauseMark = "snapshot-paused"
@@ -40,6 +42,21 @@ func (d *Daemon) snapshotsDir() string { return filepath.Join(d.cfg.StateDir, "s
 // snapshotVM is snapshot.create: the VM is paused, its state saved and its writable disks
 // copied, and then it runs on (or stays paused with leave_paused, or if it was paused).
 func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, prog progress) (*model.Snapshot, error) {
+	return d.snapshotFor(ctx, p, snapshotOwner{}, prog)
+}
+
+// snapshotOwner says who a snapshot is for besides a user's snapshot create.
+type snapshotOwner struct {
+	// pool is the warm pool whose snapshot it is (pool.go).
+	pool string
+	// transient marks a snapshot its maker deletes when done (vm fork's): its directory
+	// holds snapshotTransientMark, and a start-up finding one removes it and the VMs
+	// restored from it, the remains of an operation a crash cut short.
+	transient bool
+}
+
+// snapshotFor is snapshotVM on behalf of owner.
+func (d *Daemon) snapshotFor(ctx context.Context, p api.SnapshotCreateParams, owner snapshotOwner, prog progress) (*model.Snapshot, error) {
 	if p.VM == "" {
 		return nil, errdefs.InvalidArgument("vm", "", "is required")
 	}
@@ -83,7 +100,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 	sn := &model.Snapshot{ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name,
 		ImageID: vm.ImageID, ImageName: vm.ImageName, VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB,
 		SystemOverlayBytes: vm.SystemOverlayBytes, WorkDiskBytes: vm.WorkDiskBytes, NAT: vm.NAT,
-		GuestIP: vm.GuestIP, MAC: vm.MAC, VMM: vm.VMM, CreatedAt: time.Now().UTC()}
+		GuestIP: vm.GuestIP, MAC: vm.MAC, VMM: vm.VMM, Pool: owner.pool, CreatedAt: time.Now().UTC()}
 	log := oplog.G(ctx).With("vm", vm.Name, "snapshot", name)
 	began := time.Now()
 
@@ -152,6 +169,11 @@ func (d *Daemon) snapshotVM(ctx context.Context, p api.SnapshotCreateParams, pro
 		return nil, fmt.Errorf("snapshot of vm %s not kept: %w", vm.Name, err)
 	}
 	sn.SizeBytes = allocatedBytes(tmp)
+	if owner.transient {
+		if err := writeSynced(filepath.Join(tmp, snapshotTransientMark), nil); err != nil {
+			return nil, err
+		}
+	}
 	rec, _ := json.MarshalIndent(sn, "", "  ")
 	if err := writeSynced(filepath.Join(tmp, snapshotRecordName), rec); err != nil {
 		return nil, err
@@ -251,6 +273,8 @@ func (d *Daemon) sweepSnapshots(ctx context.Context) {
 			if _, err := d.store.GetSnapshot(ctx, name); errors.Is(err, errdefs.ErrNotFound) {
 				log.Info("reconcile: removing snapshot files without a row", "snapshot_id", name)
 				os.RemoveAll(path)
+			} else if _, err := os.Stat(filepath.Join(path, snapshotTransientMark)); err == nil {
+				d.undoTransient(ctx, name)
 			}
 		}
 	}
@@ -265,6 +289,14 @@ func (d *Daemon) resumeAfterSnapshot(ctx context.Context, rt *vmRuntime, vm *mod
 	}
 	log := oplog.G(ctx).With("vm", vm.Name)
 	if vm.State == model.VMPaused {
+		// The VMM may still be saving the state for the daemon that died: once done, it
+		// would stop the guest again behind the resume.
+		if a, ok := rt.getMachine().(vmm.SnapshotAborter); ok {
+			if err := a.AbortSnapshot(ctx); err != nil {
+				log.Warn("reconcile: aborting an interrupted snapshot failed; the vm stays paused", "error", err.Error())
+				return
+			}
+		}
 		if err := d.resumeLocked(ctx, rt, vm); err != nil {
 			log.Warn("reconcile: resuming a vm an interrupted snapshot paused failed", "error", err.Error())
 			return
@@ -272,4 +304,34 @@ func (d *Daemon) resumeAfterSnapshot(ctx context.Context, rt *vmRuntime, vm *mod
 		log.Info("reconcile: resumed a vm an interrupted snapshot paused")
 	}
 	os.Remove(mark)
+}
+
+// undoTransient removes a transient snapshot that outlived its maker (a vm fork cut short
+// by a crash: the caller got an error) and the VMs restored from it, so the fork is all or
+// nothing across crashes too. It runs at start-up, after the VMs were re-adopted.
+func (d *Daemon) undoTransient(ctx context.Context, id string) {
+	log := oplog.G(ctx).With("snapshot_id", id)
+	vms, err := d.store.VMsFromSnapshot(ctx, id)
+	if err != nil {
+		log.Warn("reconcile: listing the vms of an interrupted fork failed", "error", err.Error())
+		return
+	}
+	for _, v := range vms {
+		vm, rt, err := d.lockVM(ctx, v.ID)
+		if err != nil {
+			continue
+		}
+		log.Info("reconcile: removing a vm of an interrupted fork", "vm", vm.Name)
+		if err := d.destroy(ctx, rt, vm, "its fork was interrupted by a bangerd restart"); err != nil {
+			log.Warn("reconcile: removing a vm of an interrupted fork failed", "vm", vm.Name, "error", err.Error())
+			rt.mu.Unlock()
+			return // the snapshot stays, so the next start tries again
+		}
+		rt.mu.Unlock()
+		d.dropRuntime(vm.ID)
+	}
+	log.Info("reconcile: removing the snapshot of an interrupted fork")
+	if _, err := d.deleteSnapshot(ctx, id, true); err != nil {
+		log.Warn("reconcile: removing the snapshot of an interrupted fork failed", "error", err.Error())
+	}
 }

@@ -31,6 +31,9 @@ type createPlan struct {
 	wsToken string
 	wsPath  string
 	mounts  []model.Mount // shared folders, host paths resolved
+	// pool is the warm pool the VM is made for (pool.go); such a create is never itself
+	// served from a pool.
+	pool string
 }
 
 // validateCreate checks params without holding any lock. Resolving the image may pull it.
@@ -155,19 +158,9 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 			used = append(used, a)
 		}
 	}
-	name := plan.name
-	if name == "" {
-		for i := 0; ; i++ {
-			name = model.RandomName()
-			if i > 20 {
-				name = fmt.Sprintf("%s-%d", name, i)
-			}
-			if !names[name] {
-				break
-			}
-		}
-	} else if names[name] {
-		return nil, errdefs.New(errdefs.ErrAlreadyExists, "vm name %q already exists", name)
+	name, err := pickName(names, plan.name)
+	if err != nil {
+		return nil, err
 	}
 	ip, err := lowestFreeIP(d.prefix, used)
 	if err != nil {
@@ -183,6 +176,7 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 		Tap: model.TapForID(id), Dir: filepath.Join(d.cfg.VMsDir(), id),
 		CreatedAt: now, UpdatedAt: now, Creating: true, AutoRemove: plan.rm, Workspace: plan.wsPath,
 		Mounts: plan.mounts,
+		Pool:   plan.pool,
 	}
 	if plan.snap != nil {
 		vm.SnapshotID = plan.snap.ID
@@ -199,6 +193,26 @@ func (d *Daemon) reserve(ctx context.Context, plan *createPlan) (*model.VM, erro
 	return vm, nil
 }
 
+// pickName is want when it is free, or a generated name no VM has when want is empty. The
+// caller holds reserveMu; names are the taken ones.
+func pickName(names map[string]bool, want string) (string, error) {
+	if want != "" {
+		if names[want] {
+			return "", errdefs.New(errdefs.ErrAlreadyExists, "vm name %q already exists", want)
+		}
+		return want, nil
+	}
+	for i := 0; ; i++ {
+		name := model.RandomName()
+		if i > 20 {
+			name = fmt.Sprintf("%s-%d", name, i)
+		}
+		if !names[name] {
+			return name, nil
+		}
+	}
+}
+
 // Paths inside a VM's directory.
 const (
 	systemDiskName = "system.cow"
@@ -213,11 +227,27 @@ const (
 // createVM runs the whole create. On any failure nothing is left behind: no row (so no IP
 // or name), no directory, no tap.
 func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, prog progress) (*model.VM, error) {
+	return d.create(ctx, p, "", prog)
+}
+
+// create is createVM for a user (pool "") or for the warm pool named pool.
+func (d *Daemon) create(ctx context.Context, p api.VMCreateParams, pool string, prog progress) (*model.VM, error) {
+	if pool == "" {
+		// Pool fills wait while users create (pool.go: waitForUsers).
+		d.userCreates.Add(1)
+		defer d.userCreates.Add(-1)
+	}
 	plan, err := d.validateCreate(ctx, p, prog)
 	if err != nil {
 		return nil, err
 	}
+	plan.pool = pool
 	prog.stage(ctx, "validated", "")
+	if pool == "" {
+		if vm, ok := d.serveFromPool(ctx, plan, prog); ok {
+			return vm, nil
+		}
+	}
 	vm, err := d.reserve(ctx, plan)
 	if err != nil {
 		return nil, err

@@ -49,7 +49,8 @@ func (d *Daemon) forkVM(ctx context.Context, p api.VMForkParams, prog progress) 
 		}
 	}
 	began := time.Now()
-	sn, err := d.snapshotVM(ctx, api.SnapshotCreateParams{VM: src.ID, Name: snapshotName(src.Name + "-fork")}, prog)
+	// Transient: a crash before the end removes the snapshot and every fork made from it.
+	sn, err := d.snapshotFor(ctx, api.SnapshotCreateParams{VM: src.ID, Name: snapshotName(src.Name + "-fork")}, snapshotOwner{transient: true}, prog)
 	if err != nil {
 		return nil, err
 	}

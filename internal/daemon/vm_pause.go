@@ -35,13 +35,16 @@ func (d *Daemon) pauseLocked(ctx context.Context, rt *vmRuntime, vm *model.VM) e
 	if err != nil {
 		return err
 	}
+	d.detachAgent(ctx, rt, vm)
 	if err := p.Pause(ctx); err != nil {
+		rt.endDetach()
 		return errdefs.New(errdefs.ErrUnavailable, "pausing vm %s: %w", vm.Name, err)
 	}
 	if err := d.move(ctx, vm, model.VMPaused, nil); err != nil {
 		// The row moved under us (it cannot while we hold the lock, but the store is the
 		// judge): do not leave a guest frozen that the record calls running.
 		_ = p.Resume(context.WithoutCancel(ctx))
+		rt.endDetach()
 		return fmt.Errorf("recording vm %s paused: %w", vm.Name, err)
 	}
 	oplog.Stage(ctx, "vm_paused")
@@ -74,6 +77,7 @@ func (d *Daemon) resumeLocked(ctx context.Context, rt *vmRuntime, vm *model.VM) 
 	if err := p.Resume(ctx); err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "resuming vm %s: %w", vm.Name, err)
 	}
+	rt.endDetach()
 	if err := d.move(ctx, vm, model.VMRunning, nil); err != nil {
 		return fmt.Errorf("recording vm %s running: %w", vm.Name, err)
 	}

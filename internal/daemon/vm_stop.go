@@ -54,6 +54,8 @@ func (d *Daemon) stopLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, ti
 				log.Warn("resuming paused vm for its shutdown failed", "error", err.Error())
 			}
 		}
+		// The pause may have detached the agent (detach.go); the shutdown needs a session.
+		rt.endDetach()
 	}
 	if m := rt.getMachine(); m != nil {
 		how := d.haltMachine(ctx, rt, m, timeout)

@@ -57,11 +57,14 @@ type VM struct {
 	Mounts []Mount `json:"mounts,omitempty"`
 	// SnapshotID is the snapshot the VM was restored from (vm create --from-snapshot, vm
 	// fork); empty for a VM that booted cold.
-	SnapshotID string    `json:"snapshot_id,omitempty"`
-	LastError  string    `json:"last_error,omitempty"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
-	StartedAt  time.Time `json:"started_at,omitzero"`
+	SnapshotID string `json:"snapshot_id,omitempty"`
+	// Pool names the warm pool that owns the VM while it waits, paused, to be handed out
+	// (config pools); empty for every VM a user asked for, including one a pool served.
+	Pool      string    `json:"pool,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	StartedAt time.Time `json:"started_at,omitzero"`
 	// Boot is the latest boot's timeline; nil before the first boot.
 	Boot *BootTimeline `json:"boot,omitempty"`
 }
@@ -85,12 +88,15 @@ type Snapshot struct {
 	GuestIP string `json:"guest_ip"`
 	MAC     string `json:"mac"`
 	// VMM, Accel, Machine and BootArgs must match for a restore (vmm.RestoreInfo).
-	VMM       string    `json:"vmm"`
-	Accel     string    `json:"accel"`
-	Machine   string    `json:"machine,omitempty"`
-	BootArgs  string    `json:"boot_args"`
-	Dir       string    `json:"dir"`
-	SizeBytes int64     `json:"size_bytes"` // disk space its files take (allocated blocks)
+	VMM       string `json:"vmm"`
+	Accel     string `json:"accel"`
+	Machine   string `json:"machine,omitempty"`
+	BootArgs  string `json:"boot_args"`
+	Dir       string `json:"dir"`
+	SizeBytes int64  `json:"size_bytes"` // disk space its files take (allocated blocks)
+	// Pool names the warm pool the snapshot was made for (its VMs restore from it); empty
+	// for a user's snapshot.
+	Pool      string    `json:"pool,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 

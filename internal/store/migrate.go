@@ -116,6 +116,14 @@ CREATE INDEX snapshots_image_id ON snapshots (image_id);
 ALTER TABLE vms ADD COLUMN snapshot_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX vms_snapshot_id ON vms (snapshot_id) WHERE snapshot_id <> '';
 `},
+	// Warm pools: vms.pool names the pool owning a ready (paused) VM until a create claims
+	// it; snapshots.pool the pool a snapshot was made for. Start-up removes rows of pools
+	// no longer configured, so everything a pool made is in a row.
+	{version: 6, sql: `
+ALTER TABLE vms ADD COLUMN pool TEXT NOT NULL DEFAULT '';
+CREATE INDEX vms_pool ON vms (pool) WHERE pool <> '';
+ALTER TABLE snapshots ADD COLUMN pool TEXT NOT NULL DEFAULT '';
+`},
 	// Shared folders (`vm create --mount`): model.VM.Mounts as JSON ('' = none), so a VM
 	// gets them again on every start.
 	{version: 7, sql: `

@@ -12,7 +12,7 @@ import (
 
 const snapshotColumns = `id, name, vm_id, vm_name, image_id, image_name, vcpu, memory_mib,
 	system_overlay_bytes, work_disk_bytes, nat, guest_ip, mac, vmm, accel, machine, boot_args,
-	dir, size_bytes, created_at`
+	dir, size_bytes, created_at, pool`
 
 const snapshotOrder = ` ORDER BY created_at, name`
 
@@ -30,10 +30,10 @@ func (s *Store) InsertSnapshot(ctx context.Context, sn *model.Snapshot) error {
 		return errdefs.InvalidArgument("vmm", sn.VMM, "must not be empty")
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		sn.ID, sn.Name, sn.VMID, sn.VMName, sn.ImageID, sn.ImageName, sn.VCPU, sn.MemoryMiB,
 		sn.SystemOverlayBytes, sn.WorkDiskBytes, boolInt(sn.NAT), sn.GuestIP, sn.MAC, sn.VMM, sn.Accel,
-		sn.Machine, sn.BootArgs, sn.Dir, sn.SizeBytes, formatTime(sn.CreatedAt))
+		sn.Machine, sn.BootArgs, sn.Dir, sn.SizeBytes, formatTime(sn.CreatedAt), sn.Pool)
 	if err != nil {
 		if col, ok := violatedColumn(err); ok {
 			if col == "name" {
@@ -157,7 +157,7 @@ func (s *Store) querySnapshots(ctx context.Context, query string, args ...any) (
 		)
 		if err := rows.Scan(&sn.ID, &sn.Name, &sn.VMID, &sn.VMName, &sn.ImageID, &sn.ImageName, &sn.VCPU, &sn.MemoryMiB,
 			&sn.SystemOverlayBytes, &sn.WorkDiskBytes, &nat, &sn.GuestIP, &sn.MAC, &sn.VMM, &sn.Accel,
-			&sn.Machine, &sn.BootArgs, &sn.Dir, &sn.SizeBytes, &created); err != nil {
+			&sn.Machine, &sn.BootArgs, &sn.Dir, &sn.SizeBytes, &created, &sn.Pool); err != nil {
 			return nil, fmt.Errorf("listing snapshots: %w", err)
 		}
 		sn.NAT = nat != 0

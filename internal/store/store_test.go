@@ -825,3 +825,35 @@ func TestSetVMBoot(t *testing.T) {
 		t.Errorf("clearing left %+v", again.Boot)
 	}
 }
+
+// A pool's ready VM is claimed once: the compare-and-set gives it to one create, with the
+// create's name, auto-remove and the creating mark; a second claim, or one of a VM that is
+// not ready (running, or another pool's), is a conflict; a taken name is already_exists.
+func TestClaimPoolVM(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	img := mustImage(t, s, "tiny")
+	vm := testVM("pool-p-aaaaaa", 1, img)
+	vm.Pool, vm.State = "p", model.VMPaused
+	mustVM(t, s, vm)
+	mustVM(t, s, testVM("taken", 2, img))
+	if err := s.ClaimPoolVM(ctx, vm.ID, "q", "web", false); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("claim from another pool: %v", err)
+	}
+	if err := s.ClaimPoolVM(ctx, vm.ID, "p", "taken", false); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("claim with a taken name: %v", err)
+	}
+	if err := s.ClaimPoolVM(ctx, vm.ID, "p", "web", true); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Pool != "" || got.Name != "web" || !got.AutoRemove || !got.Creating || got.State != model.VMPaused {
+		t.Fatalf("claimed row: %+v", got)
+	}
+	if err := s.ClaimPoolVM(ctx, vm.ID, "p", "web2", false); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("second claim: %v", err)
+	}
+}

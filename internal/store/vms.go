@@ -18,7 +18,11 @@ import (
 // vmColumns lists the vms columns in the order scanVM and vmValues use.
 const vmColumns = `id, name, image_id, image_name, state, vcpu, memory_mib, system_overlay_bytes,
 	work_disk_bytes, nat, guest_ip, mac, cid, tap, dir, vmm, accel, pid, last_error,
-	created_at, updated_at, started_at, pid_start, creating, auto_remove, workspace, boot, snapshot_id, mounts`
+	created_at, updated_at, started_at, pid_start, creating, auto_remove, workspace, boot, snapshot_id, mounts, pool`
+
+// vmPlaceholders has one placeholder per column of vmColumns, derived so that a new column
+// cannot leave the INSERT a placeholder short.
+var vmPlaceholders = strings.TrimSuffix(strings.Repeat("?, ", strings.Count(vmColumns, ",")+1), ", ")
 
 const vmOrder = ` ORDER BY created_at, name`
 
@@ -36,7 +40,7 @@ func (s *Store) InsertVM(ctx context.Context, vm *model.VM) error {
 		vm.UpdatedAt = vm.CreatedAt
 	}
 	_, err := s.db.ExecContext(ctx,
-		`INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		`INSERT INTO vms (`+vmColumns+`) VALUES (`+vmPlaceholders+`)`,
 		vmValues(vm)...)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -58,12 +62,12 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 	name = ?, image_id = ?, image_name = ?, state = ?, vcpu = ?, memory_mib = ?,
 	system_overlay_bytes = ?, work_disk_bytes = ?, nat = ?, guest_ip = ?, mac = ?, cid = ?,
 	tap = ?, dir = ?, vmm = ?, accel = ?, pid = ?, last_error = ?, updated_at = ?, started_at = ?,
-	pid_start = ?, creating = ?, auto_remove = ?, workspace = ?, snapshot_id = ?, mounts = ?
+	pid_start = ?, creating = ?, auto_remove = ?, workspace = ?, snapshot_id = ?, mounts = ?, pool = ?
 WHERE id = ?`,
 		vm.Name, vm.ImageID, vm.ImageName, string(vm.State), vm.VCPU, vm.MemoryMiB,
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError, formatTime(now), formatTime(vm.StartedAt),
-		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, vm.SnapshotID, mountsJSON(vm.Mounts),
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, vm.SnapshotID, mountsJSON(vm.Mounts), vm.Pool,
 		vm.ID)
 	if err != nil {
 		if cerr := vmConstraintError(err, vm); cerr != nil {
@@ -284,7 +288,7 @@ func vmValues(vm *model.VM) []any {
 		vm.SystemOverlayBytes, vm.WorkDiskBytes, boolInt(vm.NAT), vm.GuestIP, vm.MAC, int64(vm.CID),
 		vm.Tap, vm.Dir, vm.VMM, vm.Accel, vm.PID, vm.LastError,
 		formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), formatTime(vm.StartedAt),
-		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, bootJSON(vm.Boot), vm.SnapshotID, mountsJSON(vm.Mounts),
+		int64(vm.PIDStart), boolInt(vm.Creating), boolInt(vm.AutoRemove), vm.Workspace, bootJSON(vm.Boot), vm.SnapshotID, mountsJSON(vm.Mounts), vm.Pool,
 	}
 }
 
@@ -302,7 +306,7 @@ func scanVM(sc scanner) (*model.VM, error) {
 	if err := sc.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.ImageName, &state, &vm.VCPU, &vm.MemoryMiB,
 		&vm.SystemOverlayBytes, &vm.WorkDiskBytes, &nat, &vm.GuestIP, &vm.MAC, &cid,
 		&vm.Tap, &vm.Dir, &vm.VMM, &vm.Accel, &vm.PID, &vm.LastError,
-		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove, &vm.Workspace, &boot, &vm.SnapshotID, &mounts); err != nil {
+		&created, &updated, &startedAt, &pidStart, &creating, &autoRemove, &vm.Workspace, &boot, &vm.SnapshotID, &mounts, &vm.Pool); err != nil {
 		return nil, err
 	}
 	vm.State = model.VMState(state)
@@ -384,6 +388,34 @@ func expectOneRow(res sql.Result, what, id string) error {
 	}
 	if n == 0 {
 		return errdefs.NotFound(what, id)
+	}
+	return nil
+}
+
+// ClaimPoolVM hands the ready VM id of pool to a create: its pool mark is cleared and it
+// gets name and autoRemove and is marked creating (the create clears it once the VM runs;
+// a crash before that undoes it), as a compare-and-set on the pool mark and the paused
+// state, so two creates never get one VM. A VM no longer ready in pool is ErrConflict; a taken name
+// ErrAlreadyExists.
+func (s *Store) ClaimPoolVM(ctx context.Context, id, pool, name string, autoRemove bool) error {
+	if pool == "" {
+		return errdefs.InvalidArgument("pool", pool, "must not be empty")
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET pool = '', name = ?, auto_remove = ?, creating = 1, updated_at = ?
+WHERE id = ? AND pool = ? AND state = ? AND creating = 0`,
+		name, boolInt(autoRemove), formatTime(time.Now()), id, pool, string(model.VMPaused))
+	if err != nil {
+		if cerr := vmConstraintError(err, &model.VM{ID: id, Name: name}); cerr != nil {
+			return cerr
+		}
+		return fmt.Errorf("claiming vm %s of pool %s: %w", id, pool, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("claiming vm %s of pool %s: %w", id, pool, err)
+	}
+	if n == 0 {
+		return errdefs.New(errdefs.ErrConflict, "vm %s is no longer ready in pool %s", id, pool)
 	}
 	return nil
 }

@@ -102,3 +102,23 @@ func CanShare(drv Driver) bool {
 
 // ErrNoSharesMessage is what a driver without shared folders says about --mount.
 const ErrNoSharesMessage = "has no shared folders (--mount): use --workspace to give the VM a copy of a host directory instead, or run it under qemu"
+
+// AgentDetacher makes the guest let go of its end of the agent channel. A guest snapshotted
+// while it holds an agent session resumes inside that session, and the session a new host
+// opens then collides with it (yamux: duplicate stream). Detached first, the guest waits for
+// a fresh session in every copy of the snapshot. Drivers whose restore resets the channel
+// itself (Firecracker's vsock) do not implement it.
+type AgentDetacher interface {
+	// DetachAgent calls hangUp, which closes the host's end of the agent channel, and
+	// returns once the guest has closed its end (its agent session has ended), or with an
+	// error when that cannot be observed within ctx.
+	DetachAgent(ctx context.Context, hangUp func()) error
+}
+
+// SnapshotAborter ends a snapshot a previous daemon began and did not finish: the VMM may
+// still be writing the state (QEMU keeps migrating to a descriptor it holds after the
+// daemon died) and would stop the guest once done, whatever the daemon did meanwhile. A
+// daemon calls it before resuming a guest an interrupted snapshot paused.
+type SnapshotAborter interface {
+	AbortSnapshot(ctx context.Context) error
+}

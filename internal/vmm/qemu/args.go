@@ -151,7 +151,9 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	args = append(args,
 		"-device", dev("virtio-serial"),
 		"-chardev", "socket,id=agent,path="+spec.ChannelPath+",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name="+agentproto.AgentSerialName,
+		// The port's id makes QEMU report the guest opening and closing it (VSERPORT_CHANGE),
+		// which DetachAgent waits for.
+		"-device", "virtserialport,chardev=agent,id="+agentPortID+",name="+agentproto.AgentSerialName,
 		"-qmp", "unix:"+p.QMPPath+",server=on,wait=off",
 	)
 	return args

@@ -72,7 +72,7 @@ func TestBuildArgsMicrovmTCG(t *testing.T) {
 			"virtio-blk-device,drive=disk1,serial=work",
 			"virtio-net-device,id=nic0,netdev=n0,mac=02:b4:ac:1e:00:02",
 			"virtio-serial-device",
-			"virtserialport,chardev=agent,name=banger.agent",
+			"virtserialport,chardev=agent,id=agentport,name=banger.agent",
 		},
 		"-chardev": {
 			"stdio,id=console,signal=off",

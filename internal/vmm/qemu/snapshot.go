@@ -87,6 +87,7 @@ func (m *Machine) Snapshot(ctx context.Context, memPath string) (vmm.RestoreInfo
 	if err := q.call("migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
 		return info, err
 	}
+	m.log.Info("vmm migration started", "vm", m.spec.ID, "path", memPath)
 	if err := q.waitMigration(ctx); err != nil {
 		return info, fmt.Errorf("snapshotting VM %s: %w", m.spec.ID, err)
 	}
