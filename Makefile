@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./internal/rpc/... ./internal/disktmpl/... ./internal/store/... ./internal/daemon/... ./internal/guest/... ./internal/agentclient/... ./internal/agentproto/... \
+RACE_PKGS := ./internal/rpc/... ./internal/disktmpl/... ./internal/imagebuild ./internal/store/... ./internal/daemon/... ./internal/guest/... ./internal/agentclient/... ./internal/agentproto/... \
              ./internal/vmdns/... ./internal/imagecat/... ./internal/vmm/... \
              ./internal/helper/... ./internal/hostnet/... ./internal/client/... ./internal/ctrshim/...
 
@@ -27,7 +27,7 @@ lint:
 	$(GO) vet ./...
 
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
 	$(GO) test -race -count=1 $(RACE_PKGS)
 
 e2e: build

@@ -264,6 +264,9 @@ type ImageBuildParams struct {
 	Ref     string `json:"ref,omitempty"` // OCI reference or Debian suite
 	// Packages are extra Debian packages (debian builder only; debootstrap --include).
 	Packages []string `json:"packages,omitempty"`
+	// Kernel is the tiny builder's kernel: "debian" (the default) or "microvm" (compiled
+	// locally, no modules; the image is named tiny-microvm unless Name is set).
+	Kernel string `json:"kernel,omitempty"`
 }
 
 // CatalogEntry is one image the catalog knows.

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -18,6 +19,7 @@ func progressPrinter(g *Globals, isTTY bool) func(api.Stage, bool) {
 		bar      *progressbar.ProgressBar
 		barStage string
 		lastPct  = -1
+		counting countPrinter
 	)
 	return func(s api.Stage, update bool) {
 		if g.JSON {
@@ -25,8 +27,11 @@ func progressPrinter(g *Globals, isTTY bool) func(api.Stage, bool) {
 		}
 		if s.Total <= 0 {
 			if !update {
+				counting = countPrinter{}
 				lines(s, false)
+				return
 			}
+			counting.update(g, s)
 			return
 		}
 		if isTTY {
@@ -50,4 +55,30 @@ func progressPrinter(g *Globals, isTTY bool) func(api.Stage, bool) {
 			fmt.Fprintf(g.Stderr, "%s: %d%% (%s of %s)\n", s.Name, pct, humanBytes(s.Done), humanBytes(s.Total))
 		}
 	}
+}
+
+// countPrinter shows the updates of a stage without a total (a kernel compile's steps and
+// line count, "build tiny-microvm: kernel compile: 5200 lines"): a line when the step
+// changes and at most every countEvery within a step, so a long compile shows it is alive
+// without printing thousands of lines.
+type countPrinter struct {
+	step    string
+	printed time.Time
+}
+
+const countEvery = 15 * time.Second
+
+func (c *countPrinter) update(g *Globals, s api.Stage) {
+	if s.Message == "" {
+		return
+	}
+	step := s.Message
+	if i := strings.LastIndex(step, ": "); i > 0 && s.Done > 0 {
+		step = step[:i]
+	}
+	if step == c.step && time.Since(c.printed) < countEvery {
+		return
+	}
+	c.step, c.printed = step, time.Now()
+	fmt.Fprintf(g.Stderr, "  … %s\n", s.Message)
 }

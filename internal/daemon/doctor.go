@@ -57,6 +57,11 @@ func (d *Daemon) doctor(ctx context.Context) api.DoctorResult {
 	for _, m := range imagebuild.CheckTinyPrereqs() {
 		add("builder:"+m.What, false, m.What+" is missing: "+m.Why, "apt-get install "+m.Package)
 	}
+	// Only `image build tiny --kernel microvm` needs these: optional.
+	for _, m := range imagebuild.CheckMicrovmPrereqs() {
+		add("builder:microvm-kernel:"+m.What, false, m.What+" is missing: "+m.Why, "apt-get install "+m.Package)
+		out.Checks[len(out.Checks)-1].Optional = true
+	}
 	if d.cfg.Network.Enabled {
 		err := d.helper.Ping(ctx)
 		add("root-helper", err == nil, d.cfg.Network.HelperSocket, "start the root helper as root: bangerd helper --config …")

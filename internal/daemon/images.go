@@ -255,7 +255,7 @@ func (d *Daemon) pullImage(ctx context.Context, ref string, prog progress) (*mod
 
 // buildImage is image.build: a builder run with an explicit name.
 func (d *Daemon) buildImage(ctx context.Context, p api.ImageBuildParams, prog progress) (*model.Image, error) {
-	entry, err := imagecat.BuilderEntryWithPackages(p.Builder, p.Ref, p.Name, p.Packages)
+	entry, err := imagecat.BuilderEntryWithKernel(p.Builder, p.Ref, p.Name, p.Packages, p.Kernel)
 	if err != nil {
 		return nil, err
 	}

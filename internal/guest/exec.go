@@ -343,7 +343,7 @@ func (a *Agent) handleExec(conn io.ReadWriteCloser, br *bufio.Reader, req agentp
 		p.closeAll()
 		return err
 	}
-	log.Info("process started", "argv0", req.Argv[0], "tty", req.TTY)
+	log.Debug("process started", "argv0", req.Argv[0], "tty", req.TTY)
 
 	fw := &agentproto.FrameWriter{W: conn}
 	var outputs sync.WaitGroup
@@ -377,7 +377,7 @@ func (a *Agent) handleExec(conn io.ReadWriteCloser, br *bufio.Reader, req agentp
 		<-drained
 	}
 	p.closeAll()
-	log.Info("process exited", "exit_code", code)
+	log.Info("process exited", "argv0", req.Argv[0], "exit_code", code)
 	if err := fw.WriteInt32(agentproto.FrameExit, int32(code)); err != nil {
 		return fmt.Errorf("sending the exit status: %w", err)
 	}

@@ -112,12 +112,12 @@ func RunInit() {
 	// Modules load in the background; each step waits only for the drivers it needs, so
 	// the disks mount and the network comes up while the rest still load (their device
 	// waits overlap with each other's work).
-	mods := newModLoader(log).start(params.ModulesDir)
+	mods, modsStage := startModules(params.ModulesDir, log)
 	modsDone := make(chan struct{})
 	go func() {
 		defer close(modsDone)
 		mods.finish()
-		boot.mark(model.GuestStageModules)
+		boot.mark(modsStage)
 	}()
 	netDone := make(chan error, 1)
 	go func() {

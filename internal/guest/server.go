@@ -105,10 +105,12 @@ func (a *Agent) handle(conn io.ReadWriteCloser) {
 	}
 	defer recoverRequest(conn, req, log)
 	// Every request is logged with its op id, pings too: the host sends one pending ping
-	// per boot rather than polling, and it ties the guest's log to the create's op id.
+	// per boot rather than polling, and it ties the guest's log to the create's op id. One
+	// line per request, after it is answered: the log goes to the emulated serial console,
+	// and a line written before the answer (the boot's ping) delays readiness.
 	level := slog.LevelInfo
 	start := time.Now()
-	log.Log(context.Background(), level, "request begin")
+	log.Debug("request begin")
 	var err error
 	switch req.Type {
 	case agentproto.TypePing:

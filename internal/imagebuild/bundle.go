@@ -74,6 +74,32 @@ func KernelAndInitrd(ctx context.Context, opts BootFiles) (kernelVersion string,
 	return k.Version, nil
 }
 
+// MicrovmKernelAndInitrd is KernelAndInitrd with the microVM kernel (BuildMicrovmKernel,
+// compiled on first use): every driver is built in, so the initrd carries the agent and no
+// modules.
+func MicrovmKernelAndInitrd(ctx context.Context, opts BootFiles, progress func(step string, lines int64)) (kernelVersion string, err error) {
+	if opts.CacheDir == "" {
+		return "", errdefs.InvalidArgument("cache_dir", opts.CacheDir, "is required")
+	}
+	if opts.OutDir == "" {
+		return "", errdefs.InvalidArgument("out_dir", opts.OutDir, "is required")
+	}
+	if err := CheckAgent(opts.AgentPath); err != nil {
+		return "", err
+	}
+	k, err := BuildMicrovmKernel(ctx, MicrovmOptions{CacheDir: opts.CacheDir, Log: opts.Log, Progress: progress})
+	if err != nil {
+		return "", fmt.Errorf("building the microvm kernel: %w", err)
+	}
+	if err := linkOrCopy(ctx, k.Vmlinux, filepath.Join(opts.OutDir, imagestore.KernelName)); err != nil {
+		return "", fmt.Errorf("placing vmlinux: %w", err)
+	}
+	if err := BuildInitrd(ctx, filepath.Join(opts.OutDir, imagestore.InitrdName), opts.AgentPath, nil); err != nil {
+		return "", err
+	}
+	return k.Version, nil
+}
+
 // WriteBundleManifest hashes the conventional bundle files present in dir (vmlinux,
 // initrd.img, rootfs.ext4), adds them to m and writes dir/manifest.json, turning dir into a
 // bundle imagestore.ImportBundle accepts.

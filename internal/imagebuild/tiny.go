@@ -29,7 +29,11 @@ type TinyOptions struct {
 	CacheDir  string // kernel packages and unpacked kernels; reused across builds
 	AgentPath string // static guest agent binary, becomes /init of the initrd
 	WorkDir   string // the bundle directory is created in here
-	Log       *slog.Logger
+	// Kernel is KernelDebian (also when empty) or KernelMicrovm.
+	Kernel string
+	// Progress, when set, hears the microvm kernel's build steps (see MicrovmOptions).
+	Progress func(step string, lines int64)
+	Log      *slog.Logger
 }
 
 // BuildTiny builds the `tiny` image: the current Debian cloud kernel as a vmlinux, an
@@ -50,6 +54,9 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 	}
 	if opts.WorkDir == "" {
 		return "", errdefs.InvalidArgument("work_dir", opts.WorkDir, "is required")
+	}
+	if err := ValidKernel("kernel", opts.Kernel); err != nil {
+		return "", err
 	}
 	if err := CheckAgent(opts.AgentPath); err != nil {
 		return "", err
@@ -80,9 +87,13 @@ func BuildTiny(ctx context.Context, opts TinyOptions) (bundleDir string, err err
 	}()
 
 	t = time.Now()
-	kernelVersion, err := KernelAndInitrd(ctx, BootFiles{
-		CacheDir: opts.CacheDir, AgentPath: opts.AgentPath, OutDir: dir, Log: log,
-	})
+	boot := BootFiles{CacheDir: opts.CacheDir, AgentPath: opts.AgentPath, OutDir: dir, Log: log}
+	var kernelVersion string
+	if opts.Kernel == KernelMicrovm {
+		kernelVersion, err = MicrovmKernelAndInitrd(ctx, boot, opts.Progress)
+	} else {
+		kernelVersion, err = KernelAndInitrd(ctx, boot)
+	}
 	if err != nil {
 		return "", err
 	}

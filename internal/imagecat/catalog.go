@@ -51,6 +51,7 @@ import (
 	"time"
 
 	"banger/internal/errdefs"
+	"banger/internal/imagebuild"
 	"banger/internal/imagebuild/debian"
 	"banger/internal/model"
 )
@@ -92,21 +93,28 @@ type Source struct {
 	Ref     string       `json:"ref,omitempty"`
 	// Packages are the debian builder's extra packages (debootstrap --include).
 	Packages []string `json:"packages,omitempty"`
+	// Kernel is the tiny builder's kernel: imagebuild.KernelDebian (empty) or KernelMicrovm.
+	Kernel string `json:"kernel,omitempty"`
 }
 
 // IsBuilder reports whether the entry is built locally rather than downloaded.
 func (e Entry) IsBuilder() bool { return e.Source.Builder != "" }
 
 // SourceString is the one-line description of the source stored with the image and shown
-// by `banger image catalog`: "builder:tiny", "builder:debian:bookworm" or the bundle URL.
+// by `banger image catalog`: "builder:tiny", "builder:tiny+kernel:microvm",
+// "builder:debian:bookworm" or the bundle URL.
 func (e Entry) SourceString() string {
 	if e.Source.Builder == "" {
 		return e.Source.URL
 	}
-	if e.Source.Ref == "" {
-		return "builder:" + e.Source.Builder
+	s := "builder:" + e.Source.Builder
+	if e.Source.Ref != "" {
+		s += ":" + e.Source.Ref
 	}
-	return "builder:" + e.Source.Builder + ":" + e.Source.Ref
+	if e.Source.Kernel != "" && e.Source.Kernel != imagebuild.KernelDebian {
+		s += "+kernel:" + e.Source.Kernel
+	}
+	return s
 }
 
 // Catalog is the merged set of entries, in the order they were first defined.
@@ -294,6 +302,12 @@ func validateEntry(e *Entry, baseURL *url.URL) error {
 		}
 		if len(s.Packages) > 0 && s.Builder != BuilderDebian {
 			return errdefs.InvalidArgument("source.packages", strings.Join(s.Packages, ","), "only the debian builder takes packages")
+		}
+		if err := imagebuild.ValidKernel("source.kernel", s.Kernel); err != nil {
+			return err
+		}
+		if s.Kernel != "" && s.Builder != BuilderTiny {
+			return errdefs.InvalidArgument("source.kernel", s.Kernel, "only the tiny builder takes a kernel")
 		}
 		return debian.ValidatePackages("source.packages", s.Packages)
 	case s.URL != "":

@@ -70,7 +70,7 @@ func TestLoadOverrideFileAndURL(t *testing.T) {
 	for _, e := range c.Entries() {
 		names = append(names, e.Name)
 	}
-	if strings.Join(names, ",") != "tiny,debian-bookworm,dev,alpine" {
+	if strings.Join(names, ",") != "tiny,tiny-microvm,debian-bookworm,dev,alpine" {
 		t.Fatalf("entries = %v", names)
 	}
 

@@ -51,7 +51,8 @@ func Produce(ctx context.Context, e Entry, env Env, progress func(Progress)) (st
 	switch e.Source.Builder {
 	case BuilderTiny:
 		dir, err = imagebuild.BuildTiny(ctx, imagebuild.TinyOptions{CacheDir: env.CacheDir,
-			AgentPath: env.AgentPath, WorkDir: env.WorkDir, Log: log})
+			AgentPath: env.AgentPath, WorkDir: env.WorkDir, Kernel: e.Source.Kernel,
+			Progress: kernelProgress(e.Name, progress), Log: log})
 	case BuilderDebian:
 		dir, err = debian.Build(ctx, debian.Options{Suite: e.Source.Ref, Mirror: env.DebianMirror, Packages: e.Source.Packages,
 			CacheDir: env.CacheDir, AgentPath: env.AgentPath, WorkDir: env.WorkDir, Log: log})
@@ -67,6 +68,18 @@ func Produce(ctx context.Context, e Entry, env Env, progress func(Progress)) (st
 	return dir, nil
 }
 
+// kernelProgress turns the microvm kernel's build steps into build progress reports:
+// "build tiny-microvm: kernel compile: 5200 lines".
+func kernelProgress(name string, progress func(Progress)) func(step string, lines int64) {
+	if progress == nil {
+		return nil
+	}
+	report := throttle(progress)
+	return func(step string, lines int64) {
+		report(Progress{Stage: StageBuild, File: name + ": kernel " + step, Done: lines, Unit: "lines"})
+	}
+}
+
 // URLEntry is the entry for `banger image pull URL`: BASE/manifest.json describes the
 // bundle and names the image (Name stays empty until then).
 func URLEntry(rawURL string) Entry {
@@ -80,6 +93,27 @@ func (e Entry) Key() string {
 		return e.Name
 	}
 	return e.Source.URL
+}
+
+// BuilderEntryWithKernel is BuilderEntryWithPackages for the tiny builder with a kernel
+// choice (`image build tiny --kernel microvm`). With the microvm kernel an unnamed image
+// is called tiny-microvm, so it sits beside the Debian-kernel tiny.
+func BuilderEntryWithKernel(builder, ref, name string, pkgs []string, kernel string) (Entry, error) {
+	if err := imagebuild.ValidKernel("kernel", kernel); err != nil {
+		return Entry{}, err
+	}
+	e, err := BuilderEntryWithPackages(builder, ref, name, pkgs)
+	if err != nil || kernel == "" || kernel == imagebuild.KernelDebian {
+		return e, err
+	}
+	if builder != BuilderTiny {
+		return Entry{}, errdefs.InvalidArgument("kernel", kernel, "only the tiny builder takes a kernel choice")
+	}
+	e.Source.Kernel = kernel
+	if name == "" {
+		e.Name = imagebuild.TinyName + "-" + kernel
+	}
+	return e, nil
 }
 
 // BuilderEntryWithPackages is BuilderEntry for the debian builder with extra packages

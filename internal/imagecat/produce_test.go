@@ -187,3 +187,46 @@ func TestBuilderEntryWithPackages(t *testing.T) {
 		t.Fatalf("dev entry: %+v", dev)
 	}
 }
+
+func TestBuilderEntryWithKernel(t *testing.T) {
+	e, err := BuilderEntryWithKernel("tiny", "", "", nil, "microvm")
+	if err != nil || e.Name != "tiny-microvm" || e.Source.Kernel != "microvm" || e.SourceString() != "builder:tiny+kernel:microvm" {
+		t.Fatalf("%+v %v", e, err)
+	}
+	if e, err := BuilderEntryWithKernel("tiny", "", "mine", nil, "microvm"); err != nil || e.Name != "mine" {
+		t.Fatalf("named: %+v %v", e, err)
+	}
+	for _, k := range []string{"", "debian"} {
+		if e, err := BuilderEntryWithKernel("tiny", "", "", nil, k); err != nil || e.Name != "tiny" || e.SourceString() != "builder:tiny" {
+			t.Fatalf("kernel %q: %+v %v", k, e, err)
+		}
+	}
+	for _, c := range []struct{ builder, ref, kernel string }{
+		{"tiny", "", "vanilla"}, {"debian", "bookworm", "microvm"}, {"oci", "docker.io/library/alpine:3", "microvm"},
+	} {
+		_, err := BuilderEntryWithKernel(c.builder, c.ref, "", nil, c.kernel)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "kernel") || !strings.Contains(err.Error(), c.kernel) {
+			t.Errorf("%s --kernel %s: %v", c.builder, c.kernel, err)
+		}
+	}
+	c, err := Load(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := c.Lookup("tiny-microvm"); !ok || m.Source.Builder != BuilderTiny || m.Source.Kernel != "microvm" {
+		t.Fatalf("catalog tiny-microvm: %+v", m)
+	}
+}
+
+func TestKernelProgress(t *testing.T) {
+	var got []Progress
+	report := kernelProgress("tiny-microvm", func(p Progress) { got = append(got, p) })
+	report("extract", 0)
+	report("compile", 50)
+	if len(got) != 2 || got[1].String() != "build tiny-microvm: kernel compile: 50 lines" || got[0].String() != "build tiny-microvm: kernel extract" {
+		t.Fatalf("%v", got)
+	}
+	if kernelProgress("x", nil) != nil {
+		t.Error("no progress wanted, yet a reporter")
+	}
+}

@@ -27,6 +27,8 @@ type Progress struct {
 	File  string `json:"file,omitempty"`
 	Done  int64  `json:"done"`
 	Total int64  `json:"total"`
+	// Unit names what Done counts when there is no Total ("lines" of a kernel compile).
+	Unit string `json:"unit,omitempty"`
 }
 
 // String renders the report for logs and operation status: "download rootfs.ext4: 42%
@@ -36,8 +38,11 @@ func (p Progress) String() string {
 	if p.File != "" {
 		s += " " + p.File
 	}
-	if p.Total > 0 {
+	switch {
+	case p.Total > 0:
 		s += fmt.Sprintf(": %d%% (%s / %s)", p.Done*100/p.Total, model.FormatSize(p.Done), model.FormatSize(p.Total))
+	case p.Unit != "" && p.Done > 0:
+		s += fmt.Sprintf(": %d %s", p.Done, p.Unit)
 	}
 	return s
 }

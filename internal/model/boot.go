@@ -27,6 +27,7 @@ type BootStage struct {
 const (
 	GuestStageInit         = "init"           // the kernel handed over to PID 1
 	GuestStageModules      = "modules_loaded" // the initramfs's kernel modules are loaded
+	GuestStageNoModules    = "modules_none"   // instead of modules_loaded: the kernel has no module support, nothing was loaded
 	GuestStageRoot         = "root_mounted"   // overlay root and work disk are mounted
 	GuestStageNetwork      = "network_up"     // lo and eth0 are configured
 	GuestStageAgentServing = "agent_serving"  // the agent serves its channel

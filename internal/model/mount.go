@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 
@@ -36,6 +37,12 @@ func ParseMount(v string) (Mount, error) {
 			m.ReadOnly = false
 			rest = rest[:i]
 		}
+	}
+	if parts := strings.Split(rest, ":"); len(parts) >= 3 && rest == v &&
+		!strings.HasPrefix(parts[len(parts)-1], "/") && strings.HasPrefix(parts[len(parts)-2], "/") {
+		// HOSTDIR:GUESTPATH:MODE with a mode that is neither: say so, rather than take
+		// the mode for a relative guest path.
+		return Mount{}, errdefs.InvalidArgument(MountFlag, v, fmt.Sprintf("mode %q must be ro or rw", parts[len(parts)-1]))
 	}
 	i := strings.LastIndex(rest, ":")
 	if i <= 0 || i == len(rest)-1 {

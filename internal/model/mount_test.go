@@ -23,6 +23,9 @@ func TestParseMount(t *testing.T) {
 			t.Errorf("ParseMount(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
 		}
 	}
+	if _, err := ParseMount("/h/d:/mnt/d:rx"); err == nil || !strings.Contains(err.Error(), `mode "rx" must be ro or rw`) {
+		t.Errorf("a bad mode is not named as the mode: %v", err)
+	}
 	for _, bad := range []string{"", "dir", ":/x", "dir:", "dir:/", "dir:/proc", "dir:/sys/kernel", "dir:/dev", "dir:/etc",
 		"dir:rel", "dir:/a/../b", "dir:/x:rx", "dir:/a b", "dir:/x:ro:rw"} {
 		_, err := ParseMount(bad)

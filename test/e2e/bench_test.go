@@ -56,10 +56,7 @@ func BenchmarkFloorBoot(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(floorMedian(b, x).Microseconds())/1000, "ms-median")
-	floorMu.Lock()
-	up := median(floorInitUptime)
-	floorMu.Unlock()
-	b.ReportMetric(float64(up.Milliseconds()), "ms-init-uptime")
+	b.ReportMetric(float64(floorInitMedian(args).Milliseconds()), "ms-init-uptime")
 }
 
 // floorCommand builds the floor's PID 1 and initramfs once and returns the QEMU command
@@ -67,6 +64,12 @@ func BenchmarkFloorBoot(b *testing.B) {
 func (x *env) floorCommand(b *testing.B) (string, []string) {
 	b.Helper()
 	_, vmlinux := testkernel.Get(b)
+	return x.floorCommandFor(b, vmlinux)
+}
+
+// floorCommandFor is floorCommand booting the kernel vmlinux.
+func (x *env) floorCommandFor(b *testing.B, vmlinux string) (string, []string) {
+	b.Helper()
 	floorOnce.Do(func() {
 		dir := filepath.Join(x.dir, "floor")
 		if floorErr = os.MkdirAll(dir, 0o755); floorErr != nil {
@@ -115,12 +118,32 @@ func floorBoot(b *testing.B, bin string, args []string) time.Duration {
 	}
 	if m := floorUptime.FindStringSubmatch(out.String()); m != nil {
 		if ms, err := strconv.Atoi(m[1]); err == nil {
+			k := kernelArg(args)
 			floorMu.Lock()
-			floorInitUptime = append(floorInitUptime, time.Duration(ms)*time.Millisecond)
+			floorInitUptime[k] = append(floorInitUptime[k], time.Duration(ms)*time.Millisecond)
 			floorMu.Unlock()
 		}
 	}
 	return el
+}
+
+// kernelArg is the -kernel argument of a QEMU command line: the floor's init uptimes are
+// kept per kernel.
+func kernelArg(args []string) string {
+	for i, a := range args {
+		if a == "-kernel" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// floorInitMedian is the median uptime at which the floor's PID 1 started with the kernel
+// of the QEMU command args.
+func floorInitMedian(args []string) time.Duration {
+	floorMu.Lock()
+	defer floorMu.Unlock()
+	return median(floorInitUptime[kernelArg(args)])
 }
 
 // floorLine is what test/e2e/floorinit prints (it is a main package, so not importable),
@@ -129,9 +152,9 @@ const floorLine = "floorinit: reached"
 
 var (
 	floorUptime = regexp.MustCompile(`floorinit: reached uptime_ms=([0-9]+)`)
-	// floorInitUptime is the floor guests' uptime when PID 1 started: compare with the
-	// "init" stage of a banger VM's boot timeline.
-	floorInitUptime []time.Duration
+	// floorInitUptime is the floor guests' uptime when PID 1 started, per kernel: compare
+	// with the "init" stage of a banger VM's boot timeline.
+	floorInitUptime = map[string][]time.Duration{}
 )
 
 // floorMedian is the median floor boot of this process, measuring three when none ran yet.
@@ -188,11 +211,17 @@ func reportRatio(b *testing.B, x *env, name string, samples, floors []time.Durat
 	if floor <= 0 || m <= 0 {
 		return
 	}
-	ratio := float64(m) / float64(floor)
 	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
-	b.ReportMetric(ratio, "x-floor")
-	b.Logf("ratio bench=%s baseline=FloorBoot value=%.3f median_ms=%.1f floor_ms=%.1f n=%d",
-		name, ratio, float64(m.Microseconds())/1000, float64(floor.Microseconds())/1000, len(samples))
+	logRatio(b, name, "FloorBoot", "x-floor", m, floor, len(samples))
+}
+
+// logRatio reports m/floor as metric unit and logs the ratio line scripts read.
+func logRatio(b *testing.B, name, baseline, unit string, m, floor time.Duration, n int) {
+	b.Helper()
+	ratio := float64(m) / float64(floor)
+	b.ReportMetric(ratio, unit)
+	b.Logf("ratio bench=%s baseline=%s value=%.3f median_ms=%.1f floor_ms=%.1f n=%d",
+		name, baseline, ratio, float64(m.Microseconds())/1000, float64(floor.Microseconds())/1000, n)
 }
 
 // BenchmarkCreateToReady is `banger vm create` until the guest agent answers.
@@ -329,11 +358,17 @@ func BenchmarkExecTrue(b *testing.B) {
 	x.warmImage(b)
 	x.mustCLIB(b, "vm", "create", "-q", "--name", "bench-exec")
 	defer x.cli(nil, "vm", "rm", "-f", "bench-exec")
+	execBench(b, x, "ExecTrue", "bench-exec")
+}
+
+// execBench times `banger vm exec VM -- true` b.N times and reports the median.
+func execBench(b *testing.B, x *env, name, vm string) {
+	b.Helper()
 	var samples []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		if _, errOut, code := x.cli(nil, "vm", "exec", "bench-exec", "--", "true"); code != 0 {
+		if _, errOut, code := x.cli(nil, "vm", "exec", vm, "--", "true"); code != 0 {
 			b.Fatalf("exec: %d %s", code, errOut)
 		}
 		samples = append(samples, time.Since(start))
@@ -341,7 +376,7 @@ func BenchmarkExecTrue(b *testing.B) {
 	b.StopTimer()
 	m := median(samples)
 	b.ReportMetric(float64(m.Microseconds())/1000, "ms-median")
-	b.Logf("exec bench=ExecTrue median_ms=%.1f n=%d", float64(m.Microseconds())/1000, len(samples))
+	b.Logf("exec bench=%s median_ms=%.1f n=%d", name, float64(m.Microseconds())/1000, len(samples))
 }
 
 // BenchmarkCopyIn64MiB copies a 64 MiB file into a running VM's work disk.

@@ -34,19 +34,14 @@ func (m *Machine) DetachAgent(ctx context.Context, hangUp func()) error {
 		// A VMM started by an older daemon: its port reports no events.
 		return fmt.Errorf("detaching the agent of VM %s: its agent port has no id (started by an older bangerd)", m.spec.ID)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, detachTimeout)
-		defer cancel()
-	}
-	m.qmpMu.Lock()
-	defer m.qmpMu.Unlock()
-	q, err := dialQMP(ctx, m.qmpPath)
-	if err != nil {
-		return fmt.Errorf("detaching the agent of VM %s: %w", m.spec.ID, err)
-	}
-	defer q.close()
-	hangUp()
+	return m.withMonitor(ctx, detachTimeout, "detaching the agent of VM "+m.spec.ID, func(ctx context.Context, q *qmpConn) error {
+		hangUp()
+		return m.awaitAgentPortClosed(ctx, q)
+	})
+}
+
+// awaitAgentPortClosed reads q's events until the guest has closed the agent port.
+func (m *Machine) awaitAgentPortClosed(ctx context.Context, q *qmpConn) error {
 	deadline, _ := ctx.Deadline()
 	_ = q.conn.SetReadDeadline(deadline)
 	for {
@@ -73,18 +68,11 @@ var _ vmm.SnapshotAborter = (*Machine)(nil)
 // from which a cont resumes it; one still running would otherwise complete after the
 // caller's resume and stop the guest again.
 func (m *Machine) AbortSnapshot(ctx context.Context) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, detachTimeout)
-		defer cancel()
-	}
-	m.qmpMu.Lock()
-	defer m.qmpMu.Unlock()
-	q, err := dialQMP(ctx, m.qmpPath)
-	if err != nil {
-		return fmt.Errorf("aborting the snapshot of VM %s: %w", m.spec.ID, err)
-	}
-	defer q.close()
+	return m.withMonitor(ctx, detachTimeout, "aborting the snapshot of VM "+m.spec.ID, m.cancelMigration)
+}
+
+// cancelMigration cancels q's migration, if one runs, and waits until QEMU has given it up.
+func (m *Machine) cancelMigration(ctx context.Context, q *qmpConn) error {
 	canceled := false
 	for {
 		var st struct {
@@ -112,4 +100,23 @@ func (m *Machine) AbortSnapshot(ctx context.Context) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// withMonitor runs fn on a fresh QMP connection to m, holding qmpMu so that no other
+// monitor session interleaves, with ctx bounded by timeout unless it has a deadline. A
+// failed dial is reported as doing (what was being done, naming the VM).
+func (m *Machine) withMonitor(ctx context.Context, timeout time.Duration, doing string, fn func(context.Context, *qmpConn) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	m.qmpMu.Lock()
+	defer m.qmpMu.Unlock()
+	q, err := dialQMP(ctx, m.qmpPath)
+	if err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	defer q.close()
+	return fn(ctx, q)
 }

@@ -54,48 +54,47 @@ func (m *Machine) Snapshot(ctx context.Context, memPath string) (vmm.RestoreInfo
 		return info, fmt.Errorf("creating snapshot memory file: %w", err)
 	}
 	defer f.Close()
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, snapshotTimeout)
-		defer cancel()
-	}
-	m.qmpMu.Lock()
-	defer m.qmpMu.Unlock()
-	q, err := dialQMP(ctx, m.qmpPath)
+	err = m.withMonitor(ctx, snapshotTimeout, "snapshotting VM "+m.spec.ID, func(ctx context.Context, q *qmpConn) error {
+		return m.migrateTo(ctx, q, f)
+	})
 	if err != nil {
-		return info, fmt.Errorf("snapshotting VM %s: %w", m.spec.ID, err)
-	}
-	defer q.close()
-	var st struct {
-		Status string `json:"status"`
-	}
-	if err := q.call("query-status", nil, &st); err != nil {
 		return info, err
-	}
-	if st.Status != "paused" {
-		// A running guest would keep changing memory the stream has already sent, and
-		// the disk copies the caller makes would not match it.
-		return info, errdefs.New(errdefs.ErrConflict, "snapshotting VM %s: qemu state is %q; the guest must be paused", m.spec.ID, st.Status)
-	}
-	// The default bandwidth cap is meant for live migration over a network.
-	if err := q.call("migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
-		return info, err
-	}
-	if err := q.sendFD(migrateFD, f); err != nil {
-		return info, err
-	}
-	if err := q.call("migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
-		return info, err
-	}
-	m.log.Info("vmm migration started", "vm", m.spec.ID, "path", memPath)
-	if err := q.waitMigration(ctx); err != nil {
-		return info, fmt.Errorf("snapshotting VM %s: %w", m.spec.ID, err)
 	}
 	if err := f.Sync(); err != nil {
 		return info, fmt.Errorf("syncing snapshot memory file: %w", err)
 	}
 	m.log.Info("vmm state saved", "path", memPath)
 	return info, nil
+}
+
+// migrateTo streams the paused guest's state into f over q and waits until it is complete.
+func (m *Machine) migrateTo(ctx context.Context, q *qmpConn, f *os.File) error {
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := q.call("query-status", nil, &st); err != nil {
+		return err
+	}
+	if st.Status != "paused" {
+		// A running guest would keep changing memory the stream has already sent, and
+		// the disk copies the caller makes would not match it.
+		return errdefs.New(errdefs.ErrConflict, "snapshotting VM %s: qemu state is %q; the guest must be paused", m.spec.ID, st.Status)
+	}
+	// The default bandwidth cap is meant for live migration over a network.
+	if err := q.call("migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
+		return err
+	}
+	if err := q.sendFD(migrateFD, f); err != nil {
+		return err
+	}
+	if err := q.call("migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
+		return err
+	}
+	m.log.Info("vmm migration started", "vm", m.spec.ID, "path", f.Name())
+	if err := q.waitMigration(ctx); err != nil {
+		return fmt.Errorf("snapshotting VM %s: %w", m.spec.ID, err)
+	}
+	return nil
 }
 
 // waitMigration polls query-migrate until the stream is complete; a cancelled context
