@@ -15,7 +15,6 @@ import (
 	"banger/internal/config"
 	"banger/internal/daemon"
 	"banger/internal/errdefs"
-	"banger/internal/vmm"
 	"banger/internal/vmm/qemu"
 )
 
@@ -38,12 +37,6 @@ func main() {
 			os.Exit(1)
 		}
 		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == vmm.NoTHPArg {
-		// A VMM started with transparent huge pages off (see internal/vmm/nothp.go).
-		err := vmm.NoTHPMain(os.Args[2:])
-		fmt.Fprintln(os.Stderr, "bangerd:", err)
-		os.Exit(1)
 	}
 	daemon.Version = version
 	var (
@@ -73,12 +66,7 @@ func main() {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := newLogger()
-			// Found once: a bangerd upgraded in place later still answers at this path.
-			self, err := os.Executable()
-			if err != nil {
-				return fmt.Errorf("finding bangerd's own binary (QEMU is started through it): %w", err)
-			}
-			d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, VMMLauncher: self})
+			d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
 			if err != nil {
 				return err
 			}

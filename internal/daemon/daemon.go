@@ -128,9 +128,6 @@ type Options struct {
 	// long a `vm run --rm` VM waits for its run to attach (0: the defaults).
 	ReconcileInterval time.Duration
 	AutoRemoveGrace   time.Duration
-	// VMMLauncher is bangerd's own binary, through which QEMU is started with transparent
-	// huge pages off (see vmm.WithoutTHP); "" starts it directly (a test binary).
-	VMMLauncher string
 }
 
 // RunOptions are Run's options.
@@ -184,7 +181,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error) 
 		disks:             disktmpl.New(filepath.Join(cfg.CacheDir(), "disk-templates")),
 		drivers: map[string]vmm.Driver{
 			"qemu": qemu.New(qemu.Config{Binary: cfg.Qemu.Binary, Accel: cfg.Qemu.Accel,
-				Machine: cfg.Qemu.Machine, Launcher: opts.VMMLauncher, Logger: log}),
+				Machine: cfg.Qemu.Machine, Logger: log}),
 			"firecracker": firecracker.New(firecracker.Config{Binary: cfg.Firecracker.Binary, Logger: log}),
 		},
 	}

@@ -64,7 +64,7 @@ func Launch(cmd *exec.Cmd, logPath string, logMax int64, dir string) (*Process, 
 	}
 	p := &Process{
 		pid:     cmd.Process.Pid,
-		cmdline: vmmArgv(cmd),
+		cmdline: append([]string(nil), cmd.Args...),
 		done:    make(chan struct{}),
 		pidfd:   -1,
 		cmd:     cmd,

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 )
@@ -83,12 +81,10 @@ func TestSnapshotRestoreAndFork(t *testing.T) {
 		t.Fatalf("vm fork output %q", out)
 	}
 	src := x.identity(t, "e2e-src")
-	checkTHPOff(t, "e2e-src", x.show(t, "e2e-src").PID)
 	ids := map[string]guestIdentity{}
 	for _, name := range []string{"e2e-r1", "e2e-fk-1", "e2e-fk-2"} {
 		id := x.identity(t, name)
 		rec := x.show(t, name)
-		checkTHPOff(t, name, rec.PID)
 		if id.host != name || id.addr != rec.GuestIP+"/24" || id.mac != x.mac(t, name) {
 			t.Errorf("%s: guest says %+v, record %s %s", name, id, rec.GuestIP, x.mac(t, name))
 		}
@@ -131,25 +127,6 @@ func TestSnapshotRestoreAndFork(t *testing.T) {
 	if ls := x.mustCLI(t, "snapshot", "ls", "--json"); strings.Contains(ls, "e2e-snap") {
 		t.Fatalf("snapshot still listed after rm: %s", ls)
 	}
-}
-
-// checkTHPOff checks that the QEMU of vm runs with transparent huge pages off (bangerd
-// starts every QEMU so: see internal/vmm/nothp.go).
-func checkTHPOff(t *testing.T, vm string, pid int) {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatalf("reading the status of %s's QEMU: %v", vm, err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "THP_enabled:"); ok {
-			if strings.TrimSpace(rest) != "0" {
-				t.Errorf("%s's QEMU (pid %d) runs with transparent huge pages on", vm, pid)
-			}
-			return
-		}
-	}
-	t.Logf("kernel reports no THP_enabled for %s's QEMU: not checked", vm)
 }
 
 func (x *env) mac(t *testing.T, name string) string {

@@ -233,18 +233,3 @@ func TestBareCommandSharesMachineArgs(t *testing.T) {
 		}
 	}
 }
-
-// Every QEMU is started through the launcher (bangerd's vmm.NoTHPArg mode, transparent
-// huge pages off), with QEMU's own path and argv after it; without one, directly.
-func TestCommandThroughLauncher(t *testing.T) {
-	args := []string{"-name", "web", "-accel", "tcg"}
-	cmd := New(Config{Launcher: "/opt/banger/bangerd"}).command("/usr/bin/qemu-system-x86_64", args)
-	want := append([]string{"/opt/banger/bangerd", vmm.NoTHPArg, "/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-x86_64"}, args...)
-	if cmd.Path != "/opt/banger/bangerd" || !slices.Equal(cmd.Args, want) {
-		t.Fatalf("with a launcher: path %s args %q, want %q", cmd.Path, cmd.Args, want)
-	}
-	cmd = New(Config{}).command("/usr/bin/qemu-system-x86_64", args)
-	if want := append([]string{"/usr/bin/qemu-system-x86_64"}, args...); cmd.Path != "/usr/bin/qemu-system-x86_64" || !slices.Equal(cmd.Args, want) {
-		t.Fatalf("without a launcher: path %s args %q, want %q", cmd.Path, cmd.Args, want)
-	}
-}

@@ -29,11 +29,7 @@ type Config struct {
 	// TSCkHz is the host TSC rate given to TCG guests as tsc_early_khz=; 0 detects it from
 	// the kernel log or /proc/cpuinfo.
 	TSCkHz int
-	// Launcher is bangerd's binary: every QEMU is started through it with transparent huge
-	// pages off (vmm.WithoutTHP; measured in docs/benchmarks.md). "" starts QEMU directly
-	// (tests whose binary is not bangerd).
-	Launcher string
-	Logger   *slog.Logger
+	Logger *slog.Logger
 }
 
 // Driver starts VMs with QEMU.
@@ -244,7 +240,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("starting qemu for VM %s: %w", spec.ID, err)
 	}
-	cmd := d.command(bin, args)
+	// Not CommandContext: the VMM must outlive the request (and the daemon) that started it.
+	cmd := exec.Command(bin, args...)
 	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
 		shares.kill()
@@ -283,15 +280,6 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 		"duration_ms", time.Since(began).Milliseconds())
 	log.Debug("qemu command line", "args", args)
 	return m, nil
-}
-
-// command is the (not started) command running QEMU bin with args: through the launcher
-// when there is one.
-func (d *Driver) command(bin string, args []string) *exec.Cmd {
-	// Not CommandContext: the VMM must outlive the request (and the daemon) that started it.
-	cmd := exec.Command(bin, args...)
-	vmm.WithoutTHP(cmd, d.cfg.Launcher)
-	return cmd
 }
 
 // Recover re-adopts the QEMU of spec running as pid.

@@ -176,7 +176,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, info vmm.RestoreInf
 	log := d.log.With("vm", spec.ID)
 	logOffset := vmm.FileSize(spec.LogPath)
 	began := time.Now()
-	cmd := d.command(bin, args)
+	cmd := exec.Command(bin, args...)
 	cmd.ExtraFiles = []*os.File{mem} // fd 3
 	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
@@ -325,7 +325,7 @@ func (d *Driver) PrepareShared(ctx context.Context, spec vmm.Spec, info vmm.Rest
 	defer mem.Close()
 	p := plan{Accel: accel, Machine: d.cfg.Machine, QMPPath: filepath.Join(spec.Dir, QMPSocketName), Append: info.BootArgs,
 		RAMFile: tmpRAM, RAMShared: true}
-	cmd := d.command(bin, append(buildArgs(spec, p), "-incoming", "fd:3"))
+	cmd := exec.Command(bin, append(buildArgs(spec, p), "-incoming", "fd:3")...)
 	cmd.ExtraFiles = []*os.File{mem}
 	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
