@@ -12,6 +12,7 @@ import (
 
 	"banger/internal/agentclient"
 	"banger/internal/errdefs"
+	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -124,10 +125,15 @@ func (rt *vmRuntime) resetSession() {
 	}
 }
 
-// waitReady pings the agent until it answers, the VMM exits, or ctx ends. A single ping is
-// left pending rather than retried: over virtio-serial the request waits in the channel
-// until the guest opens its port, so the answer comes the moment the agent serves.
-func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (agentclient.PingInfo, error) {
+// waitReady pings the agent until it answers, the VMM exits, or ctx ends. For a booting
+// guest (attempt 0) a single ping is left pending rather than retried: over virtio-serial
+// the request waits in the channel until the guest opens its port, so the answer comes the
+// moment the agent serves. A restored guest's agent was serving when it was snapshotted and
+// answers within milliseconds of a session it shares, yet its first session can go
+// unanswered (seen in about one fork in ten of `vm fork --count 10`; the cause is not
+// pinned down), and yamux would only give up on it after its 30 s stream-open timeout. So each of its pings
+// is bounded by attempt and a silent one is retried on a fresh session.
+func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string, attempt time.Duration) (agentclient.PingInfo, error) {
 	m := rt.getMachine()
 	if m == nil {
 		return agentclient.PingInfo{}, errdefs.New(errdefs.ErrConflict, "vm is not running")
@@ -138,6 +144,9 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (age
 			err  error
 		}
 		attemptCtx, cancel := context.WithCancel(ctx)
+		if attempt > 0 {
+			attemptCtx, cancel = context.WithTimeout(ctx, attempt)
+		}
 		ch := make(chan res, 1)
 		go func() {
 			st, err := rt.openStream(attemptCtx)
@@ -161,7 +170,11 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (age
 			if ctx.Err() != nil {
 				return agentclient.PingInfo{}, ctx.Err()
 			}
-			// The session broke (e.g. the VMM was not listening yet): start over shortly.
+			// The session broke (e.g. the VMM was not listening yet) or stayed silent past
+			// its attempt: start over shortly.
+			if attempt > 0 {
+				oplog.G(ctx).Warn("agent ping attempt failed; retrying on a fresh agent session", "error", r.err.Error())
+			}
 			rt.resetSession()
 			select {
 			case <-time.After(200 * time.Millisecond):
@@ -179,6 +192,9 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (age
 		}
 	}
 }
+
+// restoredPingAttempt bounds one ping of a restored guest (waitReady).
+const restoredPingAttempt = 3 * time.Second
 
 var errVMMExited = fmt.Errorf("the VMM exited before the guest agent answered")
 

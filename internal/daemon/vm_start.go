@@ -117,7 +117,11 @@ func (d *Daemon) startLocked(ctx context.Context, rt *vmRuntime, vm *model.VM, p
 
 	readyCtx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
-	pinfo, err := d.waitReady(readyCtx, rt, opid.From(ctx))
+	var attempt time.Duration
+	if sn != nil {
+		attempt = restoredPingAttempt
+	}
+	pinfo, err := d.waitReady(readyCtx, rt, opid.From(ctx), attempt)
 	if err != nil {
 		tail := vmm.LogTail(spec.LogPath, 0, consoleTailLines)
 		msg := fmt.Sprintf("vm %s did not become ready: %v", vm.Name, err)

@@ -105,7 +105,7 @@ func BenchmarkForkTen(b *testing.B) {
 			b.Logf("fork cmdline: %s\nsmaps_rollup:\n%s\nmappings over 1 MiB PSS:\n%s",
 				strings.ReplaceAll(string(cl), "\x00", " "), roll, bigMappings(r.PID))
 			for _, l := range strings.Split(readFile(x.daemonLog.Name()), "\n") {
-				if strings.Contains(l, "vm.fork") && strings.Contains(l, "stage") {
+				if (strings.Contains(l, "vm.fork") && strings.Contains(l, "stage")) || strings.Contains(l, "\"WARN\"") || strings.Contains(l, "\"ERROR\"") {
 					b.Log(l)
 				}
 			}
