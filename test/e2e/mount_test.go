@@ -169,7 +169,7 @@ func TestMountRefusals(t *testing.T) {
 		{dir + ":/dev", "GUESTPATH"},
 		{dir + ":rel", "GUESTPATH"},
 		{dir, "HOSTDIR:GUESTPATH"},
-		{dir + ":/x:rx", "GUESTPATH"},
+		{dir + ":/x:rx", `mode "rx" must be ro or rw`},
 	} {
 		for _, verb := range [][]string{{"vm", "create", "--name", "e2e-badmount"}, {"vm", "run", "--rm", "--name", "e2e-badmount"}} {
 			args := append(append([]string{}, verb...), "--mount", c.value)
