@@ -14,7 +14,7 @@ func TestVMMountsRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	im := mustImage(t, s, "tiny")
 	vm := testVM("m", 1, im)
-	vm.Mounts = []model.Mount{{HostDir: "/home/u/src", GuestPath: "/src", ReadOnly: true}, {HostDir: "/data", GuestPath: "/data"}}
+	vm.Mounts = []model.Mount{{HostDir: "/nonexistent/banger-test/src", GuestPath: "/src", ReadOnly: true}, {HostDir: "/nonexistent/banger-test/data", GuestPath: "/data"}}
 	if err := s.InsertVM(ctx, vm); err != nil {
 		t.Fatal(err)
 	}

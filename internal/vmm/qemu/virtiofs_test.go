@@ -18,7 +18,7 @@ func TestBuildArgsShares(t *testing.T) {
 			t.Errorf("a VM without shares has %s: %s", s, plain)
 		}
 	}
-	spec.Shares = []vmm.Share{{Tag: "bgr0", Source: "/home/u/src", ReadOnly: true}, {Tag: "bgr1", Source: "/data"}}
+	spec.Shares = []vmm.Share{{Tag: "bgr0", Source: "/nonexistent/banger-test/src", ReadOnly: true}, {Tag: "bgr1", Source: "/nonexistent/banger-test/data"}}
 	args := buildArgs(spec, plan{Accel: "tcg", Machine: "microvm", QMPPath: "/vms/web/qmp.sock"})
 	if got := pairs(args, "-object"); !slices.Contains(got, "memory-backend-memfd,id=microvm.ram,size=512M,share=on") {
 		t.Errorf("-object %q", got)
@@ -39,7 +39,7 @@ func TestBuildArgsShares(t *testing.T) {
 		t.Errorf("-chardev %q", got)
 	}
 	// The host directory itself never reaches QEMU's command line (virtiofsd serves it).
-	if strings.Contains(strings.Join(args, " "), "/home/u/src") {
+	if strings.Contains(strings.Join(args, " "), "/nonexistent/banger-test/src") {
 		t.Errorf("the shared directory is on QEMU's command line: %q", args)
 	}
 	q35 := buildArgs(spec, plan{Accel: "tcg", Machine: "q35", QMPPath: "/vms/web/qmp.sock"})
