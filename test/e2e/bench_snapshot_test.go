@@ -114,6 +114,10 @@ func BenchmarkForkTen(b *testing.B) {
 		x.mustCLIB(b, append([]string{"vm", "rm", "-f"}, names...)...)
 		b.StartTimer()
 	}
+	if dst := os.Getenv("BANGER_BENCH_LOG"); dst != "" {
+		// The daemon's whole log, for a per-phase breakdown of the forks (op events, stages).
+		_ = os.WriteFile(dst, []byte(readFile(x.daemonLog.Name())), 0o600)
+	}
 	b.ReportMetric(float64(pssSum)/float64(b.N)/10/1024, "MiB-PSS/fork")
 	b.ReportMetric(float64(pssMax)/10/1024, "MiB-PSS/fork-max")
 	b.ReportMetric(float64(srcSum)/float64(b.N)/1024, "MiB-PSS-source")

@@ -150,9 +150,9 @@ func buildArgs(spec vmm.Spec, p plan) []string {
 	args = append(args, shareArgs(spec, p.Machine)...)
 	args = append(args,
 		"-device", dev("virtio-serial"),
-		"-chardev", "socket,id=agent,path="+spec.ChannelPath+",server=on,wait=off",
-		// The port's id makes QEMU report the guest opening and closing it (VSERPORT_CHANGE),
-		// which DetachAgent waits for.
+		// DetachAgent reads whether the guest holds the port open from this chardev
+		// (agentChardevID); the port's id marks a VMM whose port it knows.
+		"-chardev", "socket,id="+agentChardevID+",path="+spec.ChannelPath+",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,id="+agentPortID+",name="+agentproto.AgentSerialName,
 		"-qmp", "unix:"+p.QMPPath+",server=on,wait=off",
 	)
