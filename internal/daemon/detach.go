@@ -4,7 +4,9 @@ import (
 	"context"
 	"time"
 
+	"banger/internal/agentclient"
 	"banger/internal/model"
+	"banger/internal/opid"
 	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
@@ -25,16 +27,39 @@ func (d *Daemon) detachAgent(ctx context.Context, rt *vmRuntime, vm *model.VM) {
 		return
 	}
 	log := oplog.G(ctx).With("vm", vm.Name)
+	began := time.Now()
+	if err := touchAgent(ctx, rt); err != nil {
+		log.Warn("pinging the guest agent before its detach failed", "error", err.Error())
+	}
 	if n := rt.beginDetach(); n > 0 {
 		log.Info("agent session kept across the pause: streams are in use", "streams", n)
 		return
 	}
-	began := time.Now()
 	if err := det.DetachAgent(ctx, rt.hangUp); err != nil {
 		log.Warn("detaching the guest agent before the pause failed; a restore may wait for its old session", "error", err.Error())
 		return
 	}
 	oplog.Stage(ctx, "agent_detached", "vm", vm.Name, "ms", time.Since(began).Milliseconds())
+}
+
+// detachPing bounds touchAgent's ping: the guest is running and answers in milliseconds.
+const detachPing = 2 * time.Second
+
+// touchAgent pings the guest so that its agent's current session has served a stream:
+// the agent continues an idle session (one that served nothing) on its open port rather
+// than closing it (closing would discard a request a host sent meanwhile, see
+// guest.servePort), so only the end of a used session shows as the guest closing its port,
+// which DetachAgent waits for.
+func touchAgent(ctx context.Context, rt *vmRuntime) error {
+	pctx, cancel := context.WithTimeout(ctx, detachPing)
+	defer cancel()
+	st, err := rt.openStream(pctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	_, err = agentclient.Ping(pctx, st, opid.From(ctx))
+	return err
 }
 
 // streamDrain bounds the wait for streams that are closing: a stream whose request just

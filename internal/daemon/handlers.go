@@ -258,7 +258,7 @@ func (d *Daemon) waitReadyByRef(ctx context.Context, p api.VMWaitReadyParams) (a
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := d.waitReady(wctx, d.runtime(vm.ID), opid.From(ctx), 0); err != nil {
+	if _, err := d.waitReady(wctx, d.runtime(vm.ID), opid.From(ctx)); err != nil {
 		return nil, errdefs.New(errdefs.ErrUnavailable, "vm %s agent not ready: %w", vm.Name, err)
 	}
 	return api.VMResult{VM: *vm}, nil

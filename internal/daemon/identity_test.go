@@ -78,24 +78,3 @@ func TestIdentityIsRetriedOnASilentSession(t *testing.T) {
 		t.Errorf("%d dials, want a fresh session after the silent one", m.dials)
 	}
 }
-
-// TestRestoredPingIsRetriedOnASilentSession: a restored guest's first agent session can go
-// unanswered; the ready ping of a restore is bounded per attempt and retried on a fresh
-// session instead of waiting for yamux's 30 s stream-open timeout (seen in vm fork --count
-// 10: one fork in ten ready after 31 s).
-func TestRestoredPingIsRetriedOnASilentSession(t *testing.T) {
-	m := &staleSessionMachine{done: make(chan struct{})}
-	rt := &vmRuntime{}
-	rt.setMachine(m)
-	defer rt.resetSession()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if _, err := (&Daemon{}).waitReady(ctx, rt, "op-pingretrytest1", 200*time.Millisecond); err != nil {
-		t.Fatalf("waitReady = %v, want the real agent's answer on a later session", err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.dials < 2 {
-		t.Errorf("%d dials, want a fresh session after the silent one", m.dials)
-	}
-}

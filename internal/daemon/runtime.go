@@ -12,7 +12,6 @@ import (
 
 	"banger/internal/agentclient"
 	"banger/internal/errdefs"
-	"banger/internal/oplog"
 	"banger/internal/vmm"
 )
 
@@ -125,15 +124,12 @@ func (rt *vmRuntime) resetSession() {
 	}
 }
 
-// waitReady pings the agent until it answers, the VMM exits, or ctx ends. For a booting
-// guest (attempt 0) a single ping is left pending rather than retried: over virtio-serial
-// the request waits in the channel until the guest opens its port, so the answer comes the
-// moment the agent serves. A restored guest's agent was serving when it was snapshotted and
-// answers within milliseconds of a session it shares, yet its first session can go
-// unanswered (seen in about one fork in ten of `vm fork --count 10`; the cause is not
-// pinned down), and yamux would only give up on it after its 30 s stream-open timeout. So each of its pings
-// is bounded by attempt and a silent one is retried on a fresh session.
-func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string, attempt time.Duration) (agentclient.PingInfo, error) {
+// waitReady pings the agent until it answers, the VMM exits, or ctx ends. A single ping is
+// left pending rather than retried: over virtio-serial the request waits in the channel
+// until the guest opens its port, so the answer comes the moment the agent serves. (A
+// restored guest is not pinged: its identity request is its readiness check, bounded per
+// attempt and retried on a fresh session, see sendIdentity.)
+func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string) (agentclient.PingInfo, error) {
 	m := rt.getMachine()
 	if m == nil {
 		return agentclient.PingInfo{}, errdefs.New(errdefs.ErrConflict, "vm is not running")
@@ -144,9 +140,6 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string, atte
 			err  error
 		}
 		attemptCtx, cancel := context.WithCancel(ctx)
-		if attempt > 0 {
-			attemptCtx, cancel = context.WithTimeout(ctx, attempt)
-		}
 		ch := make(chan res, 1)
 		go func() {
 			st, err := rt.openStream(attemptCtx)
@@ -170,11 +163,7 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string, atte
 			if ctx.Err() != nil {
 				return agentclient.PingInfo{}, ctx.Err()
 			}
-			// The session broke (e.g. the VMM was not listening yet) or stayed silent past
-			// its attempt: start over shortly.
-			if attempt > 0 {
-				oplog.G(ctx).Warn("agent ping attempt failed; retrying on a fresh agent session", "error", r.err.Error())
-			}
+			// The session broke (e.g. the VMM was not listening yet): start over shortly.
 			rt.resetSession()
 			select {
 			case <-time.After(200 * time.Millisecond):
@@ -192,9 +181,6 @@ func (d *Daemon) waitReady(ctx context.Context, rt *vmRuntime, opID string, atte
 		}
 	}
 }
-
-// restoredPingAttempt bounds one ping of a restored guest (waitReady).
-const restoredPingAttempt = 3 * time.Second
 
 var errVMMExited = fmt.Errorf("the VMM exited before the guest agent answered")
 

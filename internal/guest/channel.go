@@ -28,7 +28,8 @@ const VirtioPortsDir = "/sys/class/virtio-ports"
 // ServeReopening serves a byte stream that outlives yamux sessions, the virtio-serial
 // port: open it, run one yamux server session until it ends (host gone, EOF, garbage),
 // close it, wait reopenBackoff, and again, until ctx ends. Failing to open is retried the
-// same way, so a port that is briefly gone does not end the loop.
+// same way, so a port that is briefly gone does not end the loop. On a serial port (see
+// servePort) a session that served nothing is followed by another on the still open port.
 func (a *Agent) ServeReopening(ctx context.Context, open func(context.Context) (io.ReadWriteCloser, error)) error {
 	var lastOpenErr string
 	for {
@@ -43,7 +44,7 @@ func (a *Agent) ServeReopening(ctx context.Context, open func(context.Context) (
 			}
 		} else {
 			lastOpenErr = ""
-			a.serveConn(ctx, conn)
+			a.servePort(ctx, conn)
 		}
 		select {
 		case <-ctx.Done():
@@ -53,18 +54,83 @@ func (a *Agent) ServeReopening(ctx context.Context, open func(context.Context) (
 	}
 }
 
+// keptPort is a channel that keeps what the host sent until the guest closes it, and
+// reads EOF while no host is attached: a virtio-serial port (serialPort).
+type keptPort interface {
+	io.ReadWriteCloser
+	SetReadDeadline(time.Time) error
+	keepsUnreadData()
+}
+
+// serialPort is an open virtio-serial port.
+type serialPort struct{ *os.File }
+
+func (serialPort) keepsUnreadData() {}
+
+// servePort serves sessions on conn and closes it. A virtio-serial port discards what it
+// received but nobody read when the guest closes it (virtio_console's release), so a host
+// attaching between an idle session's EOF and the close lost its first request, and the
+// host waited out an attempt's bound (seen in about one restore in forty). So on a kept
+// port a session that ended at EOF having served no stream is followed, after
+// reopenBackoff, by a fresh session on the same open port. A session that served streams
+// still ends with the close: that is how the host learns the guest dropped the session
+// (vmm.AgentDetacher).
+func (a *Agent) servePort(ctx context.Context, conn io.ReadWriteCloser) {
+	port, kept := conn.(keptPort)
+	if !kept {
+		a.serveConn(ctx, conn)
+		return
+	}
+	defer conn.Close()
+	for {
+		_ = port.SetReadDeadline(time.Time{})
+		start := time.Now()
+		n, err := a.serveSession(ctx, unclosedPort{port})
+		if n > 0 || !errors.Is(err, io.EOF) {
+			// Closed before the log line: the console is slow under emulation, and the
+			// host waits for this close to pause the guest.
+			conn.Close()
+			logEnded(a, n, start)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reopenBackoff):
+		}
+	}
+}
+
+// unclosedPort is a kept port whose Close only interrupts a pending read (yamux closes
+// its connection when the session ends), leaving the port open for the next session.
+type unclosedPort struct{ keptPort }
+
+func (p unclosedPort) Close() error { return p.SetReadDeadline(time.Now()) }
+
 // serveConn runs one yamux server session on conn and closes conn when it ends.
 func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
-	defer conn.Close()
+	start := time.Now()
+	n, _ := a.serveSession(ctx, conn)
+	conn.Close()
+	logEnded(a, n, start)
+}
+
+// serveSession runs one yamux server session on conn (closed by the session as it ends)
+// and returns the streams it served and what ended it.
+func (a *Agent) serveSession(ctx context.Context, conn io.ReadWriteCloser) (int, error) {
 	sess, err := newServerSession(conn, a.log)
 	if err != nil {
 		a.log.Error("starting the agent session failed", "err", err)
-		return
+		return 0, err
 	}
-	start := time.Now()
-	// A session that served nothing is the idle reopen cycle of a port with no host
-	// attached; logging it would flood the console several times a second.
-	if n := a.serve(ctx, sess); n > 0 {
+	return a.serve(ctx, sess)
+}
+
+// logEnded logs a session that served n streams. One that served nothing is the idle
+// cycle of a port with no host attached; logging it would flood the console several
+// times a second.
+func logEnded(a *Agent, n int, start time.Time) {
+	if n > 0 {
 		a.log.Info("agent session ended", "streams", n, "duration_ms", time.Since(start).Milliseconds())
 	}
 }
@@ -133,8 +199,10 @@ func (a *Agent) ServeSerial(ctx context.Context, dev string) error {
 			pollWarn.Do(func() {
 				a.log.Warn("the serial port is not pollable; a stuck session cannot be interrupted", "device", dev)
 			})
+			// Without deadlines an idle session's end could not be interrupted.
+			return f, nil
 		}
-		return f, nil
+		return serialPort{f}, nil
 	})
 }
 

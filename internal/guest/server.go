@@ -68,9 +68,10 @@ func (a *Agent) Serve(ctx context.Context, sess *yamux.Session) {
 	a.serve(ctx, sess)
 }
 
-// serve returns how many streams it handled, so the channel loops can tell a session
-// that did work from one that ended at once (a port with no host attached).
-func (a *Agent) serve(ctx context.Context, sess *yamux.Session) int {
+// serve returns how many streams it handled and what ended the session (io.EOF: the
+// channel's end), so the channel loops can tell a session that did work from one that
+// ended at once (a port with no host attached).
+func (a *Agent) serve(ctx context.Context, sess *yamux.Session) (int, error) {
 	defer agentproto.BindContext(ctx, sess)()
 	n := 0
 	for {
@@ -80,7 +81,7 @@ func (a *Agent) serve(ctx context.Context, sess *yamux.Session) int {
 				a.log.Warn("agent session failed", "err", err)
 			}
 			_ = sess.Close()
-			return n
+			return n, err
 		}
 		n++
 		go a.handle(st)
