@@ -66,7 +66,7 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 	}
 	ictx, cancel := context.WithTimeout(ctx, identityTimeout)
 	defer cancel()
-	if err := d.sendIdentity(ictx, rt, m, opid.From(ctx), id); err != nil {
+	if err := d.sendIdentity(oplog.With(ictx, oplog.G(ictx).With("vm", vm.Name)), rt, m, opid.From(ctx), id); err != nil {
 		return errdefs.New(errdefs.ErrUnavailable, "telling restored vm %s its identity: %w", vm.Name, err)
 	}
 	if l, ok := m.(vmm.Linker); ok && d.cfg.Network.Enabled {
@@ -87,6 +87,17 @@ func (d *Daemon) applyIdentity(ctx context.Context, rt *vmRuntime, vm *model.VM,
 func (d *Daemon) sendIdentity(ctx context.Context, rt *vmRuntime, m vmm.Machine, opID string, id agentproto.Identity) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, identityAttempt)
+		if w, ok := m.(vmm.AgentWatcher); ok {
+			// The guest dropping the session ends the attempt at once.
+			dropped := w.WatchAgent(actx)
+			go func() {
+				select {
+				case <-dropped:
+					cancel()
+				case <-actx.Done():
+				}
+			}()
+		}
 		st, err := rt.openStream(actx)
 		if err == nil {
 			err = agentclient.SetIdentity(actx, st, opID, id)

@@ -115,6 +115,15 @@ type AgentDetacher interface {
 	DetachAgent(ctx context.Context, hangUp func()) error
 }
 
+// AgentWatcher reports the guest dropping the agent session a request is pending on.
+type AgentWatcher interface {
+	// WatchAgent returns a channel closed when the guest, having opened its end of the
+	// agent channel, closes it again before ctx ends: a session the host's request went
+	// to has ended on the guest's side, and its answer will not come. While it watches
+	// it also keeps the VMM's channel serviced (qemu: see Machine.WatchAgent).
+	WatchAgent(ctx context.Context) <-chan struct{}
+}
+
 // SnapshotAborter ends a snapshot a previous daemon began and did not finish: the VMM may
 // still be writing the state (QEMU keeps migrating to a descriptor it holds after the
 // daemon died) and would stop the guest once done, whatever the daemon did meanwhile. A

@@ -148,3 +148,57 @@ func (m *Machine) withMonitor(ctx context.Context, timeout time.Duration, doing 
 	defer q.close()
 	return fn(ctx, q)
 }
+
+var _ vmm.AgentWatcher = (*Machine)(nil)
+
+// watchEvery paces WatchAgent's looks at the agent port.
+const watchEvery = 25 * time.Millisecond
+
+// WatchAgent polls the agent port's state (query-chardev's frontend-open) until ctx ends,
+// and closes the returned channel when the guest closes the port after having opened it.
+// A restored guest's first session has been seen to end while its first request was in
+// hand ("sending the reply: stream closed" in its log, about one restore in twenty under
+// vm fork --count 10); the host then waited out the request's 5 s attempt. Watched, it
+// retries as soon as the guest closes its port.
+//
+// Each look also wakes QEMU's main loop: what the host writes while the guest's port is
+// closed stays in the socket, as QEMU stops polling a chardev whose frontend cannot take
+// input and re-checks only when its main loop runs again. The guest opening its port is
+// handled on the vCPU thread and does not wake that loop, so an otherwise idle restored
+// guest (nothing on its disks, its NIC link down) could leave the first request unread
+// until some other event came.
+func (m *Machine) WatchAgent(ctx context.Context) <-chan struct{} {
+	closed := make(chan struct{})
+	go func() {
+		seenOpen := false
+		for {
+			// One connection per look, so other monitor users (the link, a stop) never
+			// wait behind the whole watch.
+			var open bool
+			err := m.withMonitor(ctx, detachTimeout, "watching the agent channel of VM "+m.spec.ID, func(_ context.Context, q *qmpConn) error {
+				var err error
+				open, err = agentPortOpen(q)
+				return err
+			})
+			if err != nil && ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				if open {
+					seenOpen = true
+				} else if seenOpen {
+					close(closed)
+					return
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-m.proc.Done():
+				return
+			case <-time.After(watchEvery):
+			}
+		}
+	}()
+	return closed
+}

@@ -325,20 +325,43 @@ func (d *Driver) PrepareShared(ctx context.Context, spec vmm.Spec, info vmm.Rest
 	defer mem.Close()
 	p := plan{Accel: accel, Machine: d.cfg.Machine, QMPPath: filepath.Join(spec.Dir, QMPSocketName), Append: info.BootArgs,
 		RAMFile: tmpRAM, RAMShared: true}
+	// The stream reaches QEMU through a pipe without its zero pages (stripZeroPages):
+	// loading them would fault in, and give page cache to, every page of the RAM file.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("preparing a shared snapshot: %w", err)
+	}
+	defer pr.Close()
 	cmd := exec.Command(bin, append(buildArgs(spec, p), "-incoming", "fd:3")...)
-	cmd.ExtraFiles = []*os.File{mem}
+	cmd.ExtraFiles = []*os.File{pr}
 	began := time.Now()
 	proc, err := vmm.Launch(cmd, spec.LogPath, spec.LogMax, spec.Dir)
 	if err != nil {
+		pw.Close()
 		return fmt.Errorf("starting qemu to prepare a shared snapshot: %w", err)
 	}
+	pr.Close()
+	filtered := make(chan error, 1)
+	go func() {
+		n, err := stripZeroPages(pw, mem)
+		pw.Close()
+		m := d.log.With("vm", spec.ID)
+		if err == nil {
+			m.Info("migration stream filtered for the template", "zero_pages_left_out", n)
+		}
+		filtered <- err
+	}()
 	defer func() { _ = proc.Kill(); <-proc.Done() }()
 	if err := spec.Launched(proc); err != nil {
 		return err
 	}
 	m := &Machine{proc: proc, spec: spec, accel: accel, qmpPath: p.QMPPath, log: d.log.With("vm", spec.ID)}
 	// Loaded means paused (the source was); the guest never runs here.
-	if err := m.waitState(ctx, "paused"); err != nil {
+	err = m.waitState(ctx, "paused")
+	if err == nil {
+		err = <-filtered
+	}
+	if err != nil {
 		if tail := vmm.LogTail(spec.LogPath, 0, 15); tail != "" {
 			err = fmt.Errorf("%w; qemu output: %s", err, tail)
 		}
