@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/agentproto"
 )
 
 func main() {
@@ -35,7 +37,11 @@ func run() error {
 		return err
 	}
 	loaded := 0
-	for _, name := range strings.Fields(string(order)) {
+	for _, line := range strings.Split(string(order), "\n") {
+		name, _, _ := agentproto.ParseModuleOrderLine(line)
+		if name == "" {
+			continue
+		}
 		f, err := os.Open("/lib/modules/banger/" + name)
 		if err != nil {
 			return err
