@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -154,7 +153,7 @@ func (p *warmPool) nextRetry() time.Time {
 
 // fillPool makes sure p has its snapshot and, in mode vms, Size ready VMs.
 func (d *Daemon) fillPool(ctx context.Context, p *warmPool) error {
-	ctx = oplog.With(ctx, oplog.G(ctx).With("pool", p.cfg.Name))
+	ctx = oplog.WithAttrs(ctx, "pool", p.cfg.Name)
 	if err := d.waitForUsers(ctx); err != nil {
 		return err
 	}
@@ -421,10 +420,8 @@ func (d *Daemon) claimPoolVM(ctx context.Context, p *warmPool, plan *createPlan,
 	defer rt.mu.Unlock()
 	prog.stage(ctx, "pool", fmt.Sprintf("served from warm pool %s", p.cfg.Name), "pool", p.cfg.Name)
 	prog.stage(ctx, "persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
-	d.dns.Remove(oldName)
-	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
-		d.dns.Set(vm.Name, ip)
-	}
+	d.dns.Remove(oldName) // none while it waited; a row from before publishDNS had one
+	d.publishDNS(vm)
 	if err := d.handOver(ctx, rt, vm, prog); err != nil {
 		if derr := d.destroy(context.WithoutCancel(ctx), rt, vm, "create failed: "+err.Error()); derr != nil {
 			err = fmt.Errorf("%w (undoing the create: %w)", err, derr)
