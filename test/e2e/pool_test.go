@@ -139,6 +139,13 @@ func TestWarmPool(t *testing.T) {
 	if n := x.identityRetries(offset); n != 0 {
 		t.Fatalf("%d identity retries while filling and serving the pool:\n%s", n, tail(readFileFrom(x.daemonLog.Name(), offset), 40))
 	}
+	// NAT is the host's rule, so a --nat run is served from the pool too, and reaches the
+	// fake internet masqueraded.
+	out, errOut, code = x.cli(nil, "vm", "run", "--rm", "--nat", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://"+inetIP+":8080/")
+	if code != 0 || !strings.Contains(out+errOut, "served from warm pool e2e") || !strings.Contains(out, "peer="+uplinkIP) {
+		t.Fatalf("pooled --nat run: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	p = x.waitPoolReady(t, "e2e", 1)
 	// The served VM was removed with its run.
 	if err := waitFor(func() bool { return x.fate(t, "e2e-pooled") == "gone" }, 30*time.Second); err != nil {
 		t.Fatalf("pooled --rm vm left behind: %s", x.fate(t, "e2e-pooled"))
