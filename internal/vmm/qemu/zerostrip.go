@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,6 +73,18 @@ type zeroStripper struct {
 	curBlock, sentBlock string
 	sentAny             bool
 	dropped             int
+
+	// split, when set, takes the pages of one RAM block out of the stream (see
+	// splitShared).
+	split *splitTarget
+}
+
+// splitTarget is where splitShared puts the shared RAM block's pages.
+type splitTarget struct {
+	block string
+	ram   io.WriterAt
+	size  uint64
+	pages int
 }
 
 // run filters up to the first section that is not RAM (nil: device state follows),
@@ -144,6 +157,9 @@ func (s *zeroStripper) configuration() error {
 			return err
 		}
 		if b[0] != secSubsection {
+			if s.split != nil {
+				s.writeIgnoreSharedCapability()
+			}
 			return nil
 		}
 		name, err := s.peekSubsectionName()
@@ -157,6 +173,9 @@ func (s *zeroStripper) configuration() error {
 				return err
 			}
 		case "configuration/capabilities":
+			if s.split != nil {
+				return errNotFilterable // the source had validated capabilities of its own
+			}
 			if err := s.copyN(make([]byte, 2+len(name)+4)); err != nil {
 				return err
 			}
@@ -192,6 +211,22 @@ func (s *zeroStripper) peekSubsectionName() (string, error) {
 		return "", err
 	}
 	return string(b[2:]), nil
+}
+
+// writeIgnoreSharedCapability adds the configuration subsection listing x-ignore-shared,
+// which a QEMU loading with that capability checks the stream was saved with.
+func (s *zeroStripper) writeIgnoreSharedCapability() {
+	const name = "configuration/capabilities"
+	s.w.WriteByte(secSubsection)
+	s.w.WriteByte(byte(len(name)))
+	s.w.WriteString(name)
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], 1) // version
+	s.w.Write(b[:])
+	binary.BigEndian.PutUint32(b[:], 1) // one capability
+	s.w.Write(b[:])
+	s.w.WriteByte(byte(len("x-ignore-shared")))
+	s.w.WriteString("x-ignore-shared")
 }
 
 // ramStart copies the RAM section's start: its header and the list of RAM blocks.
@@ -259,6 +294,12 @@ func (s *zeroStripper) ramRecords() error {
 					return err
 				}
 			}
+			if s.split != nil && s.curBlock == s.split.block {
+				if err := s.split.put(addr, fill, page); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := s.writeRecord(addr, flags&^ramFlagContinue, fill, page); err != nil {
 				return err
 			}
@@ -276,6 +317,19 @@ func (s *zeroStripper) ramRecords() error {
 			return fmt.Errorf("unexpected RAM record flags %#x", flags)
 		}
 	}
+}
+
+// put writes one page of the shared block into its file.
+func (t *splitTarget) put(addr uint64, fill byte, page []byte) error {
+	if addr+targetPage > t.size {
+		return fmt.Errorf("a page at %#x beyond RAM block %s of %d bytes", addr, t.block, t.size)
+	}
+	if page == nil {
+		page = bytes.Repeat([]byte{fill}, targetPage)
+	}
+	t.pages++
+	_, err := t.ram.WriteAt(page, int64(addr))
+	return err
 }
 
 // writeRecord writes one page record, naming its block unless it continues the block of
@@ -320,6 +374,13 @@ func (s *zeroStripper) blockList(total uint64) error {
 			return fmt.Errorf("a RAM block of %d bytes in a list of %d", n, total)
 		}
 		total -= n
+		if s.split != nil {
+			// Saved with x-ignore-shared, each block carries the guest-physical address
+			// of its memory region, checked for the shared block: a machine's RAM
+			// backend region sits at 0 (its placement is by aliases).
+			var addr [8]byte
+			s.w.Write(addr[:])
+		}
 	}
 	return nil
 }
@@ -355,4 +416,27 @@ func (s *zeroStripper) copyBE32() (uint32, error) {
 	var b [4]byte
 	err := s.copyN(b[:])
 	return binary.BigEndian.Uint32(b[:]), err
+}
+
+// splitShared turns a full migration stream into a snapshot's shared form without a QEMU:
+// the pages of RAM block block (size bytes, the guest's RAM) go into ram at their
+// offsets, where restores map them (a sparse file: zero pages are left out), and dst gets
+// the rest as QEMU saves it with x-ignore-shared (the capability listed in the
+// configuration, each block's address in the block list, no page of the shared block).
+// Anything it does not parse is an error: the caller then has a QEMU make the form.
+func splitShared(dst io.Writer, ram io.WriterAt, src io.Reader, block string, size uint64) (int, error) {
+	r := bufio.NewReaderSize(src, 1<<20)
+	w := bufio.NewWriterSize(dst, 1<<20)
+	t := &splitTarget{block: block, ram: ram, size: size}
+	s := &zeroStripper{r: r, w: w, split: t}
+	if err := s.run(); err != nil {
+		return 0, fmt.Errorf("splitting the migration stream: %w", err)
+	}
+	if t.pages == 0 {
+		return 0, fmt.Errorf("splitting the migration stream: no page of RAM block %s", block)
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		return 0, fmt.Errorf("splitting the migration stream: %w", err)
+	}
+	return t.pages, w.Flush()
 }

@@ -189,3 +189,93 @@ func TestStripZeroPagesCopiesWhatItDoesNotKnow(t *testing.T) {
 		}
 	}
 }
+
+// memWriterAt is a RAM file in memory.
+type memWriterAt []byte
+
+func (m memWriterAt) WriteAt(p []byte, off int64) (int, error) { return copy(m[off:], p), nil }
+
+// TestSplitSharedMakesTheIgnoreSharedForm: the shared block's pages land in the RAM file
+// at their offsets (zero ones left out), and the device stream is what QEMU saves with
+// x-ignore-shared: the capability in the configuration, an address after each block of
+// the list, the other blocks' pages, the device state unchanged.
+func TestSplitSharedMakesTheIgnoreSharedForm(t *testing.T) {
+	page := bytes.Repeat([]byte{7}, targetPage)
+	var b streamBuilder
+	b.be32(vmFileMagic)
+	b.be32(vmVersion)
+	b.WriteByte(secConfiguration)
+	b.be32(7)
+	b.WriteString("microvm")
+	b.WriteByte(secStart)
+	b.be32(2)
+	b.str("ram")
+	b.be32(0)
+	b.be32(4)
+	b.be64(3*targetPage | ramFlagMemSize)
+	b.str("microvm.ram")
+	b.be64(2 * targetPage)
+	b.str("rom")
+	b.be64(targetPage)
+	b.eos(2)
+	b.WriteByte(secEnd)
+	b.be32(2)
+	b.record(0, ramFlagZero, "microvm.ram", false, 0, nil)
+	b.record(targetPage, ramFlagPage, "", true, 0, page)
+	b.record(0, ramFlagPage, "rom", false, 0, page)
+	b.eos(2)
+	tail := []byte{secFull, 0, 0, 0, 3, 3, 'c', 'p', 'u', 9, secEOF}
+	b.Write(tail)
+
+	ram := make(memWriterAt, 2*targetPage)
+	var dev bytes.Buffer
+	n, err := splitShared(&dev, ram, bytes.NewReader(b.Bytes()), "microvm.ram", 2*targetPage)
+	if err != nil || n != 1 {
+		t.Fatalf("splitShared = %d, %v; want the one data page", n, err)
+	}
+	if !bytes.Equal(ram[targetPage:], page) || !bytes.Equal(ram[:targetPage], make([]byte, targetPage)) {
+		t.Error("the RAM file does not hold the shared block's pages at their offsets")
+	}
+
+	var want streamBuilder
+	want.be32(vmFileMagic)
+	want.be32(vmVersion)
+	want.WriteByte(secConfiguration)
+	want.be32(7)
+	want.WriteString("microvm")
+	want.WriteByte(secSubsection)
+	want.str("configuration/capabilities")
+	want.be32(1)
+	want.be32(1)
+	want.str("x-ignore-shared")
+	want.WriteByte(secStart)
+	want.be32(2)
+	want.str("ram")
+	want.be32(0)
+	want.be32(4)
+	want.be64(3*targetPage | ramFlagMemSize)
+	want.str("microvm.ram")
+	want.be64(2 * targetPage)
+	want.be64(0)
+	want.str("rom")
+	want.be64(targetPage)
+	want.be64(0)
+	want.eos(2)
+	want.WriteByte(secEnd)
+	want.be32(2)
+	want.record(0, ramFlagPage, "rom", false, 0, page)
+	want.eos(2)
+	want.Write(tail)
+	if !bytes.Equal(dev.Bytes(), want.Bytes()) {
+		t.Errorf("device stream\n%x\nwant\n%x", dev.Bytes(), want.Bytes())
+	}
+
+	// A page beyond the RAM block is refused, not written past the file.
+	if _, err := splitShared(io.Discard, make(memWriterAt, targetPage), bytes.NewReader(b.Bytes()), "microvm.ram", targetPage); err == nil {
+		t.Error("a page beyond the RAM block's size was accepted")
+	}
+	// A stream it cannot parse is an error (a QEMU template takes over).
+	if _, err := splitShared(io.Discard, ram, bytes.NewReader([]byte("garbage, not a stream")), "microvm.ram", 2*targetPage); err == nil {
+		t.Error("an unparsable stream was split")
+	}
+}
