@@ -72,6 +72,9 @@ func BenchmarkForkTen(b *testing.B) {
 	x := needB(b)
 	x.benchSource(b, "bench-forksrc")
 	var pssSum, pssMax, srcSum int64
+	// The ratio is the median of the iterations over the median of floor boots made
+	// between them (untimed), under the same load.
+	var samples, floors []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		prefix := fmt.Sprintf("bf%d", i)
@@ -79,6 +82,7 @@ func BenchmarkForkTen(b *testing.B) {
 		x.mustCLIB(b, "vm", "fork", "-q", "--count", "10", "--name-prefix", prefix, "bench-forksrc")
 		el := time.Since(start)
 		b.StopTimer()
+		samples = append(samples, el)
 		var pss int64
 		names := make([]string, 10)
 		for j := range names {
@@ -112,8 +116,10 @@ func BenchmarkForkTen(b *testing.B) {
 		}
 		pssSum, pssMax, srcSum = pssSum+pss, max(pssMax, pss), srcSum+srcKB
 		x.mustCLIB(b, append([]string{"vm", "rm", "-f"}, names...)...)
+		x.interleavedFloor(b, &floors)
 		b.StartTimer()
 	}
+	reportRatio(b, x, "ForkTen", samples, floors)
 	if dst := os.Getenv("BANGER_BENCH_LOG"); dst != "" {
 		// The daemon's whole log, for a per-phase breakdown of the forks (op events, stages).
 		_ = os.WriteFile(dst, []byte(readFile(x.daemonLog.Name())), 0o600)
