@@ -67,8 +67,10 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 
 // ConsoleLogger logs human-readable key=value records to w (the VM console), each line
 // prefixed "banger-agent: ". The console is read in the VM's log file by people first.
-func ConsoleLogger(w io.Writer) *slog.Logger {
-	h := slog.NewTextHandler(&prefixWriter{w: w, prefix: "banger-agent: "}, &slog.HandlerOptions{
+func ConsoleLogger(w io.Writer) *slog.Logger { return slog.New(consoleHandler(w)) }
+
+func consoleHandler(w io.Writer) slog.Handler {
+	return slog.NewTextHandler(&prefixWriter{w: w, prefix: "banger-agent: "}, &slog.HandlerOptions{
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if a.Key == slog.TimeKey && len(groups) == 0 {
 				return slog.String(slog.TimeKey, a.Value.Time().Format("15:04:05.000"))
@@ -76,7 +78,6 @@ func ConsoleLogger(w io.Writer) *slog.Logger {
 			return a
 		},
 	})
-	return slog.New(h)
 }
 
 // RunInit is the guest's PID 1: it assembles the root file system from the VM's disks,
@@ -95,10 +96,9 @@ func RunInit() {
 	if err := mountEarly(); err != nil {
 		fatal(slog.New(slog.NewTextHandler(os.Stderr, nil)), "mounting /proc, /sys, /dev and /run", err)
 	}
-	// Log lines are held until the agent serves (consolehold.go).
-	console := newHeldWriter(attachConsole())
+	// Log records are held until the agent serves (consolehold.go).
+	log, console := newHeldLogger(consoleHandler(attachConsole()))
 	setHeldConsole(console)
-	log := ConsoleLogger(console)
 	log.Info("init starting", "version", Version, "uptime_ms", uptimeMillis())
 	start := time.Now()
 
@@ -183,7 +183,7 @@ func RunInit() {
 		log.Info("agent serving", "uptime_ms", uptimeMillis())
 		debug.SetGCPercent(gc)
 		go func() {
-			// The held lines and the ready line go out while the agent answers the
+			// The held records and the ready line go out while the agent answers the
 			// host's first ping.
 			console.release()
 			consoleLine(ReadyLine)
