@@ -274,10 +274,8 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, vm := range vms {
-		if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
-			d.dns.Set(vm.Name, ip)
-		}
+	for i := range vms {
+		d.publishDNS(&vms[i])
 	}
 	// Guests are told the bridge's :53, so that address never moves.
 	if d.dnsOnBridge {

@@ -15,6 +15,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/model"
 	"banger/internal/oplog"
+	"banger/internal/store"
 )
 
 // Warm pools (config pools). A pool owns, all in rows of the store:
@@ -25,9 +26,10 @@ import (
 //     state paused), their agents detached (detach.go) so a resume meets a fresh session.
 //
 // A create whose spec the pool serves (same image, vcpu, memory, the default disk sizes,
-// no NAT, workspace, mounts, snapshot or --no-start) claims a ready VM: under reserveMu its row
-// loses the pool mark and gets the create's name (store.ClaimPoolVM, a compare-and-set),
-// and outside it the VM is resumed and told its identity. With none ready it is restored
+// no workspace, mounts, snapshot or --no-start) claims a ready VM: under reserveMu its row
+// loses the pool mark and gets the create's name and NAT (store.ClaimPoolVM, a
+// compare-and-set), and outside it the NAT rule is added, the VM resumed and told its
+// identity, and its name published in DNS (a waiting pool VM has none). With none ready it is restored
 // from the pool's snapshot. Either way the stage "pool" says so, and the pool refills in
 // the background. Each fill takes reserveMu once per VM, like any create, and waits while
 // users' creates run, so it never holds users up on the lock or the CPUs. A fill that
@@ -154,7 +156,7 @@ func (p *warmPool) nextRetry() time.Time {
 
 // fillPool makes sure p has its snapshot and, in mode vms, Size ready VMs.
 func (d *Daemon) fillPool(ctx context.Context, p *warmPool) error {
-	ctx = oplog.With(ctx, oplog.G(ctx).With("pool", p.cfg.Name))
+	ctx = oplog.WithAttrs(ctx, "pool", p.cfg.Name)
 	if err := d.waitForUsers(ctx); err != nil {
 		return err
 	}
@@ -353,7 +355,7 @@ func (d *Daemon) makePoolVM(ctx context.Context, p *warmPool, sn *model.Snapshot
 
 // matchPool is the pool that serves plan, if any.
 func (d *Daemon) matchPool(plan *createPlan) *warmPool {
-	if plan.snap != nil || plan.wsToken != "" || len(plan.mounts) > 0 || plan.noStart || plan.nat || plan.pool != "" {
+	if plan.snap != nil || plan.wsToken != "" || len(plan.mounts) > 0 || plan.noStart || plan.pool != "" {
 		return nil
 	}
 	overlay, work, err := d.defaultDisks()
@@ -421,10 +423,8 @@ func (d *Daemon) claimPoolVM(ctx context.Context, p *warmPool, plan *createPlan,
 	defer rt.mu.Unlock()
 	prog.stage(ctx, "pool", fmt.Sprintf("served from warm pool %s", p.cfg.Name), "pool", p.cfg.Name)
 	prog.stage(ctx, "persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
-	d.dns.Remove(oldName)
-	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
-		d.dns.Set(vm.Name, ip)
-	}
+	d.dns.Remove(oldName) // none while it waited; a row from before publishDNS had one
+	d.publishDNS(vm)
 	if err := d.handOver(ctx, rt, vm, prog); err != nil {
 		if derr := d.destroy(context.WithoutCancel(ctx), rt, vm, "create failed: "+err.Error()); derr != nil {
 			err = fmt.Errorf("%w (undoing the create: %w)", err, derr)
@@ -461,7 +461,7 @@ func (d *Daemon) claimRow(ctx context.Context, p *warmPool, plan *createPlan) (i
 	if err != nil {
 		return "", "", err
 	}
-	if err := d.store.ClaimPoolVM(ctx, pick.ID, p.cfg.Name, name, plan.rm); err != nil {
+	if err := d.store.ClaimPoolVM(ctx, pick.ID, p.cfg.Name, store.PoolClaim{Name: name, AutoRemove: plan.rm, NAT: plan.nat}); err != nil {
 		return "", "", err
 	}
 	return pick.ID, pick.Name, nil
@@ -475,6 +475,16 @@ func (d *Daemon) handOver(ctx context.Context, rt *vmRuntime, vm *model.VM, prog
 		return errdefs.New(errdefs.ErrUnavailable, "pool vm %s has no VMM this daemon holds", vm.Name)
 	}
 	began := time.Now()
+	if vm.NAT {
+		// Before the guest runs again, so its command finds the way out already open.
+		ip, err := netip.ParseAddr(vm.GuestIP)
+		if err != nil {
+			return fmt.Errorf("pool vm %s: guest ip %q: %w", vm.Name, vm.GuestIP, err)
+		}
+		if err := d.helper.EnableNAT(ctx, ip); err != nil {
+			return fmt.Errorf("enabling NAT for %s: %w", vm.GuestIP, err)
+		}
+	}
 	if err := d.resumeLocked(ctx, rt, vm); err != nil {
 		return err
 	}

@@ -59,7 +59,7 @@ func TestFailingPoolIsShownAndBacksOff(t *testing.T) {
 }
 
 // A pool serves only plain creates of its spec: anything a restored pool VM cannot have
-// (shared folders, a workspace, NAT, other sizes, no start) boots its own VM.
+// (shared folders, a workspace, other sizes, no start) boots its own VM.
 func TestMatchPoolServesOnlyPlainCreatesOfItsSpec(t *testing.T) {
 	d := &Daemon{cfg: config.Default()}
 	p := newWarmPool(config.Pool{Name: "p", Image: "tiny", VCPU: 1, MemoryMiB: 512, Size: 1})
@@ -75,10 +75,15 @@ func TestMatchPoolServesOnlyPlainCreatesOfItsSpec(t *testing.T) {
 	if got := d.matchPool(plain()); got != p {
 		t.Fatalf("a plain create of the pool's spec is not served: %v", got)
 	}
+	// NAT is a host rule the claim adds (handOver), so a pool serves it too.
+	withNAT := plain()
+	withNAT.nat = true
+	if got := d.matchPool(withNAT); got != p {
+		t.Fatalf("a create with NAT is not served: %v", got)
+	}
 	for name, change := range map[string]func(*createPlan){
 		"mounts":    func(c *createPlan) { c.mounts = []model.Mount{{HostDir: "/srv", GuestPath: "/srv"}} },
 		"workspace": func(c *createPlan) { c.wsToken = "tok" },
-		"nat":       func(c *createPlan) { c.nat = true },
 		"no-start":  func(c *createPlan) { c.noStart = true },
 		"vcpu":      func(c *createPlan) { c.vcpu = 2 },
 		"memory":    func(c *createPlan) { c.memMiB = 1024 },

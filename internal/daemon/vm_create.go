@@ -253,9 +253,7 @@ func (d *Daemon) create(ctx context.Context, p api.VMCreateParams, pool string, 
 		return nil, err
 	}
 	prog.stage(ctx, "persisted", fmt.Sprintf("%s (%s) %s", vm.Name, shortID(vm.ID), vm.GuestIP), "vm", vm.Name, "vm_id", vm.ID, "guest_ip", vm.GuestIP)
-	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
-		d.dns.Set(vm.Name, ip)
-	}
+	d.publishDNS(vm)
 
 	rt := d.runtime(vm.ID)
 	defer rt.mu.Unlock()

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"net/netip"
 
 	"banger/internal/errdefs"
 	"banger/internal/model"
@@ -37,8 +36,6 @@ func (d *Daemon) renameVM(ctx context.Context, ref, name string) (*model.VM, err
 		return nil, err
 	}
 	d.dns.Remove(old)
-	if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
-		d.dns.Set(vm.Name, ip)
-	}
+	d.publishDNS(vm)
 	return vm, nil
 }

@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/agentproto"
 )
 
 // Module loading is a third of the guest's own boot time under TCG, so init loads the
@@ -137,8 +138,8 @@ func (l *modLoader) start(dir string) *modSet {
 	}
 	jobs := m.jobs
 	for _, line := range strings.Split(string(b), "\n") {
-		file := strings.TrimSpace(line)
-		if file == "" || strings.HasPrefix(file, "#") {
+		file, deps, listed := agentproto.ParseModuleOrderLine(line)
+		if file == "" {
 			continue
 		}
 		p := filepath.Join(dir, filepath.Clean("/"+file))
@@ -147,15 +148,22 @@ func (l *modLoader) start(dir string) *modSet {
 			continue
 		}
 		j := &modJob{name: name, file: file, path: p, cond: moduleConditions[name], done: make(chan struct{})}
-		data, err := os.ReadFile(p)
-		if err != nil {
+		if !listed {
+			// An initrd built before the order file listed dependencies: read them from
+			// the module's .modinfo.
+			data, err := os.ReadFile(p)
+			if err == nil {
+				deps = agentproto.ModuleDepends(data)
+			}
+		}
+		if _, err := os.Stat(p); err != nil {
 			l.log.Warn("kernel module missing, skipped", "module", file, "err", err)
 			j.skipped = true
 			close(j.done)
 		} else {
 			// Only modules listed earlier count as dependencies (the image builder lists
 			// dependencies first): a dependency cycle cannot stall the boot.
-			for _, d := range modDepends(data) {
+			for _, d := range deps {
 				if jobs[d] != nil {
 					j.deps = append(j.deps, d)
 				}
@@ -286,27 +294,6 @@ func moduleFileName(file string) string {
 		}
 	}
 	return strings.ReplaceAll(file, "-", "_")
-}
-
-// modDepends finds the depends= field in a module's .modinfo strings (NUL-separated
-// key=value pairs) without parsing the ELF: the bytes "\x00depends=" occur nowhere else.
-// A compressed module yields nothing and so loads without waiting, as before.
-func modDepends(data []byte) []string {
-	i := bytes.Index(data, []byte("\x00depends="))
-	if i < 0 {
-		return nil
-	}
-	v := data[i+len("\x00depends="):]
-	if end := bytes.IndexByte(v, 0); end >= 0 {
-		v = v[:end]
-	}
-	var deps []string
-	for _, d := range strings.Split(string(v), ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			deps = append(deps, strings.ReplaceAll(d, "-", "_"))
-		}
-	}
-	return deps
 }
 
 // virtioDevices returns the device IDs on the virtio bus ("0x0002" for a disk).

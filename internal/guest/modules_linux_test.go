@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"banger/internal/agentproto"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,18 +11,31 @@ import (
 	"time"
 )
 
-// fakeModules writes an initrd module directory: each module's file holds a .modinfo-like
-// "depends=" string, as the kernel's .ko files do.
+// fakeModules writes an initrd module directory as an image builder before the order
+// file's deps= field did: each module's file holds a .modinfo-like "depends=" string, as
+// the kernel's .ko files do, and the order file names only the files.
 func fakeModules(t *testing.T, mods [][2]string) string {
+	return fakeModulesAs(t, mods, false)
+}
+
+// fakeModulesAs is fakeModules; with listDeps the dependencies are only in the order
+// file's deps= fields (the module files hold no .modinfo), as the image builder writes it
+// now.
+func fakeModulesAs(t *testing.T, mods [][2]string, listDeps bool) string {
 	t.Helper()
 	dir := t.TempDir()
 	var order strings.Builder
 	for _, m := range mods {
 		data := "\x7fELF junk\x00license=GPL\x00depends=" + m[1] + "\x00vermagic=6.1\x00"
+		line := m[0] + ".ko"
+		if listDeps {
+			data = "\x7fELF junk without modinfo"
+			line = agentproto.ModuleOrderLine(line, strings.Split(m[1], ","))
+		}
 		if err := os.WriteFile(filepath.Join(dir, m[0]+".ko"), []byte(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		order.WriteString(m[0] + ".ko\n")
+		order.WriteString(line + "\n")
 	}
 	if err := os.WriteFile(filepath.Join(dir, moduleOrderRel), []byte(order.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -66,7 +80,12 @@ var guestLikeModules = [][2]string{
 }
 
 func TestModulesLoadAfterDepsAndOnlyWhenNeeded(t *testing.T) {
-	dir := fakeModules(t, guestLikeModules)
+	t.Run("deps in the order file", func(t *testing.T) { testModulesLoadAfterDeps(t, true) })
+	t.Run("deps in the modules (older initrd)", func(t *testing.T) { testModulesLoadAfterDeps(t, false) })
+}
+
+func testModulesLoadAfterDeps(t *testing.T, listDeps bool) {
+	dir := fakeModulesAs(t, guestLikeModules, listDeps)
 	var rec loadRecord
 	// QEMU microvm: virtio-mmio only, a disk, a NIC and a console, no vsock.
 	l := testLoader(t, &rec, map[string]bool{"0x0001": true, "0x0002": true, "0x0003": true}, false)
@@ -125,7 +144,12 @@ func TestModulesForFirecrackerAndQ35(t *testing.T) {
 // TestModulesCannotDeadlock: a dependency listed after its dependent, a cycle and a
 // module naming itself do not stall the boot.
 func TestModulesCannotDeadlock(t *testing.T) {
-	dir := fakeModules(t, [][2]string{{"a", "b"}, {"b", "a"}, {"c", "c,missing"}})
+	for _, listDeps := range []bool{false, true} {
+		testModulesCannotDeadlock(t, fakeModulesAs(t, [][2]string{{"a", "b"}, {"b", "a"}, {"c", "c,missing"}}, listDeps))
+	}
+}
+
+func testModulesCannotDeadlock(t *testing.T, dir string) {
 	var rec loadRecord
 	done := make(chan struct{})
 	go func() {
@@ -139,18 +163,5 @@ func TestModulesCannotDeadlock(t *testing.T) {
 	}
 	if len(rec.starts) != 3 {
 		t.Errorf("loaded %v, want a, b and c", rec.starts)
-	}
-}
-
-func TestModDepends(t *testing.T) {
-	for in, want := range map[string][]string{
-		"x\x00depends=virtio,virtio-ring\x00name=y": {"virtio", "virtio_ring"},
-		"x\x00depends=\x00name=y":                   nil,
-		"no modinfo at all":                         nil,
-		"x\x00depends=last":                         {"last"},
-	} {
-		if got := modDepends([]byte(in)); !slices.Equal(got, want) {
-			t.Errorf("modDepends(%q) = %v, want %v", in, got, want)
-		}
 	}
 }

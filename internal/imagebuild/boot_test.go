@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/agentproto"
 	"banger/internal/imagestore"
 )
 
@@ -51,6 +52,7 @@ func TestTinyBundleBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkInitrdModules(t, filepath.Join(dir, imagestore.InitrdName))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu,
@@ -87,5 +89,42 @@ func TestTinyBundleBoots(t *testing.T) {
 	if !strings.Contains(result, "SMOKE-OK") {
 		t.Fatalf("guest did not report success (%q) after %v; console:\n%s", result, took, console.String())
 	}
+	if !strings.Contains(result, "unsigned=1") {
+		t.Errorf("the guest kernel loaded no unsigned module: %s", result)
+	}
 	t.Logf("guest reached /init, loaded modules and mounted the tiny rootfs in %v: %s", took, strings.TrimSpace(result))
+}
+
+// checkInitrdModules: the bundle's initrd carries its modules without signatures and an
+// order file that lists each module's dependencies.
+func checkInitrdModules(t *testing.T, initrd string) {
+	t.Helper()
+	f, err := os.Open(initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	entries, err := readNewc(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods := 0
+	for _, e := range entries {
+		switch {
+		case e.Name == InitrdModuleList:
+			for _, line := range strings.Split(strings.TrimSpace(string(e.Data)), "\n") {
+				if _, _, listed := agentproto.ParseModuleOrderLine(line); !listed {
+					t.Errorf("order line %q lists no dependencies", line)
+				}
+			}
+		case strings.HasSuffix(e.Name, ".ko"):
+			mods++
+			if bytes.HasSuffix(e.Data, []byte(moduleSigMagic)) {
+				t.Errorf("%s is still signed", e.Name)
+			}
+		}
+	}
+	if mods == 0 {
+		t.Error("the initrd holds no modules")
+	}
 }

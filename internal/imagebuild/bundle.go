@@ -67,6 +67,13 @@ func KernelAndInitrd(ctx context.Context, opts BootFiles) (kernelVersion string,
 	if err != nil {
 		return "", err
 	}
+	forced, err := moduleSigForced(k.ConfigPath())
+	if err != nil {
+		log.Warn("keeping the kernel modules' signatures", "err", err)
+	}
+	for i := range mods {
+		mods[i].DropSignature = !forced
+	}
 	if err := BuildInitrd(ctx, filepath.Join(opts.OutDir, imagestore.InitrdName), opts.AgentPath, mods); err != nil {
 		return "", err
 	}

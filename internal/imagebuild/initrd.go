@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"banger/internal/agentproto"
 	"banger/internal/errdefs"
 )
 
@@ -18,8 +19,8 @@ const (
 )
 
 // BuildInitrd writes an initramfs to out holding the guest agent as /init, the given kernel
-// modules (uncompressed) under /lib/modules/banger with their load order in
-// /lib/modules/banger/order, the mount-point directories the agent uses, and /dev/console
+// modules (uncompressed) under /lib/modules/banger with their load order and dependencies
+// in /lib/modules/banger/order (agentproto.ModuleOrderLine), the mount-point directories the agent uses, and /dev/console
 // (c 5 1) so the kernel opens a console for /init before devtmpfs is mounted.
 //
 // The archive is deliberately not compressed: it is ~10 MB (a static agent plus a few
@@ -72,7 +73,7 @@ func BuildInitrd(ctx context.Context, out string, agentPath string, modules []Mo
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if m.Name == "" || strings.ContainsAny(m.Name, "/\n") || seen[m.Name] {
+		if m.Name == "" || strings.ContainsAny(m.Name, "/ \t\r\n") || seen[m.Name] {
 			return errdefs.InvalidArgument("module", m.Name, "must be a unique module name")
 		}
 		seen[m.Name] = true
@@ -80,11 +81,16 @@ func BuildInitrd(ctx context.Context, out string, agentPath string, modules []Mo
 		if err != nil {
 			return fmt.Errorf("reading module %s: %w", m.Name, err)
 		}
+		if m.DropSignature {
+			data, _ = stripModuleSignature(data)
+		}
 		file := m.Name + ".ko"
 		if err := w.file(path.Join(InitrdModulesDir, file), 0o644, data); err != nil {
 			return fmt.Errorf("writing initrd: %w", err)
 		}
-		order.WriteString(file + "\n")
+		// The dependencies travel in the order file, so the guest need not read the
+		// modules to find them (agentproto/modorder.go).
+		order.WriteString(agentproto.ModuleOrderLine(file, agentproto.ModuleDepends(data)) + "\n")
 	}
 	if err := w.file(InitrdModuleList, 0o644, []byte(order.String())); err != nil {
 		return fmt.Errorf("writing initrd: %w", err)

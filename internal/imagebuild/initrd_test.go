@@ -53,7 +53,7 @@ func TestBuildInitrdNewc(t *testing.T) {
 	if byName["tmp"].Mode&0o7777 != 0o1777 {
 		t.Errorf("tmp mode %o", byName["tmp"].Mode)
 	}
-	if got := string(byName[InitrdModuleList].Data); got != "virtio_ring.ko\nvirtio.ko\noverlay.ko\n" {
+	if got := string(byName[InitrdModuleList].Data); got != "virtio_ring.ko deps=\nvirtio.ko deps=\noverlay.ko deps=\n" {
 		t.Fatalf("order file %q", got)
 	}
 	if got := string(byName[InitrdModulesDir+"/overlay.ko"].Data); got != "\x7fELF module overlay" {

@@ -186,6 +186,11 @@ func numbers(s string) []int {
 	return out
 }
 
+// ConfigPath is the kernel's build configuration in the unpacked package.
+func (k KernelPkg) ConfigPath() string {
+	return filepath.Join(k.Root, "boot", "config-"+k.Version)
+}
+
 func kernelDir(cacheDir, release string) string { return filepath.Join(cacheDir, "kernel-"+release) }
 
 // cachedKernel returns the unpacked package pkg if it is complete in the cache.

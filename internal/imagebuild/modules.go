@@ -20,6 +20,10 @@ import (
 type ModuleFile struct {
 	Name string // module name with '_' (virtio_net)
 	Path string // .ko, .ko.xz, .ko.zst or .ko.gz on the host
+	// DropSignature puts the module into the initrd without its signature, so the guest
+	// kernel does not spend boot time verifying it (modsig.go). Only for a kernel that
+	// does not require signed modules.
+	DropSignature bool
 }
 
 // guestModule is a module the guest init loads, in load order. Required ones must exist as

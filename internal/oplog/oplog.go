@@ -21,16 +21,28 @@ func With(ctx context.Context, l *slog.Logger) context.Context {
 	return context.WithValue(ctx, loggerKey{}, l)
 }
 
+// WithAttrs returns ctx whose logger adds attrs to every record. It is the way to narrow a
+// context's logger: With(ctx, G(ctx).With(...)) would bake the op id in, and G would then
+// add it a second time.
+func WithAttrs(ctx context.Context, attrs ...any) context.Context {
+	return With(ctx, logger(ctx).With(attrs...))
+}
+
 // G returns the logger of ctx (slog's default when it carries none) with ctx's op id.
 func G(ctx context.Context) *slog.Logger {
-	l, ok := ctx.Value(loggerKey{}).(*slog.Logger)
-	if !ok {
-		l = slog.Default()
-	}
+	l := logger(ctx)
 	if id := opid.From(ctx); id != "" {
 		return l.With("op_id", id)
 	}
 	return l
+}
+
+// logger is the logger ctx carries, without its op id.
+func logger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
+		return l
+	}
+	return slog.Default()
 }
 
 // Began returns ctx recording t as the moment its operation began; Stage reports the time

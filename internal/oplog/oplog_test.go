@@ -62,3 +62,21 @@ func TestStageLogsNameAttrsAndElapsed(t *testing.T) {
 		t.Errorf("elapsed_ms = %v, want ≥ 1000", r["elapsed_ms"])
 	}
 }
+
+// TestWithAttrsNamesTheOpIDOnce: narrowing a context's logger keeps one op_id per record
+// (a logger that baked the id in logged it twice, and a later op id not at all).
+func TestWithAttrsNamesTheOpIDOnce(t *testing.T) {
+	var buf bytes.Buffer
+	ctx := oplog.With(opid.With(context.Background(), "op-aaaaaaaaaaaa"), slog.New(slog.NewJSONHandler(&buf, nil)))
+	ctx = oplog.WithAttrs(ctx, "pool", "p1")
+	oplog.G(ctx).Info("filled")
+	oplog.G(opid.With(ctx, "op-bbbbbbbbbbbb")).Info("next pass")
+	line := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if n := strings.Count(line[0], `"op_id"`); n != 1 {
+		t.Fatalf("op_id %d times in %s", n, line[0])
+	}
+	recs := records(t, &buf)
+	if recs[0]["pool"] != "p1" || recs[1]["op_id"] != "op-bbbbbbbbbbbb" || recs[1]["pool"] != "p1" {
+		t.Fatalf("records: %v", recs)
+	}
+}

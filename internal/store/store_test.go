@@ -837,23 +837,23 @@ func TestClaimPoolVM(t *testing.T) {
 	vm.Pool, vm.State = "p", model.VMPaused
 	mustVM(t, s, vm)
 	mustVM(t, s, testVM("taken", 2, img))
-	if err := s.ClaimPoolVM(ctx, vm.ID, "q", "web", false); !errors.Is(err, errdefs.ErrConflict) {
+	if err := s.ClaimPoolVM(ctx, vm.ID, "q", PoolClaim{Name: "web"}); !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("claim from another pool: %v", err)
 	}
-	if err := s.ClaimPoolVM(ctx, vm.ID, "p", "taken", false); !errors.Is(err, errdefs.ErrAlreadyExists) {
+	if err := s.ClaimPoolVM(ctx, vm.ID, "p", PoolClaim{Name: "taken"}); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Fatalf("claim with a taken name: %v", err)
 	}
-	if err := s.ClaimPoolVM(ctx, vm.ID, "p", "web", true); err != nil {
+	if err := s.ClaimPoolVM(ctx, vm.ID, "p", PoolClaim{Name: "web", AutoRemove: true, NAT: true}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.GetVM(ctx, vm.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Pool != "" || got.Name != "web" || !got.AutoRemove || !got.Creating || got.State != model.VMPaused {
+	if got.Pool != "" || got.Name != "web" || !got.AutoRemove || !got.NAT || !got.Creating || got.State != model.VMPaused {
 		t.Fatalf("claimed row: %+v", got)
 	}
-	if err := s.ClaimPoolVM(ctx, vm.ID, "p", "web2", false); !errors.Is(err, errdefs.ErrConflict) {
+	if err := s.ClaimPoolVM(ctx, vm.ID, "p", PoolClaim{Name: "web2"}); !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("second claim: %v", err)
 	}
 }

@@ -392,20 +392,29 @@ func expectOneRow(res sql.Result, what, id string) error {
 	return nil
 }
 
-// ClaimPoolVM hands the ready VM id of pool to a create: its pool mark is cleared and it
-// gets name and autoRemove and is marked creating (the create clears it once the VM runs;
-// a crash before that undoes it), as a compare-and-set on the pool mark and the paused
-// state, so two creates never get one VM. A VM no longer ready in pool is ErrConflict; a taken name
-// ErrAlreadyExists.
-func (s *Store) ClaimPoolVM(ctx context.Context, id, pool, name string, autoRemove bool) error {
+// PoolClaim is what a create asks of the pool VM it claims.
+type PoolClaim struct {
+	Name       string
+	AutoRemove bool
+	// NAT is recorded with the claim, before the rule exists, so that a crash between the
+	// two still tears the rule down with the VM.
+	NAT bool
+}
+
+// ClaimPoolVM hands the ready VM id of pool to a create: its pool mark is cleared, it gets
+// the claim's name, auto-remove and NAT and is marked creating (the create clears it once
+// the VM runs; a crash before that undoes it), as a compare-and-set on the pool mark and
+// the paused state, so two creates never get one VM. A VM no longer ready in pool is
+// ErrConflict; a taken name ErrAlreadyExists.
+func (s *Store) ClaimPoolVM(ctx context.Context, id, pool string, c PoolClaim) error {
 	if pool == "" {
 		return errdefs.InvalidArgument("pool", pool, "must not be empty")
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE vms SET pool = '', name = ?, auto_remove = ?, creating = 1, updated_at = ?
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET pool = '', name = ?, auto_remove = ?, nat = ?, creating = 1, updated_at = ?
 WHERE id = ? AND pool = ? AND state = ? AND creating = 0`,
-		name, boolInt(autoRemove), formatTime(time.Now()), id, pool, string(model.VMPaused))
+		c.Name, boolInt(c.AutoRemove), boolInt(c.NAT), formatTime(time.Now()), id, pool, string(model.VMPaused))
 	if err != nil {
-		if cerr := vmConstraintError(err, &model.VM{ID: id, Name: name}); cerr != nil {
+		if cerr := vmConstraintError(err, &model.VM{ID: id, Name: c.Name}); cerr != nil {
 			return cerr
 		}
 		return fmt.Errorf("claiming vm %s of pool %s: %w", id, pool, err)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -108,6 +109,15 @@ func TestWarmPool(t *testing.T) {
 	if out := x.mustCLI(t, "pool", "ls"); !strings.Contains(out, "e2e") || !strings.Contains(out, "1/1") {
 		t.Fatalf("pool ls:\n%s", out)
 	}
+	// A waiting pool VM has no DNS name: it is nobody's VM yet.
+	ready := regexp.MustCompile(`"msg":"pool vm ready".*"vm":"(pool-e2e-[0-9a-f]{6})"`).FindAllStringSubmatch(readFileFrom(x.daemonLog.Name(), offset), -1)
+	if len(ready) == 0 {
+		t.Fatalf("no pool vm named in the daemon log:\n%s", tail(readFileFrom(x.daemonLog.Name(), offset), 30))
+	}
+	waiting := ready[len(ready)-1][1]
+	if out, err := x.inNetns("dig", "+short", "+time=2", "+tries=1", "@"+bridgeIP, waiting+"."+dnsDomain); err != nil || strings.TrimSpace(out) != "" {
+		t.Fatalf("waiting pool vm %s resolves: %v %q", waiting, err, out)
+	}
 
 	out, errOut, code := x.cli(nil, "vm", "run", "--rm", "--name", "e2e-pooled", "--", "sh", "-c", "echo out-$(hostname); echo err >&2; exit 7")
 	if code != 7 {
@@ -129,6 +139,13 @@ func TestWarmPool(t *testing.T) {
 	if n := x.identityRetries(offset); n != 0 {
 		t.Fatalf("%d identity retries while filling and serving the pool:\n%s", n, tail(readFileFrom(x.daemonLog.Name(), offset), 40))
 	}
+	// NAT is the host's rule, so a --nat run is served from the pool too, and reaches the
+	// fake internet masqueraded.
+	out, errOut, code = x.cli(nil, "vm", "run", "--rm", "--nat", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://"+inetIP+":8080/")
+	if code != 0 || !strings.Contains(out+errOut, "served from warm pool e2e") || !strings.Contains(out, "peer="+uplinkIP) {
+		t.Fatalf("pooled --nat run: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	p = x.waitPoolReady(t, "e2e", 1)
 	// The served VM was removed with its run.
 	if err := waitFor(func() bool { return x.fate(t, "e2e-pooled") == "gone" }, 30*time.Second); err != nil {
 		t.Fatalf("pooled --rm vm left behind: %s", x.fate(t, "e2e-pooled"))
@@ -143,6 +160,10 @@ func TestWarmPool(t *testing.T) {
 	t.Cleanup(func() { x.cli(nil, "vm", "rm", "-f", "e2e-pooled2") })
 	if id := x.identity(t, "e2e-pooled2"); id.host != "e2e-pooled2" {
 		t.Fatalf("pooled vm's hostname %q", id.host)
+	}
+	// Once claimed it answers to its own name, and the pool's name is gone.
+	if out, err := x.inNetns("dig", "+short", "+time=2", "+tries=1", "@"+bridgeIP, "e2e-pooled2."+dnsDomain); err != nil || strings.TrimSpace(out) == "" {
+		t.Fatalf("claimed pool vm e2e-pooled2 does not resolve: %v %q", err, out)
 	}
 	x.mustCLI(t, "vm", "stop", "e2e-pooled2")
 	x.mustCLI(t, "vm", "start", "e2e-pooled2")

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/agentproto"
 )
 
 func main() {
@@ -35,7 +37,11 @@ func run() error {
 		return err
 	}
 	loaded := 0
-	for _, name := range strings.Fields(string(order)) {
+	for _, line := range strings.Split(string(order), "\n") {
+		name, _, _ := agentproto.ParseModuleOrderLine(line)
+		if name == "" {
+			continue
+		}
 		f, err := os.Open("/lib/modules/banger/" + name)
 		if err != nil {
 			return err
@@ -69,6 +75,11 @@ func run() error {
 	if _, err := os.Lstat("/newroot/sbin/init"); err == nil {
 		return fmt.Errorf("/sbin/init exists in the rootfs")
 	}
-	fmt.Printf("SMOKE-OK modules=%d\n", loaded)
+	// The kernel marks itself 'E' (bit 13) once it loads a module without a signature: the
+	// builder dropped them, and the kernel accepted the modules anyway.
+	tainted, _ := os.ReadFile("/proc/sys/kernel/tainted")
+	var t int
+	fmt.Sscan(strings.TrimSpace(string(tainted)), &t)
+	fmt.Printf("SMOKE-OK modules=%d unsigned=%d\n", loaded, t>>13&1)
 	return nil
 }
