@@ -3,7 +3,6 @@ package agentproto
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"banger/internal/errdefs"
@@ -53,8 +52,6 @@ type BootParams struct {
 	// Mounts are shared folders (virtiofs) to mount; see mounts.go.
 	Mounts []Mount
 }
-
-var hostnameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // splitCmdline splits a kernel command line the way the kernel does: on spaces, with
 // double quotes grouping (and removed from) a value.
@@ -119,7 +116,7 @@ func ParseCmdline(cmdline string) (BootParams, error) {
 			mounts = v
 		}
 	}
-	if !hostnameRe.MatchString(p.Name) {
+	if !model.IsDNSLabel(p.Name) {
 		return BootParams{}, errdefs.InvalidArgument(ParamName, p.Name, "must be a DNS label (lowercase letters, digits, inner dashes, at most 63)")
 	}
 	for _, d := range []struct{ key, val string }{{ParamRoot, p.Root}, {ParamSystem, p.System}} {

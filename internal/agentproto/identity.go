@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 
 	"banger/internal/errdefs"
+	"banger/internal/model"
 )
 
 // Identity is what a restored guest must become: the new VM's name, network identity and
@@ -24,11 +24,6 @@ type Identity struct {
 	Seed      string   `json:"seed"`       // 32 random bytes in hex, mixed into the guest's RNG
 }
 
-var (
-	machineIDRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
-	seedRe      = regexp.MustCompile(`^[0-9a-f]{64}$`)
-)
-
 // maxDNS bounds the nameservers of an identity (resolv.conf uses three).
 const maxDNS = 3
 
@@ -44,7 +39,7 @@ type ParsedIdentity struct {
 // Validate checks every field, naming the first bad one.
 func (id Identity) Validate() (ParsedIdentity, error) {
 	var p ParsedIdentity
-	if !hostnameRe.MatchString(id.Name) {
+	if !model.IsDNSLabel(id.Name) {
 		return p, errdefs.InvalidArgument("identity.name", id.Name, "must be a DNS label")
 	}
 	p.Name = id.Name
@@ -82,7 +77,7 @@ func (id Identity) Validate() (ParsedIdentity, error) {
 		}
 		p.MAC = hw
 	}
-	if !machineIDRe.MatchString(id.MachineID) {
+	if !model.IsLowerHex(id.MachineID, 32) {
 		return p, errdefs.InvalidArgument("identity.machine_id", id.MachineID, "must be 32 lowercase hex digits")
 	}
 	p.MachineID = id.MachineID
@@ -90,7 +85,7 @@ func (id Identity) Validate() (ParsedIdentity, error) {
 		return p, errdefs.InvalidArgument("identity.unix_nanos", id.UnixNanos, "must be the host's clock in nanoseconds since 1970")
 	}
 	p.UnixNanos = id.UnixNanos
-	if !seedRe.MatchString(id.Seed) {
+	if !model.IsLowerHex(id.Seed, 64) {
 		return p, errdefs.InvalidArgument("identity.seed", id.Seed, "must be 64 lowercase hex digits")
 	}
 	p.Seed, _ = hex.DecodeString(id.Seed)

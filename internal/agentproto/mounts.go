@@ -1,7 +1,6 @@
 package agentproto
 
 import (
-	"regexp"
 	"strings"
 
 	"banger/internal/errdefs"
@@ -19,8 +18,6 @@ type Mount struct {
 	Path     string
 	ReadOnly bool
 }
-
-var mountTagRe = regexp.MustCompile(`^bgr[0-9]{1,2}$`)
 
 // MountsParam renders mounts as the ParamMounts argument.
 func MountsParam(ms []Mount) string {
@@ -40,7 +37,7 @@ func parseMounts(v string) ([]Mount, error) {
 	var out []Mount
 	for _, part := range strings.Split(v, ",") {
 		f := strings.Split(part, ":")
-		if len(f) != 3 || !mountTagRe.MatchString(f[0]) || (f[2] != "ro" && f[2] != "rw") {
+		if len(f) != 3 || !isMountTag(f[0]) || (f[2] != "ro" && f[2] != "rw") {
 			return nil, errdefs.InvalidArgument(ParamMounts, v, "must be comma separated TAG:PATH:ro|rw")
 		}
 		if err := model.ValidateWorkspacePath(ParamMounts, f[1]); err != nil {
@@ -49,4 +46,10 @@ func parseMounts(v string) ([]Mount, error) {
 		out = append(out, Mount{Tag: f[0], Path: f[1], ReadOnly: f[2] == "ro"})
 	}
 	return out, nil
+}
+
+// isMountTag is ^bgr[0-9]{1,2}$ (no regexp in the agent: see model/spell.go).
+func isMountTag(s string) bool {
+	d, ok := strings.CutPrefix(s, "bgr")
+	return ok && model.IsDigits(d, 1, 2)
 }

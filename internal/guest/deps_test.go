@@ -49,3 +49,13 @@ func TestAgentDoesNotLinkHostCode(t *testing.T) {
 		}
 	}
 }
+
+// The agent links no regexp: the package's init and its Unicode tables cost ~15 ms of a
+// guest's boot under emulation, before the agent's first instruction (model/spell.go).
+func TestAgentDoesNotLinkRegexp(t *testing.T) {
+	for _, dep := range depsOf(t, "banger/cmd/banger-agent") {
+		if dep == "regexp" || dep == "regexp/syntax" {
+			t.Errorf("banger/cmd/banger-agent links %s", dep)
+		}
+	}
+}

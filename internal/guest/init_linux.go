@@ -67,8 +67,10 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 
 // ConsoleLogger logs human-readable key=value records to w (the VM console), each line
 // prefixed "banger-agent: ". The console is read in the VM's log file by people first.
-func ConsoleLogger(w io.Writer) *slog.Logger {
-	h := slog.NewTextHandler(&prefixWriter{w: w, prefix: "banger-agent: "}, &slog.HandlerOptions{
+func ConsoleLogger(w io.Writer) *slog.Logger { return slog.New(consoleHandler(w)) }
+
+func consoleHandler(w io.Writer) slog.Handler {
+	return slog.NewTextHandler(&prefixWriter{w: w, prefix: "banger-agent: "}, &slog.HandlerOptions{
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if a.Key == slog.TimeKey && len(groups) == 0 {
 				return slog.String(slog.TimeKey, a.Value.Time().Format("15:04:05.000"))
@@ -76,7 +78,6 @@ func ConsoleLogger(w io.Writer) *slog.Logger {
 			return a
 		},
 	})
-	return slog.New(h)
 }
 
 // RunInit is the guest's PID 1: it assembles the root file system from the VM's disks,
@@ -95,8 +96,10 @@ func RunInit() {
 	if err := mountEarly(); err != nil {
 		fatal(slog.New(slog.NewTextHandler(os.Stderr, nil)), "mounting /proc, /sys, /dev and /run", err)
 	}
-	log := ConsoleLogger(attachConsole())
-	log.Info("init starting", "version", Version)
+	// Log records are held until the agent serves (consolehold.go).
+	log, console := newHeldLogger(consoleHandler(attachConsole()))
+	setHeldConsole(console)
+	log.Info("init starting", "version", Version, "uptime_ms", uptimeMillis())
 	start := time.Now()
 
 	b, err := os.ReadFile("/proc/cmdline")
@@ -114,11 +117,17 @@ func RunInit() {
 	// waits overlap with each other's work).
 	mods, modsStage := startModules(params.ModulesDir, log)
 	modsDone := make(chan struct{})
-	go func() {
-		defer close(modsDone)
-		mods.finish()
+	if modsStage == model.GuestStageNoModules {
+		// Nothing loads: the stage is now, not whenever a goroutine next gets the vCPU.
 		boot.mark(modsStage)
-	}()
+		close(modsDone)
+	} else {
+		go func() {
+			defer close(modsDone)
+			mods.finish()
+			boot.mark(modsStage)
+		}()
+	}
 	netDone := make(chan error, 1)
 	go func() {
 		mods.wait(append(transports(), "virtio_net")...)
@@ -161,6 +170,7 @@ func RunInit() {
 		freeInitramfs(oldRootPath, log)
 		oldRoot.Close()
 		debug.SetGCPercent(gc)
+		console.release()
 		handOver(init, boot, log)
 	}
 
@@ -170,10 +180,13 @@ func RunInit() {
 	agent := &Agent{log: log, powerOff: powerOffAsInit, setIdentity: applyIdentity, procs: procs, boot: boot}
 	err = agent.ServeChannels(ctx, channelWait, func() {
 		boot.mark(model.GuestStageAgentServing)
-		consoleLine(ReadyLine)
 		log.Info("agent serving", "uptime_ms", uptimeMillis())
 		debug.SetGCPercent(gc)
 		go func() {
+			// The held records and the ready line go out while the agent answers the
+			// host's first ping.
+			console.release()
+			consoleLine(ReadyLine)
 			freeInitramfs(oldRootPath, log)
 			oldRoot.Close()
 		}()
@@ -205,6 +218,7 @@ func uptimeMillis() int64 {
 // end its VMM rather than hang.
 func fatal(log *slog.Logger, what string, err error) {
 	log.Error("fatal: "+what, "err", err)
+	releaseConsole()
 	consoleLine(fmt.Sprintf("banger-agent: FATAL: %s: %v", what, err))
 	time.Sleep(fatalPause)
 	unix.Sync()
@@ -298,7 +312,7 @@ func assembleRoot(p agentproto.BootParams, log *slog.Logger, overlayReady func()
 	if err := unix.Mount(p.Root, initLower, "ext4", unix.MS_RDONLY, ""); err != nil {
 		return fmt.Errorf("mounting the base image %s read-only: %w", p.Root, err)
 	}
-	if err := unix.Mount(p.System, initSystem, "ext4", unix.MS_NOATIME, ""); err != nil {
+	if err := unix.Mount(p.System, initSystem, "ext4", unix.MS_NOATIME, rwDiskMountData); err != nil {
 		return fmt.Errorf("mounting the system disk %s: %w", p.System, err)
 	}
 	upper, work := filepath.Join(initSystem, "upper"), filepath.Join(initSystem, "work")
@@ -317,7 +331,7 @@ func assembleRoot(p agentproto.BootParams, log *slog.Logger, overlayReady func()
 		if err := mkdirs(dst); err != nil {
 			return err
 		}
-		if err := unix.Mount(p.Work, dst, "ext4", unix.MS_NOATIME, ""); err != nil {
+		if err := unix.Mount(p.Work, dst, "ext4", unix.MS_NOATIME, rwDiskMountData); err != nil {
 			return fmt.Errorf("mounting the work disk %s on %s: %w", p.Work, WorkMount, err)
 		}
 	}

@@ -76,6 +76,7 @@ func consoleLine(s string) {
 // then killed, file systems are made consistent, and the machine reboots, which ends the
 // VMM (both VMMs run guests with no-reboot semantics). It does not return.
 func powerOffAsInit(log *slog.Logger) {
+	releaseConsole() // what init still holds belongs before the shutdown in the log
 	consoleLine(ShutdownLine)
 	log.Info("guest shutdown: stopping processes")
 	_ = syscall.Kill(-1, syscall.SIGTERM)

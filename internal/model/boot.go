@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"regexp"
 	"time"
 )
 
@@ -39,12 +38,10 @@ const (
 	MaxBootStageMS = int64(24 * time.Hour / time.Millisecond)
 )
 
-var bootStageName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
-
 // ValidBootStage checks a stage's name (lower-case letters, digits and underscores, at most
 // 32, starting with a letter) and time (0 to MaxBootStageMS).
 func ValidBootStage(s BootStage) error {
-	if !bootStageName.MatchString(s.Name) {
+	if !isBootStageName(s.Name) {
 		return fmt.Errorf("boot stage name %q: must be 1-32 of a-z, 0-9 and _, starting with a letter", s.Name)
 	}
 	if s.MS < 0 || s.MS > MaxBootStageMS {

@@ -3,14 +3,11 @@ package model
 import (
 	"fmt"
 	"math"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"banger/internal/errdefs"
 )
-
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // ValidateName checks that name is usable as a DNS label, since VM names become
 // NAME.DOMAIN records. field names the argument in the error ("name", "image").
@@ -21,14 +18,12 @@ func ValidateName(field, name string) error {
 	if len(name) > 63 {
 		return errdefs.InvalidArgument(field, name, "must be at most 63 characters")
 	}
-	if !dnsLabel.MatchString(name) {
+	if !IsDNSLabel(name) {
 		return errdefs.InvalidArgument(field, name,
 			"must be a DNS label: lowercase letters, digits and '-', not starting or ending with '-'")
 	}
 	return nil
 }
-
-var sizeRe = regexp.MustCompile(`^([0-9]+)(\.[0-9]+)?\s*([a-zA-Z]*)$`)
 
 var sizeUnits = map[string]float64{
 	"": 1, "b": 1,
@@ -42,15 +37,15 @@ var sizeUnits = map[string]float64{
 // and users of VM tooling mean GiB when they type G. Zero, negatives and overflow are errors.
 func ParseSize(field, s string) (int64, error) {
 	t := strings.TrimSpace(s)
-	m := sizeRe.FindStringSubmatch(t)
-	if m == nil {
+	whole, frac, unitName, ok := splitSize(t)
+	if !ok {
 		return 0, errdefs.InvalidArgument(field, s, "not a size; use bytes or a number with K, M, G or T (e.g. 512M, 8G)")
 	}
-	unit, ok := sizeUnits[strings.ToLower(m[3])]
+	unit, ok := sizeUnits[strings.ToLower(unitName)]
 	if !ok {
-		return 0, errdefs.InvalidArgument(field, s, fmt.Sprintf("unknown unit %q; use K, M, G or T", m[3]))
+		return 0, errdefs.InvalidArgument(field, s, fmt.Sprintf("unknown unit %q; use K, M, G or T", unitName))
 	}
-	n, err := strconv.ParseFloat(m[1]+m[2], 64)
+	n, err := strconv.ParseFloat(whole+frac, 64)
 	if err != nil {
 		return 0, errdefs.InvalidArgument(field, s, "not a number")
 	}
@@ -126,10 +121,6 @@ func DiskBytes(field, s string) (int64, error) {
 	return b, nil
 }
 
-// workspacePathRe is what a workspace mount point may spell: absolute, plain characters,
-// no spaces (it travels on the kernel command line).
-var workspacePathRe = regexp.MustCompile(`^(/[A-Za-z0-9._+-]+)+$`)
-
 // reservedGuestPaths are where a workspace must not be mounted: over them the guest would
 // lose its system, its agent or its work disk.
 var reservedGuestPaths = []string{"/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root",
@@ -139,7 +130,7 @@ var reservedGuestPaths = []string{"/bin", "/boot", "/dev", "/etc", "/lib", "/lib
 // argument in the error): absolute and clean, at most 255 bytes, no "." or ".." element,
 // and not a system directory or one below it.
 func ValidateWorkspacePath(field, p string) error {
-	if len(p) > 255 || !workspacePathRe.MatchString(p) {
+	if len(p) > 255 || !isWorkspacePathSpelling(p) {
 		return errdefs.InvalidArgument(field, p, "must be an absolute guest path of letters, digits and ._+- (at most 255 bytes)")
 	}
 	for _, el := range strings.Split(p[1:], "/") {

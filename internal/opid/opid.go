@@ -6,13 +6,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"regexp"
 	"strings"
 )
 
 type ctxKey struct{}
-
-var valid = regexp.MustCompile(`^op-[a-z0-9]{8,64}$`)
 
 var enc = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
@@ -23,8 +20,21 @@ func New() string {
 	return "op-" + strings.ToLower(enc.EncodeToString(b[:]))
 }
 
-// Valid reports whether id is well formed; ids from the outside are adopted only if so.
-func Valid(id string) bool { return valid.MatchString(id) }
+// Valid reports whether id is well formed (^op-[a-z0-9]{8,64}$); ids from the outside are
+// adopted only if so. No regexp: the guest agent links this package, and regexp's
+// package init costs its boot (model/spell.go).
+func Valid(id string) bool {
+	rest, ok := strings.CutPrefix(id, "op-")
+	if !ok || len(rest) < 8 || len(rest) > 64 {
+		return false
+	}
+	for i := 0; i < len(rest); i++ {
+		if c := rest[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
 
 // With returns ctx carrying id.
 func With(ctx context.Context, id string) context.Context {
