@@ -99,15 +99,7 @@ func TestTinyBundleBoots(t *testing.T) {
 // order file that lists each module's dependencies.
 func checkInitrdModules(t *testing.T, initrd string) {
 	t.Helper()
-	f, err := os.Open(initrd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	entries, err := readNewc(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	entries := readNewcFile(t, initrd)
 	mods := 0
 	for _, e := range entries {
 		switch {

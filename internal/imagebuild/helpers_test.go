@@ -62,6 +62,21 @@ type cpioEntryInfo struct {
 	Data         []byte
 }
 
+// readNewcFile is readNewc of the initrd at path; any error fails t.
+func readNewcFile(t *testing.T, path string) []cpioEntryInfo {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	entries, err := readNewc(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
 // readNewc is an independent newc parser used to check BuildInitrd's output.
 func readNewc(r io.Reader) ([]cpioEntryInfo, error) {
 	var out []cpioEntryInfo

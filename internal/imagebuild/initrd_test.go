@@ -25,15 +25,7 @@ func TestBuildInitrdNewc(t *testing.T) {
 	if err := BuildInitrd(context.Background(), out, agent, mods); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	entries, err := readNewc(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	entries := readNewcFile(t, out)
 	byName := map[string]cpioEntryInfo{}
 	for _, e := range entries {
 		byName[e.Name] = e

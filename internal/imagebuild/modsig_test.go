@@ -76,12 +76,7 @@ func TestBuildInitrdDropsSignatures(t *testing.T) {
 	if err := BuildInitrd(context.Background(), out, agent, mods); err != nil {
 		t.Fatal(err)
 	}
-	f, _ := os.Open(out)
-	defer f.Close()
-	entries, err := readNewc(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	entries := readNewcFile(t, out)
 	got := map[string][]byte{}
 	for _, e := range entries {
 		got[e.Name] = e.Data

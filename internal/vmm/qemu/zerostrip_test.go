@@ -13,7 +13,18 @@ type streamBuilder struct{ bytes.Buffer }
 
 func (b *streamBuilder) be32(v uint32) { binary.Write(&b.Buffer, binary.BigEndian, v) }
 func (b *streamBuilder) be64(v uint64) { binary.Write(&b.Buffer, binary.BigEndian, v) }
-func (b *streamBuilder) str(s string)  { b.WriteByte(byte(len(s))); b.WriteString(s) }
+
+// header starts a stream as QEMU does: magic, version, and the configuration section
+// naming machine.
+func (b *streamBuilder) header(machine string) {
+	b.be32(vmFileMagic)
+	b.be32(vmVersion)
+	b.WriteByte(secConfiguration)
+	b.be32(uint32(len(machine)))
+	b.WriteString(machine)
+}
+
+func (b *streamBuilder) str(s string) { b.WriteByte(byte(len(s))); b.WriteString(s) }
 
 func (b *streamBuilder) record(addr, kind uint64, block string, cont bool, fill byte, page []byte) {
 	v := addr | kind
@@ -103,11 +114,7 @@ func loadRAM(t *testing.T, stream []byte) (map[string][]byte, []byte) {
 func TestStripZeroPagesKeepsTheGuestsMemory(t *testing.T) {
 	page := bytes.Repeat([]byte{7}, targetPage)
 	var b streamBuilder
-	b.be32(vmFileMagic)
-	b.be32(vmVersion)
-	b.WriteByte(secConfiguration)
-	b.be32(7)
-	b.WriteString("microvm")
+	b.header("microvm")
 	b.WriteByte(secSubsection)
 	b.str("configuration/target-page-bits")
 	b.be32(1)
@@ -170,11 +177,7 @@ func TestStripZeroPagesCopiesWhatItDoesNotKnow(t *testing.T) {
 		"another format": []byte("not a qemu stream at all, just bytes"),
 		"an unknown subsection": func() []byte {
 			var b streamBuilder
-			b.be32(vmFileMagic)
-			b.be32(vmVersion)
-			b.WriteByte(secConfiguration)
-			b.be32(2)
-			b.WriteString("pc")
+			b.header("pc")
 			b.WriteByte(secSubsection)
 			b.str("configuration/something-new")
 			b.be32(1)
@@ -202,11 +205,7 @@ func (m memWriterAt) WriteAt(p []byte, off int64) (int, error) { return copy(m[o
 func TestSplitSharedMakesTheIgnoreSharedForm(t *testing.T) {
 	page := bytes.Repeat([]byte{7}, targetPage)
 	var b streamBuilder
-	b.be32(vmFileMagic)
-	b.be32(vmVersion)
-	b.WriteByte(secConfiguration)
-	b.be32(7)
-	b.WriteString("microvm")
+	b.header("microvm")
 	b.WriteByte(secStart)
 	b.be32(2)
 	b.str("ram")
