@@ -42,6 +42,31 @@ func (b *streamBuilder) record(addr, kind uint64, block string, cont bool, fill 
 	}
 }
 
+// ramBlock is one entry of the block list: a RAM block's name and its size in pages.
+type ramBlock struct {
+	name  string
+	pages uint64
+}
+
+// blockList writes the RAM section's START (section 2): the total size, then each block.
+func (b *streamBuilder) blockList(blocks ...ramBlock) {
+	var total uint64
+	for _, bl := range blocks {
+		total += bl.pages
+	}
+	b.WriteByte(secStart)
+	b.be32(2)
+	b.str("ram")
+	b.be32(0)
+	b.be32(4)
+	b.be64(total*targetPage | ramFlagMemSize)
+	for _, bl := range blocks {
+		b.str(bl.name)
+		b.be64(bl.pages * targetPage)
+	}
+	b.eos(2)
+}
+
 func (b *streamBuilder) eos(section uint32) {
 	b.be64(ramFlagEOS)
 	b.WriteByte(secFooter)
@@ -120,17 +145,7 @@ func TestStripZeroPagesKeepsTheGuestsMemory(t *testing.T) {
 	b.be32(1)
 	b.be32(12)
 	// START: the block list.
-	b.WriteByte(secStart)
-	b.be32(2)
-	b.str("ram")
-	b.be32(0)
-	b.be32(4)
-	b.be64(6*targetPage | ramFlagMemSize)
-	b.str("pc.ram")
-	b.be64(4 * targetPage)
-	b.str("rom")
-	b.be64(2 * targetPage)
-	b.eos(2)
+	b.blockList(ramBlock{"pc.ram", 4}, ramBlock{"rom", 2})
 	// PART: pages of both blocks, zero ones among them.
 	b.WriteByte(secPart)
 	b.be32(2)
@@ -206,17 +221,7 @@ func TestSplitSharedMakesTheIgnoreSharedForm(t *testing.T) {
 	page := bytes.Repeat([]byte{7}, targetPage)
 	var b streamBuilder
 	b.header("microvm")
-	b.WriteByte(secStart)
-	b.be32(2)
-	b.str("ram")
-	b.be32(0)
-	b.be32(4)
-	b.be64(3*targetPage | ramFlagMemSize)
-	b.str("microvm.ram")
-	b.be64(2 * targetPage)
-	b.str("rom")
-	b.be64(targetPage)
-	b.eos(2)
+	b.blockList(ramBlock{"microvm.ram", 2}, ramBlock{"rom", 1})
 	b.WriteByte(secEnd)
 	b.be32(2)
 	b.record(0, ramFlagZero, "microvm.ram", false, 0, nil)
