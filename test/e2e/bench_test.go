@@ -89,7 +89,7 @@ func (x *env) floorCommandFor(b *testing.B, vmlinux string) (string, []string) {
 		b.Fatal(floorErr)
 	}
 	// The e2e daemon's VMs: 256M (the harness config) and the default vcpu count.
-	bin, args, err := qemu.New(qemu.Config{}).BareCommand(vmlinux, floorInitrd, 256, 1)
+	bin, args, err := qemu.New(qemu.Config{}).BareCommand(vmlinux, floorInitrd, 256, benchVCPU())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -501,4 +501,14 @@ func BenchmarkCreateParallel(b *testing.B) {
 	b.ReportMetric(float64(m.Microseconds())/1e6, "s-wall-100")
 	b.ReportMetric(n/m.Seconds(), "creates/s")
 	b.Logf("create bench=CreateParallel n=%d wall_s=%.3f creates_per_s=%.0f", n, m.Seconds(), n/m.Seconds())
+}
+
+// benchVCPU is the vcpu count of the e2e daemon's VMs and of the floor: 1 (banger's default)
+// unless BANGER_E2E_VCPU says otherwise, so the boot benchmarks can compare vCPU counts
+// with the floor always booting the same count as banger.
+func benchVCPU() int {
+	if n, err := strconv.Atoi(os.Getenv("BANGER_E2E_VCPU")); err == nil && n > 0 {
+		return n
+	}
+	return 1
 }

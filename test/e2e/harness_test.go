@@ -206,6 +206,7 @@ dns:
   upstreams: ["127.0.0.1:9"]
 defaults:
   memory: 256M
+  vcpu: %d
   system_overlay_size: 1G
   work_disk_size: 1G
 vmm: qemu
@@ -213,7 +214,7 @@ agent_path: %s
 console_log_max: 256K
 workspace:
   max_size: 256M
-`, x.stateDir, filepath.Join(x.dir, "run"), cacheDir, x.helperSock, bridgeIP, dnsDomain, filepath.Join(x.bin, "banger-agent"))
+`, x.stateDir, filepath.Join(x.dir, "run"), cacheDir, x.helperSock, bridgeIP, dnsDomain, benchVCPU(), filepath.Join(x.bin, "banger-agent"))
 	if err := os.WriteFile(x.config, []byte(cfg), 0o644); err != nil {
 		return x, err
 	}
